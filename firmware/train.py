@@ -1,0 +1,178 @@
+# The training run: read the configuration the host wrote, stream names from flash one per step,
+# train with Adam, sample, save the weights, and report every step on the UART
+# (record format: docs/uart-protocol.md).
+import gc
+import json
+import math
+import os
+import sys
+import time
+
+import checkpoint
+from model import BLOCK, BOS, GPT, N_PARAMS, zeros
+from rng import Rng
+from sample import sample
+
+CONFIG = "config.json"
+DATA = "names.txt"  # the host writes it in training order, one name per line
+INIT = "init.bin"  # with init "microgpt": N_PARAMS float32 initial weights from the host
+WEIGHTS = "weights.bin"
+CKPT = "ckpt.bin"
+
+LR = 0.01
+BETA1 = 0.85
+BETA2 = 0.99
+EPS = 1e-8
+INIT_STD = 0.08
+
+
+def adam(p, g, m, v, lr, t):
+    # microgpt's Adam with bias correction (t = 1, 2, ...); zeroes the gradient for the next step.
+    c1 = 1.0 - BETA1**t
+    c2 = 1.0 - BETA2**t
+    for i in range(N_PARAMS):
+        gi = g[i]
+        mi = BETA1 * m[i] + (1.0 - BETA1) * gi
+        vi = BETA2 * v[i] + (1.0 - BETA2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= lr * (mi / c1) / (math.sqrt(vi / c2) + EPS)
+        g[i] = 0.0
+
+
+class Names:
+    # The data file, read one line per step and wrapped at the end: step s sees name s % count.
+    def __init__(self, path):
+        self.f = open(path)
+
+    def next_tokens(self):
+        line = self.f.readline()
+        if not line:
+            self.f.seek(0)
+            line = self.f.readline()
+        name = line.strip()
+        tokens = [BOS]
+        for c in name:
+            t = ord(c) - 97
+            if not 0 <= t < 26:
+                raise ValueError("%s: %r is not a-z; rebuild the data with the host tool" % (DATA, name))
+            tokens.append(t)
+        tokens.append(BOS)
+        return tokens
+
+    def tell(self):
+        return self.f.tell()
+
+    def seek(self, pos):
+        self.f.seek(pos)
+
+
+def clock():
+    # (MHz at boot, MHz now), as text for the start record: ESP32_GENERIC boots at 160 MHz; train at 240 where the chip allows.
+    try:
+        import machine
+
+        boot = machine.freq()
+    except (ImportError, AttributeError):  # the VM has no clock to set
+        return "none", "none"
+    if sys.platform == "esp32" and boot < 240000000:
+        try:
+            machine.freq(240000000)
+        except ValueError:  # e.g. ESP32-C3 tops out at 160 MHz
+            pass
+    return str(boot // 1000000), str(machine.freq() // 1000000)
+
+
+def heap_now():
+    gc.collect()
+    return gc.mem_alloc()
+
+
+def bytes_allocated():
+    # Bytes ever allocated on the GC heap, where the port keeps memory statistics (the unix VM
+    # does, ESP32_GENERIC does not): float temporaries are most of it, so it measures speed work.
+    import micropython
+
+    return micropython.mem_total() if hasattr(micropython, "mem_total") else None
+
+
+def main():
+    with open(CONFIG) as f:
+        cfg = json.load(f)
+    steps, seed = cfg["steps"], cfg["seed"]
+    log_every, ckpt_every = cfg["log_every"], cfg["ckpt_every"]
+    freq_boot, freq = clock()
+
+    gpt = GPT()
+    params, grads = gpt.params, gpt.grads
+    m, v = zeros(N_PARAMS), zeros(N_PARAMS)
+    rng = Rng(seed)
+    names = Names(DATA)
+    heap_total = gc.mem_alloc() + gc.mem_free()
+    print(
+        "MGPT start v=1 params=%d steps=%d seed=%d init=%s docs=%d log_every=%d ckpt_every=%d samples=%d "
+        "temp=%s lr=%s platform=%s impl=%s emit=%s freq_mhz=%s freq_boot_mhz=%s heap_total=%d"
+        % (N_PARAMS, steps, seed, cfg["init"], cfg["docs"], log_every, ckpt_every, cfg["samples"],
+           cfg["temperature"], LR, sys.platform, "%d.%d.%d" % sys.implementation.version[:3],
+           cfg["emit"], freq, freq_boot, heap_total)
+    )
+
+    start = 0
+    try:
+        resumed = checkpoint.load(CKPT, cfg["run_id"], steps, (params, m, v))
+    except checkpoint.BadCheckpoint as e:
+        print("MGPT ckpt-bad reason=%s" % e)
+        resumed = None
+    if resumed:
+        start, pos, rng.state = resumed
+        names.seek(pos)
+        print("MGPT resume step=%d" % start)
+    elif cfg["init"] == "microgpt":
+        with open(INIT, "rb") as f:
+            if f.readinto(params) != N_PARAMS * 4:
+                raise ValueError("%s is short: rebuild the run files with the host tool" % INIT)
+    else:
+        for i in range(N_PARAMS):
+            params[i] = rng.gauss(0.0, INIT_STD)
+    # After a reset, m and v came from the checkpoint; otherwise the arrays are still zero.
+
+    peak = heap_now()
+    allocated = bytes_allocated()
+    train_us = group_us = 0
+    group = []  # losses not yet reported
+    for step in range(start, steps):
+        t0 = time.ticks_us()
+        tokens = names.next_tokens()
+        n = min(BLOCK, len(tokens) - 1)
+        loss = gpt.loss_and_grad(tokens, n)
+        lr = LR * (1.0 - step / steps)
+        adam(params, grads, m, v, lr, step + 1)
+        dt = time.ticks_diff(time.ticks_us(), t0)
+        train_us += dt
+        group_us += dt
+        group.append("%.6f" % loss)
+        done = step + 1
+        save_now = ckpt_every and done % ckpt_every == 0
+        # Report before checkpointing: a reset then never skips a step the host has not seen.
+        if len(group) == log_every or done == steps or save_now:
+            heap = heap_now()
+            peak = max(peak, heap)
+            print("MGPT step n=%d loss=%s lr=%.6f ms=%.2f heap=%d"
+                  % (done, ",".join(group), lr, group_us / 1000 / len(group), heap))
+            group = []
+            group_us = 0
+        if save_now:
+            checkpoint.save(CKPT, cfg["run_id"], steps, done, names.tell(), rng.state, (params, m, v))
+            print("MGPT ckpt step=%d" % done)
+
+    if allocated is not None:
+        allocated = (bytes_allocated() - allocated) // max(steps - start, 1)
+    with open(WEIGHTS + ".tmp", "wb") as f:
+        f.write(params)
+    os.rename(WEIGHTS + ".tmp", WEIGHTS)
+    for i in range(cfg["samples"]):
+        print("MGPT sample %d %s" % (i + 1, sample(gpt, rng, cfg["temperature"])))
+    peak = max(peak, heap_now())
+    trained = steps - start
+    print("MGPT end steps=%d ms_train=%d ms_per_step=%.2f peak_heap=%d alloc_per_step=%s heap_total=%d"
+          % (steps, train_us // 1000, train_us / 1000 / max(trained, 1), peak, allocated, heap_total))

@@ -1,0 +1,107 @@
+"""The training data: makemore's names.txt, fetched once and hash-checked, read and checked the
+way microgpt.py reads it, and put in microgpt.py's seeded order with its initial weights."""
+import hashlib
+import os
+import random
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from .reference import INIT_STD, N_PARAMS
+
+# Pinned to a commit so the hash below stays true.
+NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/988aa59/names.txt"
+NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
+ALLOWED = "one name per line, lowercase letters a-z only"
+
+
+class DatasetError(ValueError):
+    """The names file is missing, malformed, or not the file it should be."""
+
+
+def cache_dir():
+    """Where downloads are kept: $MICROGPT_CACHE, else ~/.cache/microgpt."""
+    return Path(os.environ.get("MICROGPT_CACHE") or Path.home() / ".cache" / "microgpt")
+
+
+def fetch_names(url=NAMES_URL, sha256=NAMES_SHA256):
+    """Path of the cached names file, downloading it first if needed.
+
+    The download goes to a temporary file in the cache and only becomes the cached copy once
+    its sha256 matches, so a failed or tampered download leaves nothing behind.
+    """
+    directory = cache_dir()
+    path = directory / f"names-{sha256[:12]}.txt"
+    if path.is_file():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".names-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    data = response.read()
+            except OSError as exc:
+                raise DatasetError(f"could not download {url}: {exc}; check the network, or pass a local names file") from exc
+            out.write(data)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise DatasetError(f"{url} has sha256 {digest}, expected {sha256}; nothing was cached. "
+                               f"The file changed upstream or the download was altered: pass a local names file instead")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_names(path=None):
+    """The names in `path` (default: the canonical names.txt, fetched once), in file order.
+
+    Lines are stripped and blank ones skipped — microgpt.py's
+    `[l.strip() for l in text.strip().split('\\n') if l.strip()]` — and every name must be a-z.
+    """
+    path = fetch_names() if path is None else Path(path)
+    if not path.is_file():
+        raise DatasetError(f"no such file: {path}; give an existing names file ({ALLOWED}), "
+                           f"or leave the path out to use makemore's names.txt")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DatasetError(f"{path} line {line}: bytes that are not UTF-8 text; the file must hold {ALLOWED}") from None
+    names = []
+    for number, line in enumerate(text.split("\n"), 1):
+        name = line.strip()
+        if not name:
+            continue
+        for index, ch in enumerate(name):
+            if not "a" <= ch <= "z":
+                column = len(line) - len(line.lstrip()) + index + 1
+                raise DatasetError(f"{path} line {number}, column {column}: {ch!r} is not a lowercase letter a-z; "
+                                   f"the file must hold {ALLOWED}")
+        names.append(name)
+    if not names:
+        raise DatasetError(f"{path} holds no names; the file must hold {ALLOWED}")
+    return names
+
+
+def sha256_of(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def microgpt_order(docs, seed):
+    """microgpt.py's training order and initial weights for `seed`.
+
+    Its script calls random.seed(seed), random.shuffle(docs), then random.gauss(0, 0.08) once
+    per parameter in state_dict order; a private Random(seed) makes the same draws.
+    Returns (shuffled copy of docs, float64 array of N_PARAMS weights).
+    """
+    rng = random.Random(seed)
+    ordered = list(docs)
+    rng.shuffle(ordered)
+    init = np.array([rng.gauss(0, INIT_STD) for _ in range(N_PARAMS)])
+    return ordered, init

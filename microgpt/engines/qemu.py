@@ -1,0 +1,194 @@
+"""Run the flash image in Espressif's QEMU (`qemu-system-xtensa -machine esp32`) and stream UART0.
+
+Follows Espressif's QEMU guide (github.com/espressif/esp-toolchain-docs, qemu/esp32/README.md):
+the ROM first-stage bootloader is built into QEMU, the flash image is an `if=mtd` raw drive of
+exactly 2, 4, 8 or 16 MB, and with `-nographic` UART0 is the process's stdout.
+"""
+import collections
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from . import Engine, EngineError, split_lines
+
+BINARY = "qemu-system-xtensa"
+FLASH_SIZES = tuple(mb * 1024 * 1024 for mb in (2, 4, 8, 16))  # the only sizes QEMU's esp32 flash accepts
+INSTALL_HELP = (
+    f"{BINARY} (Espressif's QEMU fork) was not found. Install it with ESP-IDF:\n"
+    "    python $IDF_PATH/tools/idf_tools.py install qemu-xtensa\n"
+    "or unpack a qemu-xtensa release from https://github.com/espressif/qemu/releases\n"
+    "(Linux also needs: sudo apt-get install -y libgcrypt20 libglib2.0-0 libpixman-1-0 libsdl2-2.0-0 libslirp0),\n"
+    f"then put it on PATH, set QEMU_XTENSA=/path/to/{BINARY}, or pass --qemu PATH."
+)
+# Documented switch that stops QEMU emulating the Timer Group watchdogs (TG0's is armed at reset).
+NO_WATCHDOG = ["-global", "driver=timer.esp32.timg,property=wdt_disable,value=true"]
+
+
+def find_qemu(explicit: str | os.PathLike | None = None) -> str:
+    """The qemu-system-xtensa to run: --qemu PATH, $QEMU_XTENSA, PATH, then an ESP-IDF tools install."""
+    for given, origin in ((explicit, "--qemu"), (os.environ.get("QEMU_XTENSA"), "$QEMU_XTENSA")):
+        if given:
+            if Path(given).is_file() and os.access(given, os.X_OK):
+                return str(given)
+            raise EngineError(f"{origin} {given}: no such executable file.\n{INSTALL_HELP}")
+    on_path = shutil.which(BINARY)
+    if on_path:
+        return on_path
+    # idf_tools.py installs to $IDF_TOOLS_PATH/tools/qemu-xtensa/<version>/qemu/bin (default ~/.espressif).
+    tools = Path(os.environ.get("IDF_TOOLS_PATH") or Path.home() / ".espressif") / "tools" / "qemu-xtensa"
+    exe = BINARY + (".exe" if os.name == "nt" else "")
+    installed = sorted(tools.glob(f"*/qemu/bin/{exe}"), key=lambda p: [int(n) for n in re.findall(r"\d+", p.parts[-4])])
+    if installed:
+        return str(installed[-1])  # newest version
+    raise EngineError(INSTALL_HELP)
+
+
+def check_flash_image(image: Path) -> None:
+    if not image.is_file():
+        raise EngineError(f"flash image {image} not found; build it with `microgpt build`.")
+    size = image.stat().st_size
+    if size not in FLASH_SIZES:
+        raise EngineError(
+            f"flash image {image} is {size:,} bytes; Espressif's QEMU needs exactly 2, 4, 8 or 16 MB "
+            "(build a full-size image with `microgpt build`, or esptool merge_bin --fill-flash-size 4MB)."
+        )
+
+
+def queue_reader(chunks: queue.Queue) -> Callable[[], bytes | None]:
+    """A `split_lines` read() over a queue another thread fills: bytes, an EngineError to raise, None at the end."""
+    def read() -> bytes | None:
+        try:
+            item = chunks.get(timeout=0.1)
+        except queue.Empty:
+            return b""
+        if isinstance(item, EngineError):
+            raise item
+        return item
+    return read
+
+
+class ChildProcess:
+    """A child process whose stdout is the chip's UART; stderr is kept for error messages.
+
+    Shared by the engines that drive a simulator binary (QEMU, wokwi-cli).
+    """
+
+    def __init__(self, argv: Sequence[str], env: dict | None = None):
+        # Own session: a Ctrl-C in the terminal reaches us, not the simulator, and close() can
+        # end the simulator together with anything it spawned.
+        try:
+            self._proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=env, start_new_session=os.name == "posix",
+            )
+        except OSError as e:
+            raise EngineError(f"could not start {argv[0]}: {e}") from e
+        self._chunks: queue.Queue = queue.Queue()
+        self._stderr: collections.deque = collections.deque(maxlen=20)
+        self._readers = [
+            threading.Thread(target=self._pump_stdout, daemon=True),
+            threading.Thread(target=self._pump_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _pump_stdout(self) -> None:
+        while chunk := self._proc.stdout.read1(4096):
+            self._chunks.put(chunk)
+        self._chunks.put(None)
+
+    def _pump_stderr(self) -> None:
+        for line in self._proc.stderr:
+            self._stderr.append(line.decode(errors="replace").rstrip())
+
+    def lines(self, silence_s: float, deadline_s: float | None) -> Iterator[bytes]:
+        """UART lines until the process closes its stdout; then collect its exit code."""
+        yield from split_lines(queue_reader(self._chunks), silence_s, deadline_s)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            return  # stdout closed but still running: no exit code to judge; close() ends it
+        self._readers[1].join(timeout=5)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def failure(self, what: str) -> str:
+        tail = "\n".join(self._stderr) or "(nothing on stderr)"
+        return f"{what} exited with code {self._proc.returncode}:\n{tail}"
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._signal(signal.SIGTERM)  # lets QEMU flush the flash file
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
+                self._proc.wait()
+        for reader in self._readers:
+            reader.join(timeout=5)
+        self._proc.stdout.close()
+        self._proc.stderr.close()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            if os.name == "posix":
+                os.killpg(self._proc.pid, sig)
+            else:
+                self._proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+class QemuEngine(Engine):
+    """Boot the merged flash image in `qemu-system-xtensa -machine esp32`; UART0 is QEMU's stdout.
+
+    QEMU writes the chip's flash back to its drive file, so it runs on a copy (`flash`, in
+    `workdir`): the built image stays pristine, and after the run the copy holds what the chip
+    wrote (weights.bin). Without `workdir` the copy lives in a temp dir removed on close.
+    """
+
+    name = "qemu"
+
+    def __init__(self, image: str | os.PathLike, *, qemu: str | os.PathLike | None = None,
+                 silence_s: float = 120.0, timeout_s: float | None = None, watchdog: bool = True,
+                 extra_args: Sequence[str] = (), workdir: str | os.PathLike | None = None):
+        self.image = Path(image)
+        check_flash_image(self.image)
+        self.qemu = find_qemu(qemu)
+        self.silence_s, self.timeout_s = silence_s, timeout_s
+        self.watchdog = watchdog
+        self.extra_args = list(extra_args)
+        self._tempdir = None if workdir else tempfile.mkdtemp(prefix="microgpt-qemu-")
+        self.flash = Path(workdir or self._tempdir) / "qemu-flash.bin"
+        self._process: ChildProcess | None = None
+
+    def command(self) -> list[str]:
+        """The documented invocation; watchdogs stay emulated, as on the board, unless disabled."""
+        argv = [self.qemu, "-nographic", "-machine", "esp32", "-drive", f"file={self.flash},if=mtd,format=raw"]
+        return argv + ([] if self.watchdog else NO_WATCHDOG) + self.extra_args
+
+    def lines(self) -> Iterator[bytes]:
+        self.flash.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.image, self.flash)
+        self._process = ChildProcess(self.command())
+        # A run that stops early (QEMU killed, image unbootable) simply ends; the parser judges.
+        yield from self._process.lines(self.silence_s, self.timeout_s)
+        if self._process.returncode:
+            raise EngineError(self._process.failure("QEMU"))
+
+    def close(self) -> None:
+        if self._process:
+            self._process.kill()
+            self._process = None
+        if self._tempdir:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None

@@ -1,0 +1,82 @@
+"""A real board on a serial port (or anything that acts as one: the MicroPython VM behind a pty).
+
+Two ways to start a run:
+- "flash": write the flash image with esptool, then pulse EN (RTS) with the port already open,
+  so the UART is captured from the ROM's first line; main.py trains at boot.
+- "upload": the board already runs MicroPython: copy the run's files over the raw REPL and
+  start main.py there. No reflash, so it is the quick way to try a new configuration.
+
+Either way the UART is read through resets (a reset does not drop a USB-serial bridge, and the
+trainer resumes from its checkpoint): only the runner decides when the run is over.
+"""
+from pathlib import Path
+from typing import Iterator
+
+import click
+from esptool.reset import HardReset
+
+from microgpt.flash import FLASH_BAUD, flash_image
+from microgpt.ports import link_lost, lost, open_serial
+from microgpt.rawrepl import RawRepl
+
+from . import Engine, EngineError, split_lines
+
+MODES = ("flash", "upload")
+# main.py as the board runs it at boot; exec'd from the raw REPL because Ctrl-D (soft reset, which
+# would boot it) ends the MicroPython VM instead.
+RUN_MAIN = "exec(open('main.py').read(), {'__name__': '__main__'})"
+
+
+class SerialEngine(Engine):
+    name = "serial"
+
+    def __init__(self, port: str, *, mode: str = "upload", image: str | Path | None = None,
+                 files: dict[str, bytes] | None = None, baud: int = 115200, flash_baud: int = FLASH_BAUD,
+                 silence_s: float = 120.0, timeout_s: float | None = None):
+        if mode not in MODES:
+            raise EngineError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        if (mode == "flash") != (image is not None) or (mode == "upload") != (files is not None):
+            raise EngineError("mode flash needs an image, mode upload the files to copy")
+        self.port, self.mode, self.image, self.files = port, mode, image, files
+        self.baud, self.flash_baud = baud, flash_baud
+        self.silence_s, self.timeout_s = silence_s, timeout_s
+        self._repl: RawRepl | None = None
+        self._serial = None
+
+    def lines(self) -> Iterator[bytes]:
+        read = self._boot() if self.mode == "flash" else self._upload()
+        yield from split_lines(read, self.silence_s, self.timeout_s)
+
+    def _boot(self):
+        try:
+            flash_image(self.port, self.image, baud=self.flash_baud, reset=False)
+        except click.ClickException as e:
+            raise EngineError(e.format_message()) from None
+        ser = self._serial = open_serial(self.port, self.baud)
+        HardReset(ser)()  # EN low then high: the board boots the new image while we listen
+
+        def read() -> bytes:
+            try:
+                return ser.read(max(1, ser.in_waiting))
+            except OSError as e:
+                if link_lost(e):
+                    raise lost(self.port, e) from None
+                raise
+        return read
+
+    def _upload(self):
+        repl = self._repl = RawRepl(self.port, self.baud)
+        for path, data in self.files.items():
+            click.echo(f"copying {path} ({len(data):,} bytes) to the board", err=True)
+            repl.write_file(path, data)
+        repl.soft_reset()  # a clean heap for the trainer, as after a boot
+        repl.start(RUN_MAIN)
+        return repl.read
+
+    def close(self) -> None:
+        if self._repl:
+            self._repl.close()
+            self._repl = None
+        if self._serial:
+            self._serial.close()
+            self._serial = None

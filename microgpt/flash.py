@@ -1,0 +1,63 @@
+"""Write a flash image (`microgpt build`'s build/flash.bin) to a board with esptool's API.
+
+The whole image goes at offset 0, compressed, and esptool verifies it (MD5 of the flash against
+the image). `fs_only` rewrites just the vfs partition, where the run's files live: a new run
+configuration deploys in seconds, provided the board already holds this image's firmware and
+partition table (checked first, by MD5 on the chip).
+"""
+import contextlib
+import hashlib
+from pathlib import Path
+
+import click
+from esptool.cmds import attach_flash, detect_chip, detect_flash_size, reset_chip, run_stub, write_flash
+from esptool.util import FatalError, flash_size_bytes
+
+from microgpt.engines import EngineError
+from microgpt.image import PARTITION_TABLE_MAX, PARTITION_TABLE_OFFSET, require_fits, vfs_region
+from microgpt.ports import open_serial
+
+ROM_BAUD = 115200  # the ROM bootloader always starts here; the stub then switches to `baud`
+FLASH_BAUD = 460800
+
+
+def flash_image(port: str, image: Path, *, baud: int = FLASH_BAUD, fs_only: bool = False, reset: bool = True) -> None:
+    """Write `image` (or its vfs partition) to the board on `port`, verify it, and hard-reset the
+    board unless `reset` is False (the caller then resets it while listening, to miss no boot output)."""
+    image = Path(image)
+    if not image.is_file():
+        raise click.ClickException(f"flash image {image} not found; build it with `microgpt build`.")
+    data = image.read_bytes()
+    offset, size = vfs_region(data) if fs_only else (0, len(data))
+    try:
+        with contextlib.closing(_open(port)) as ser:
+            esp = run_stub(detect_chip(ser, ROM_BAUD))
+            if baud != ROM_BAUD:
+                esp.change_baud(baud)
+            attach_flash(esp)
+            flash_size = flash_size_bytes(detect_flash_size(esp))
+            if flash_size:  # None: a flash chip esptool does not know, nothing to check against
+                require_fits(offset + size, flash_size, image.name + (" up to the end of its vfs partition" if fs_only else ""))
+            if fs_only:
+                _require_same_partitions(esp, data)
+            write_flash(esp, [(offset, data[offset:offset + size])], flash_size="keep", compress=True)
+            reset_chip(esp, "hard-reset" if reset else "no-reset")
+    except FatalError as e:
+        raise click.ClickException(f"esptool failed on {port}: {e}. Hold BOOT while plugging the board in if it "
+                                   "does not enter its bootloader by itself.") from None
+
+
+def _open(port: str):
+    try:
+        return open_serial(port, ROM_BAUD)
+    except EngineError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _require_same_partitions(esp, image: bytes) -> None:
+    table = image[PARTITION_TABLE_OFFSET:PARTITION_TABLE_OFFSET + PARTITION_TABLE_MAX]
+    on_board = esp.flash_md5sum(PARTITION_TABLE_OFFSET, PARTITION_TABLE_MAX)
+    if on_board != hashlib.md5(table).hexdigest():
+        raise click.ClickException(
+            "the board's partition table differs from the image's, so its vfs partition may lie elsewhere: "
+            "flash the whole image once (drop --fs-only).")

@@ -1,0 +1,62 @@
+"""What a run puts on the chip's filesystem: the trainer, its configuration, the names in
+training order and, with init "microgpt", microgpt.py's initial weights (file names and formats:
+firmware/train.py and docs/uart-protocol.md)."""
+import dataclasses
+import json
+import zlib
+from pathlib import Path
+
+from . import dataset, mpy
+
+REPO = Path(__file__).resolve().parents[1]
+FIRMWARE_DIR = REPO / "firmware"
+BOOT = "main.py"  # MicroPython boots main.py from source; every other module ships compiled
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    steps: int = 1000
+    seed: int = 42
+    init: str = "microgpt"  # "microgpt": microgpt.py's weights from the host; "device": drawn on the chip
+    samples: int = 20
+    log_every: int = 1
+    ckpt_every: int = 0
+    emit: str = "bytecode"  # how mpy-cross compiles the trainer: "bytecode" or "native"
+    temperature: float = 0.5
+
+    def __post_init__(self):
+        if self.steps < 1 or self.samples < 0 or self.log_every < 1 or self.ckpt_every < 0:
+            raise ValueError("steps and log_every must be >= 1; samples and ckpt_every >= 0")
+        if self.init not in ("microgpt", "device"):
+            raise ValueError(f"init must be 'microgpt' or 'device', not {self.init!r}")
+        if self.emit not in ("bytecode", "native"):
+            raise ValueError(f"emit must be 'bytecode' or 'native', not {self.emit!r}")
+
+
+def trainer_files(target: mpy.Target, emit: str) -> dict[str, bytes]:
+    """firmware/*.py for `target`: main.py as source, the other modules as .mpy."""
+    files = {}
+    for src in sorted(FIRMWARE_DIR.glob("*.py")):
+        if src.name == BOOT:
+            files[BOOT] = src.read_bytes()
+        elif not src.name.startswith("__"):
+            files[src.stem + ".mpy"] = mpy.compile_module(src, target, emit)
+    return files
+
+
+def run_files(cfg: RunConfig, docs: list[str]) -> dict[str, bytes]:
+    """config.json, names.txt (microgpt.py's shuffled order for cfg.seed) and init.bin."""
+    ordered, init = dataset.microgpt_order(docs, cfg.seed)
+    files = {"names.txt": ("\n".join(ordered) + "\n").encode()}
+    if cfg.init == "microgpt":
+        files["init.bin"] = init.astype("<f4").tobytes()
+    # A checkpoint resumes only the run that wrote it: same data, weights, steps and seed.
+    run_id = zlib.crc32(f"{cfg.steps} {cfg.seed} {cfg.init}".encode() + files["names.txt"] + files.get("init.bin", b""))
+    config = dataclasses.asdict(cfg) | {"docs": len(ordered), "run_id": run_id}
+    files["config.json"] = json.dumps(config, sort_keys=True).encode()
+    return files
+
+
+def chip_files(cfg: RunConfig, docs: list[str], target: mpy.Target) -> dict[str, bytes]:
+    """Everything the chip's filesystem needs for this run."""
+    return trainer_files(target, cfg.emit) | run_files(cfg, docs)

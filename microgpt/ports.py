@@ -1,0 +1,63 @@
+"""Serial ports: find the board, and open its port with an error that says what is wrong."""
+import errno
+
+import serial
+from serial.tools import list_ports
+
+from microgpt.engines import EngineError
+
+# USB vendor IDs of the chips that put ESP32 boards on USB: the ESP32's own USB (S2/S3/C3...)
+# and the USB-serial bridges found on dev kits.
+BOARD_VIDS = {0x303A: "Espressif", 0x10C4: "Silicon Labs CP210x", 0x1A86: "WCH CH340", 0x0403: "FTDI"}
+
+
+def describe(port) -> str:
+    chip = BOARD_VIDS.get(port.vid, "")
+    return f"{port.device}  {port.description}" + (f"  [{chip}]" if chip else "")
+
+
+def pick_port(ports) -> str:
+    """The one board among `ports` (pyserial ListPortInfo); else an error listing the candidates."""
+    boards = [p for p in ports if p.vid in BOARD_VIDS]
+    if len(boards) == 1:
+        return boards[0].device
+    if boards:
+        listing = "\n  ".join(describe(p) for p in boards)
+        raise EngineError(f"{len(boards)} ESP32/USB-serial ports found; pick one with --port:\n  {listing}")
+    listing = "\n  ".join(describe(p) for p in ports) or "(none)"
+    raise EngineError(
+        "no ESP32 or USB-serial adapter (Espressif, CP210x, CH340, FTDI) found: plug the board in "
+        f"(and check its cable carries data), or name the port with --port. Serial ports seen:\n  {listing}"
+    )
+
+
+def find_port() -> str:
+    return pick_port(list_ports.comports())
+
+
+def open_serial(port: str, baud: int = 115200, timeout: float = 1.0) -> serial.Serial:
+    """Open `port` exclusively (so a second program cannot interleave bytes) or say why not."""
+    try:
+        return serial.serial_for_url(port, baudrate=baud, timeout=timeout, exclusive=True)
+    except serial.SerialException as e:
+        raise EngineError(open_error(port, e)) from None
+
+
+def link_lost(e: OSError) -> bool:
+    """Is this error the port going away (cable pulled, board unpowered, its USB re-enumerating)?"""
+    return isinstance(e, serial.SerialException) or e.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF)
+
+
+def lost(port: str, e: OSError) -> EngineError:
+    return EngineError(f"serial connection to {port} lost ({e}): check the USB cable and the board's power")
+
+
+def open_error(port: str, e: OSError) -> str:
+    if e.errno == errno.ENOENT:
+        return f"serial port {port} does not exist: is the board plugged in? Omit --port to list the boards found."
+    if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
+        return (f"serial port {port} is busy: another program (serial monitor, mpremote, esptool, "
+                "another microgpt) has it open; close it and retry.")
+    if e.errno == errno.EACCES:
+        return f"no permission to open {port}: add yourself to the 'dialout' (or 'uucp') group and log in again."
+    return f"cannot open serial port {port}: {e}"

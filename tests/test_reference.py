@@ -1,0 +1,132 @@
+"""The numpy reference against calculus (finite differences) and against microgpt.py's own
+algorithm (microgpt.scalar and its recorded 1,000-step run)."""
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from microgpt import reference, scalar
+from microgpt.dataset import load_names, microgpt_order, sha256_of
+
+NAMES = Path(__file__).resolve().parents[2] / "shared/data/names.txt"
+FIXTURE = Path(__file__).resolve().parent / "data/microgpt_seed42.json"
+
+# a 1-letter name, repeated letters (wte rows accumulate), and 24 letters (cut at block_size)
+CHECK_NAMES = ["a", "anna", "emma", "mariaguadalupeconcepcion"]
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return load_names(NAMES)
+
+
+@pytest.fixture(scope="module")
+def microgpt_run():
+    return json.loads(FIXTURE.read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(docs):
+    """The reference's float64 run of microgpt.py's 1,000 steps, seed 42."""
+    ordered, init = microgpt_order(docs, 42)
+    return reference.train(ordered, init, 1000)
+
+
+def random_weights(seed, std=reference.INIT_STD, dtype=np.float64):
+    return np.random.default_rng(seed).normal(0, std, reference.N_PARAMS).astype(dtype)
+
+
+def test_layout_is_microgpts_state_dict():
+    state_dict = scalar.make_state_dict(reference.VOCAB, lambda: 0.0)
+    shapes = [(len(mat), len(mat[0])) for mat in state_dict.values()]
+    assert shapes == [(rows, cols) for _, rows, cols in reference.LAYOUT]
+    assert reference.N_PARAMS == 4192 == len(scalar.parameters(state_dict))
+    flat = np.arange(reference.N_PARAMS, dtype=np.float64)
+    w = reference.views(flat)
+    assert w["wpe"][0, 0] == 27 * 16 and w["fc2"][15, 63] == reference.N_PARAMS - 1
+    w["wq"][1, 2] = -1.0  # views write through
+    assert flat[reference.OFFSETS["wq"][0] + 16 + 2] == -1.0
+
+
+def test_tokenize():
+    assert reference.tokenize("abz") == [26, 0, 1, 25, 26]
+    with pytest.raises(ValueError, match="a-z"):
+        reference.tokenize("aB")
+
+
+@pytest.mark.parametrize("name", CHECK_NAMES)
+def test_gradient_matches_central_differences(name):
+    """Relative error, per parameter matrix over 64 random entries of it:
+    ||g_fd - g|| / max(||g_fd||, ||g||), in float64 with h = 1e-5 (both zero counts as 0)."""
+    params = random_weights(seed=CHECK_NAMES.index(name))
+    tokens = reference.tokenize(name)
+    _, grad = reference.loss_and_grad(params, tokens)
+    rng = np.random.default_rng(0)
+    h = 1e-5
+    for matrix, (start, rows, cols) in reference.OFFSETS.items():
+        picked = start + rng.choice(rows * cols, size=64, replace=False)
+        fd = np.empty(len(picked))
+        for j, i in enumerate(picked):
+            plus, minus = params.copy(), params.copy()
+            plus[i] += h
+            minus[i] -= h
+            fd[j] = (reference.loss_and_grad(plus, tokens)[0] - reference.loss_and_grad(minus, tokens)[0]) / (2 * h)
+        exact = grad[picked]
+        scale = max(np.linalg.norm(fd), np.linalg.norm(exact))
+        error = np.linalg.norm(fd - exact) / scale if scale else 0.0
+        assert error <= 1e-6, f"{name}: {matrix} gradient off by {error:.2e}"
+
+
+@pytest.mark.parametrize("name", CHECK_NAMES)
+def test_loss_and_gradient_match_microgpt_scalar(name):
+    params = random_weights(seed=7, std=0.3)  # larger than init so attention is far from uniform
+    tokens = reference.tokenize(name)
+    loss, grad = reference.loss_and_grad(params, tokens)
+    loss_s, grad_s = scalar.loss_and_grad(params.tolist(), tokens)
+    assert loss == pytest.approx(loss_s, rel=1e-12)
+    np.testing.assert_allclose(grad, grad_s, rtol=1e-10, atol=1e-13)
+
+
+def test_float32_params_give_float32_gradient():
+    params = random_weights(seed=3)
+    tokens = reference.tokenize("isabella")
+    loss64, grad64 = reference.loss_and_grad(params, tokens)
+    loss32, grad32 = reference.loss_and_grad(params.astype(np.float32), tokens)
+    assert grad32.dtype == np.float32
+    assert loss32 == pytest.approx(loss64, rel=1e-6)
+    assert np.linalg.norm(grad32 - grad64) / np.linalg.norm(grad64) < 1e-5
+
+
+def test_first_training_steps_match_microgpt_scalar(docs):
+    ordered, init = microgpt_order(docs, 42)
+    _, losses = reference.train(ordered, init, 10)
+    np.testing.assert_allclose(losses, scalar.train(docs, 10, seed=42), rtol=0, atol=1e-9)
+
+
+def test_fixture_is_microgpts_run_on_the_real_names(microgpt_run):
+    assert (microgpt_run["seed"], microgpt_run["steps"], len(microgpt_run["losses"])) == (42, 1000, 1000)
+    assert microgpt_run["sha256_of_names"] == sha256_of(NAMES)
+
+
+@pytest.mark.slow
+def test_1000_steps_match_microgpt_run(trained, microgpt_run):
+    _, losses = trained
+    expected = microgpt_run["losses"]
+    assert losses[0] == pytest.approx(3.366, abs=5e-4)
+    np.testing.assert_allclose(losses[:50], expected[:50], rtol=0, atol=1e-9)
+    assert abs(np.mean(losses[-100:]) - np.mean(expected[-100:])) <= 1e-6
+
+
+@pytest.mark.slow
+def test_sampling_is_microgpts_rule(trained):
+    """Fed the same uniforms, reference.sample picks what microgpt.py's random.choices picks."""
+    params, _ = trained
+    rng = random.Random(5)
+    ours = [reference.sample(params, rng.random) for _ in range(10)]
+    random.seed(5)
+    theirs = [scalar.sample(params.tolist()) for _ in range(10)]
+    assert ours == theirs
+    assert all(re.fullmatch(r"[a-z]{0,16}", s) for s in ours)

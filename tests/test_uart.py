@@ -1,0 +1,339 @@
+"""The UART parser: sample logs as engines capture them, edge cases, and fuzzing."""
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from microgpt.uart import UartParser, parse_lines
+
+LOGS = Path(__file__).parent / "data" / "uart"
+REPORT_KEYS = {
+    "engine", "status", "error", "steps", "params", "losses", "samples", "ms_per_step", "peak_heap_bytes",
+    "uart_log", "config", "boots", "resumed_from", "checkpoints", "checkpoints_rejected", "lr_final",
+    "heap_total", "platform", "emit", "freq_mhz", "ms_train", "peak_src", "bad_records",
+}
+START = ("MGPT start v=1 params=4192 steps={steps} seed=42 init=host docs=32032 log_every={every} ckpt_every=0"
+         " samples=2 temp=0.5 lr=0.01 platform=linux impl=1.29.0 emit=bytecode freq_mhz=none"
+         " freq_boot_mhz=none heap_total=166592")
+END = "MGPT end steps={steps} ms_train=50 ms_per_step=5.0 peak_heap=70000 peak_src=mem_peak heap_total=166592"
+
+
+def parse(name, **kw):
+    return parse_lines((LOGS / name).open("rb"), uart_log=str(LOGS / name), **kw)
+
+
+def start(steps=10, every=1):
+    return START.format(steps=steps, every=every)
+
+
+def step(n, *losses, ms=5.0, heap=58000):
+    return f"MGPT step n={n} loss={','.join(str(x) for x in losses)} lr=0.005 ms={ms} heap={heap}"
+
+
+def end(steps=10):
+    return END.format(steps=steps)
+
+
+def check_report(report):
+    assert REPORT_KEYS <= report.keys()
+    assert report["status"] in ("ok", "error")
+    assert (report["status"] == "ok") == (report["error"] is None)
+    assert report["error"] is None or isinstance(report["error"], str) and report["error"]
+    assert isinstance(report["steps"], int) and report["steps"] >= 0
+    assert len(report["losses"]) == report["steps"]
+    assert all(x is None or isinstance(x, float) for x in report["losses"])
+    assert all(isinstance(s, str) for s in report["samples"])
+    assert isinstance(report["bad_records"], int) and report["bad_records"] >= 0
+    json.dumps(report)  # only JSON types
+
+
+# --- sample logs -------------------------------------------------------------------------
+
+
+def test_vm_run():
+    r = parse("vm_ok.log")
+    check_report(r)
+    assert r["status"] == "ok" and r["error"] is None
+    assert (r["steps"], r["params"], r["boots"], r["bad_records"]) == (20, 4192, 1, 0)
+    assert r["losses"][:3] == [3.365967, 3.424273, 3.177578] and r["losses"][-1] == 2.774931
+    assert r["samples"] == ["ieodnne", "bmaen", "dho", "oi", "bvieei"]
+    assert (r["ms_per_step"], r["ms_train"], r["peak_heap_bytes"], r["peak_src"]) == (4.85, 97, 71568, "mem_peak")
+    assert (r["platform"], r["emit"], r["freq_mhz"], r["heap_total"], r["lr_final"]) == ("linux", "bytecode", None, 166592, 0.0005)
+    assert r["config"]["seed"] == 42 and r["config"]["init"] == "host" and r["config"]["freq_boot_mhz"] is None
+    assert r["uart_log"].endswith("vm_ok.log") and r["resumed_from"] is None and r["checkpoints"] == []
+
+
+def test_board_run_with_rom_noise_banner_and_crlf_reads_like_the_vm_run():
+    vm, board = parse("vm_ok.log"), parse("esp32_ok.log")
+    check_report(board)
+    assert board["status"] == "ok" and board["bad_records"] == 0 and board["boots"] == 1
+    for key in ("steps", "losses", "samples", "params"):
+        assert board[key] == vm[key]
+    assert (board["platform"], board["emit"], board["freq_mhz"], board["config"]["freq_boot_mhz"]) == ("esp32", "native", 240, 160)
+    assert board["ms_per_step"] == 183.55
+
+
+def test_memory_error_reports_exception_and_traceback():
+    r = parse("memory_error.log")
+    check_report(r)
+    assert r["status"] == "error" and r["steps"] == 0 and r["losses"] == []
+    assert r["error"].startswith("MemoryError: memory allocation failed, allocating 16768 bytes (traceback: ")
+    assert 'File "train.py", line 18, in __init__' in r["error"]
+    assert "Traceback (most recent" not in r["error"] and r["error"].count("16768") == 1
+    assert r["heap_total"] == 32768
+
+
+def test_run_cut_mid_step_line():
+    r = parse("cut_mid_step.log")
+    check_report(r)
+    assert r["status"] == "error"
+    assert r["error"] == "the run stopped after step 6 of 20: no MGPT end line"
+    assert r["steps"] == 6 and r["bad_records"] == 1  # the cut record counted, not used
+    assert r["ms_per_step"] == pytest.approx(sum([5.3, 5.0, 4.7, 5.4, 5.1, 4.8]) / 6)
+    assert r["peak_heap_bytes"] == 58208 and r["peak_src"] == "step"
+
+
+def test_reset_loop():
+    r = parse("reset_loop.log")
+    check_report(r)
+    assert r["status"] == "error" and r["boots"] == 4
+    assert r["error"].startswith("reset loop: the chip rebooted 4 times without progress")
+
+
+def test_reset_mid_run_resumes_from_checkpoint():
+    r = parse("reset_resume.log")
+    check_report(r)
+    assert r["status"] == "ok" and r["resumed_from"] == 10 and r["boots"] == 2
+    assert r["checkpoints"] == [10, 20, 30]
+    assert r["bad_records"] == 1  # the step record the reset cut in half
+    assert len(r["losses"]) == 30 and None not in r["losses"]
+    assert r["losses"][0] == 3.365967 and r["losses"][15:20] == [2.845018, 3.054155, 2.827918, 2.824256, 2.718260]
+    assert r["ms_train"] == 3688 and len(r["samples"]) == 5
+
+
+def test_log_every_groups_give_every_step():
+    r = parse("log_every10.log")
+    check_report(r)
+    assert r["status"] == "ok" and r["steps"] == 25 and len(r["losses"]) == 25
+    assert r["losses"][9] == 3.229071 and r["losses"][20:] == [3.360040, 2.763430, 2.882194, 2.388742, 3.345801]
+    assert r["config"]["log_every"] == 10
+
+
+# --- errors and edge cases ---------------------------------------------------------------
+
+ROM = ["ets Jun  8 2016 00:22:57", "", "rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)", "entry 0x400805b0"]
+BANNER = ["MicroPython v1.25.0 on 2025-04-15; Generic ESP32 module with ESP32", 'Type "help()" for more information.', ">>> "]
+
+
+def test_never_started_names_the_fix():
+    r = parse_lines(ROM + BANNER, uart_log="run.log")
+    assert r["status"] == "error" and r["steps"] == 0 and r["bad_records"] == 0
+    assert r["error"].startswith("the trainer never started: no MGPT start line")
+    assert "microgpt build" in r["error"] and "run.log" in r["error"]
+
+
+def test_engine_error_is_the_reason_when_nothing_started():
+    parser = UartParser()
+    r = parser.report("qemu", "q.log", engine_error="qemu-system-xtensa not found: install it")
+    assert r["error"] == "the trainer never started: no MGPT start line — qemu-system-xtensa not found: install it"
+
+
+def test_engine_error_after_steps_and_after_end():
+    parser = UartParser()
+    for line in [start(10), step(1, 3.3), step(2, 3.2)]:
+        parser.feed(line)
+    r = parser.report("serial", "s.log", engine_error="no output from the chip for 30 s")
+    assert r["error"] == "the run stopped after step 2 of 10: no MGPT end line — no output from the chip for 30 s"
+    parser.feed(end(2).replace("steps=2", "steps=10"))
+    assert parser.report("serial", "s.log", engine_error="port vanished")["status"] == "ok"
+
+
+def test_restart_without_resume_restarts_the_losses():
+    lines = [start(5), step(1, 3.0), step(2, 2.9), step(3, 2.8),
+             start(5), "MGPT ckpt-bad reason=checksum", *(step(n, 1.0 + n) for n in range(1, 6)), end(5)]
+    r = parse_lines(lines)
+    assert r["status"] == "ok" and r["boots"] == 2 and r["resumed_from"] is None
+    assert r["losses"] == [2.0, 3.0, 4.0, 5.0, 6.0] and r["checkpoints_rejected"] == ["checksum"]
+
+
+def test_resume_overwrites_redone_steps_without_duplicates():
+    lines = [start(6, 2), step(2, 3.0, 2.9), step(4, 2.8, 2.7), start(6, 2), "MGPT resume step=2",
+             step(4, 2.5, 2.4), step(6, 2.3, 2.2), end(6)]
+    r = parse_lines(lines)
+    assert r["losses"] == [3.0, 2.9, 2.5, 2.4, 2.3, 2.2] and r["resumed_from"] == 2
+
+
+def test_reset_loop_in_the_vm_and_progress_breaking_it():
+    assert parse_lines([start()] * 3)["error"].startswith("reset loop: the chip rebooted 3 times")
+    r = parse_lines([start(), step(1, 3.0), start(), "MGPT resume step=1", step(2, 2.9), start()])
+    assert r["error"] == "the run stopped after step 2 of 10: no MGPT end line"
+
+
+def test_restarts_that_never_pass_the_furthest_step_are_a_reset_loop():
+    lines = [start(), step(1, 3.0), step(2, 2.9)] + [start(), step(1, 3.0), step(2, 2.9)] * 3
+    assert parse_lines(lines)["error"].startswith("reset loop: the chip rebooted 3 times")
+
+
+def test_rom_reset_before_start_is_one_boot():
+    parser = UartParser()
+    for line in ROM + [start()] + ROM + [start()]:
+        parser.feed(line)
+    assert parser.boots == 2 and not parser.finished
+    assert parser.report("x", None)["error"] == "the run stopped after step 0 of 10: no MGPT end line"
+
+
+def test_records_inside_garbage_lone_cr_and_glued_records():
+    line = b"\xff\x00junk" + start(2).encode() + b"\r" + step(1, 3.0).encode() + step(2, 2.0).encode()
+    parser = UartParser()
+    assert [kind for kind, _ in parser.feed(line)] == ["start", "step", "step"]
+    parser.feed(end(2) + "\r\n")
+    r = parser.report("x", None)
+    assert r["status"] == "ok" and r["losses"] == [3.0, 2.0] and r["bad_records"] == 0
+
+
+def test_str_and_bytes_lines_parse_alike():
+    text = (LOGS / "esp32_ok.log").read_bytes()
+    assert parse_lines(text.split(b"\n")) == parse_lines(text.decode().split("\n"))
+
+
+@pytest.mark.parametrize("bad", [
+    "MGPT step n=x loss=3.0 lr=0.01 ms=5 heap=1",  # bad number
+    "MGPT step n=1 loss=3.0 lr=0.01 ms=5",  # missing heap
+    "MGPT step n=3 loss=3.0,2.0,1.0,0.5 lr=0.01 ms=5 heap=1",  # more losses than steps
+    "MGPT step n=11 loss=3.0 lr=0.01 ms=5 heap=1",  # beyond the run
+    "MGPT step n=2 loss=3.0,,2.0 lr=0.01 ms=5 heap=1",  # empty value in the list
+    "MGPT step n=1 loss=3.0 lr=0.01 ms=5 heap=1 Jun",  # token without a value
+    "MGPT end steps=10 ms_train=50",  # end cut short
+    "MGPT resume step=99",  # beyond the run
+    "MGPT sample x kamon",  # bad index
+    "MGPT tb   File \"x.py\", line 1",  # traceback without an error
+    "MGPT bogus a=1",  # unknown record
+    "MGPT ",  # tag alone
+])
+def test_malformed_records_are_counted_and_ignored(bad):
+    r = parse_lines([start(), step(1, 3.0), bad, step(2, 2.0)])
+    assert r["bad_records"] == 1 and r["losses"] == [3.0, 2.0]
+
+
+def test_steps_before_any_start_are_out_of_place():
+    r = parse_lines([step(1, 3.0), end(1)])
+    assert r["bad_records"] == 2 and r["status"] == "error" and "never started" in r["error"]
+
+
+def test_lost_step_record_leaves_a_gap_not_a_shift():
+    r = parse_lines([start(3), step(1, 3.0), step(3, 2.0), end(3)])
+    assert r["losses"] == [3.0, None, 2.0]
+
+
+def test_diverged_loss_is_kept_as_nan():
+    r = parse_lines([start(2), step(1, 3.0), "MGPT step n=2 loss=nan lr=0.005 ms=5 heap=1", end(2)])
+    assert r["status"] == "ok" and r["losses"][0] == 3.0 and r["losses"][1] != r["losses"][1]
+
+
+def test_samples_keep_order_and_empty_names():
+    r = parse_lines([start(1), step(1, 3.0), "MGPT sample 2 ava", "MGPT sample 1 kamon", "MGPT sample 3 ", end(1)])
+    assert r["samples"] == ["kamon", "ava", ""]
+
+
+def test_finished_after_end_or_after_the_traceback():
+    parser = UartParser()
+    for line in [start(), step(1, 3.0), "MGPT error ValueError: bad", "MGPT tb   File \"train.py\", line 3"]:
+        parser.feed(line)
+        assert not parser.finished
+    parser.feed(BANNER[0])
+    assert parser.finished
+    assert parser.report("x", None)["error"] == 'ValueError: bad (traceback: File "train.py", line 3)'
+    parser = UartParser()
+    parser.feed(start(1))
+    parser.feed(end(1))
+    assert parser.finished
+
+
+def test_a_chip_running_another_configuration_is_stale():
+    parser = UartParser(expect_steps=50)
+    parser.feed(start(1000))
+    assert parser.finished
+    assert "1000-step configuration but 50 steps were asked" in parser.report("serial", None)["error"]
+    assert parse_lines([start(1), step(1, 3.0), end(1)])["status"] == "ok"
+
+
+# --- fuzzing: any bytes, never an exception, always a complete report ------------------------
+
+SAMPLES = [p.read_bytes() for p in sorted(LOGS.glob("*.log"))]
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def parse_blob(blob):
+    r = parse_lines(blob.split(b"\n"), uart_log="fuzz.log")
+    check_report(r)
+    return r
+
+
+@FUZZ
+@given(st.binary(max_size=4000))
+def test_fuzz_random_bytes(blob):
+    parse_blob(blob)
+
+
+@st.composite
+def mutated_logs(draw):
+    """A real log with byte flips, cuts, CR/garbage insertions, then lines dropped or repeated."""
+    blob = bytearray(draw(st.sampled_from(SAMPLES)))
+    for _ in range(draw(st.integers(0, 8))):
+        at = draw(st.integers(0, len(blob)))
+        op = draw(st.sampled_from(["flip", "truncate", "cr", "insert"]))
+        if op == "flip" and at < len(blob):
+            blob[at] = draw(st.integers(0, 255))
+        elif op == "truncate":
+            del blob[at:]
+        elif op == "cr":
+            blob[at:at] = b"\r"
+        elif op == "insert":
+            blob[at:at] = draw(st.binary(min_size=1, max_size=12))
+    lines = bytes(blob).split(b"\n")
+    for _ in range(draw(st.integers(0, 6))):
+        if not lines:
+            break
+        at = draw(st.integers(0, len(lines) - 1))
+        if draw(st.booleans()):
+            del lines[at]
+        else:
+            lines[at:at] = [lines[at]] * draw(st.integers(1, 3))
+    return b"\n".join(lines)
+
+
+@FUZZ
+@given(mutated_logs())
+def test_fuzz_mutated_real_logs(blob):
+    parse_blob(blob)
+
+
+KINDS = ["start", "resume", "ckpt-bad", "step", "ckpt", "sample", "end", "error", "tb", "bogus"]
+KEYS = ["v", "params", "steps", "log_every", "step", "n", "loss", "lr", "ms", "heap", "reason",
+        "ms_train", "ms_per_step", "peak_heap", "peak_src", "heap_total", "freq_mhz"]
+VALUES = st.one_of(st.integers(-3, 40).map(str), st.sampled_from(
+    ["nan", "inf", "-1e9", "1e400", "none", "", "3.5.1", "2.5,2.4", "1,2,3,4,5,6,7,8,9,10,11", "9" * 5000, "\ufffd=", "１２"]))
+
+
+@st.composite
+def protocol_soup(draw):
+    """Lines that look like the protocol, with plausible and absurd fields in any order."""
+    lines = []
+    for _ in range(draw(st.integers(0, 25))):
+        kind = draw(st.sampled_from(KINDS))
+        fields = draw(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=6))
+        rest = " ".join(f"{k}={v}" for k, v in fields) if draw(st.booleans()) else draw(st.text(max_size=12))
+        lines.append(draw(st.sampled_from(["", "xx", "rst:0x1 "])) + f"MGPT {kind} {rest}")
+    return lines
+
+
+@settings(FUZZ, max_examples=300)
+@given(protocol_soup())
+def test_fuzz_protocol_soup(lines):
+    parser = UartParser(expect_steps=10)
+    for line in lines:
+        parser.feed(line)
+        parser.finished
+    check_report(parser.report("fuzz", None, engine_error="timeout"))
