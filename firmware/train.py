@@ -9,6 +9,7 @@ import sys
 import time
 
 import checkpoint
+import micropython
 from model import BLOCK, BOS, GPT, N_PARAMS, zeros
 from rng import Rng
 from sample import sample
@@ -26,17 +27,22 @@ EPS = 1e-8
 INIT_STD = 0.08
 
 
+@micropython.native
 def adam(p, g, m, v, lr, t):
     # microgpt's Adam with bias correction (t = 1, 2, ...); zeroes the gradient for the next step.
-    c1 = 1.0 - BETA1**t
-    c2 = 1.0 - BETA2**t
+    # Constants sit in locals and the corrections are folded into two factors: float rounding
+    # aside, p -= lr * (m / c1) / (sqrt(v / c2) + eps).
+    b1, b2, eps = BETA1, BETA2, EPS
+    a1, a2 = 1.0 - b1, 1.0 - b2
+    step = lr / (1.0 - b1**t)
+    unbias = 1.0 / (1.0 - b2**t)
     for i in range(N_PARAMS):
         gi = g[i]
-        mi = BETA1 * m[i] + (1.0 - BETA1) * gi
-        vi = BETA2 * v[i] + (1.0 - BETA2) * gi * gi
+        mi = b1 * m[i] + a1 * gi
+        vi = b2 * v[i] + a2 * gi * gi
         m[i] = mi
         v[i] = vi
-        p[i] -= lr * (mi / c1) / (math.sqrt(vi / c2) + EPS)
+        p[i] -= step * mi / ((vi * unbias) ** 0.5 + eps)
         g[i] = 0.0
 
 
@@ -103,9 +109,10 @@ def main():
     log_every, ckpt_every = cfg["log_every"], cfg["ckpt_every"]
     freq_boot, freq = clock()
 
+    gc.collect()  # the big arrays go first, into a heap that imports have not yet fragmented
+    m, v = zeros(N_PARAMS), zeros(N_PARAMS)
     gpt = GPT()
     params, grads = gpt.params, gpt.grads
-    m, v = zeros(N_PARAMS), zeros(N_PARAMS)
     rng = Rng(seed)
     names = Names(DATA)
     heap_total = gc.mem_alloc() + gc.mem_free()

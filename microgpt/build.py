@@ -66,7 +66,7 @@ def host_flash(cfg: payload.RunConfig, docs: list[str], vfs: Path, micropython: 
     foreign = [name for name, blob in image.read_fs(region).items()
                if name.endswith(".mpy") and mpy.parse_header(blob).arch not in (None, vm.arch)]
     if foreign:  # bytecode-only .mpy run anywhere; xtensawin machine code does not run in the VM
-        region = image.update_fs(region, {name: mpy.compile_module(payload.FIRMWARE_DIR / (name[:-4] + ".py"), vm, cfg.emit)
+        region = image.update_fs(region, {name: payload.compile_trainer_module(payload.FIRMWARE_DIR / (name[:-4] + ".py"), vm, cfg.emit)
                                           for name in foreign})
     vfs.write_bytes(region)
 

@@ -15,7 +15,7 @@ def run_options(f):
     """The options that define a training run, shared by build, sim run and device run;
     they reach the command as `cfg` (a payload.RunConfig) and `docs` (the names)."""
 
-    @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Training steps.")
+    @click.option("--steps", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Training steps.")
     @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Names file, one a-z name per line [default: makemore's names.txt, downloaded once].")
     @click.option("--init", type=click.Choice(["microgpt", "device"]), default="microgpt", show_default=True,
@@ -102,11 +102,11 @@ def sim_run(engine, cfg, docs, heap, image, firmware, report, timeout, micropyth
             if engine == "qemu":
                 from .engines.qemu import QemuEngine
 
-                eng = QemuEngine(image, qemu=qemu, silence_s=timeout)
+                eng = QemuEngine(image, qemu=qemu, silence_s=timeout, workdir=report.parent)
             else:
                 from .engines.wokwi import WokwiEngine
 
-                eng = WokwiEngine(image, timeout_s=timeout)
+                eng = WokwiEngine(image, silence_s=timeout)
     except EngineError as e:
         raise click.ClickException(str(e)) from None
     result = run(eng, report.with_suffix(".uart.log"), echo=not quiet, expect_steps=cfg.steps)
@@ -120,8 +120,9 @@ def _summary(result, report_path):
     losses = [x for x in result["losses"] if x is not None]
     if result["status"] == "ok":
         tail = losses[-100:]
-        click.echo(f"ok: {result['steps']} steps, loss {losses[0]:.4f} -> mean of last {len(tail)} {sum(tail) / len(tail):.4f}, "
-                   f"{result['ms_per_step']:.2f} ms/step, peak heap {result['peak_heap_bytes']:,} B")
+        curve = f"loss {losses[0]:.4f} -> mean of last {len(tail)} {sum(tail) / len(tail):.4f}, " if tail else ""
+        click.echo(f"ok: {result['steps']} steps, {curve}{result['ms_per_step'] or 0:.2f} ms/step, "
+                   f"peak heap {result['peak_heap_bytes']:,} B")
         if result["samples"]:
             click.echo("samples: " + " ".join(result["samples"]))
     click.echo(f"report: {report_path}  (UART log: {result['uart_log']})")

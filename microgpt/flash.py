@@ -15,10 +15,9 @@ from esptool.util import FatalError, flash_size_bytes
 
 from microgpt.engines import EngineError
 from microgpt.image import PARTITION_TABLE_MAX, PARTITION_TABLE_OFFSET, require_fits, vfs_region
-from microgpt.ports import open_serial
+from microgpt.ports import FLASH_BAUD, open_serial
 
 ROM_BAUD = 115200  # the ROM bootloader always starts here; the stub then switches to `baud`
-FLASH_BAUD = 460800
 
 
 def flash_image(port: str, image: Path, *, baud: int = FLASH_BAUD, fs_only: bool = False, reset: bool = True) -> None:

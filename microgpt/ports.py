@@ -1,4 +1,5 @@
-"""Serial ports: find the board, and open its port with an error that says what is wrong."""
+"""Serial ports: find the board, open its port, and errors that say what is wrong."""
+import contextlib
 import errno
 
 import serial
@@ -9,6 +10,8 @@ from microgpt.engines import EngineError
 # USB vendor IDs of the chips that put ESP32 boards on USB: the ESP32's own USB (S2/S3/C3...)
 # and the USB-serial bridges found on dev kits.
 BOARD_VIDS = {0x303A: "Espressif", 0x10C4: "Silicon Labs CP210x", 0x1A86: "WCH CH340", 0x0403: "FTDI"}
+UART_BAUD = 115200  # MicroPython's REPL on the ESP32's UART0
+FLASH_BAUD = 460800  # esptool's flasher stub; the ROM bootloader itself starts at 115200
 
 
 def describe(port) -> str:
@@ -35,7 +38,7 @@ def find_port() -> str:
     return pick_port(list_ports.comports())
 
 
-def open_serial(port: str, baud: int = 115200, timeout: float = 1.0) -> serial.Serial:
+def open_serial(port: str, baud: int = UART_BAUD, timeout: float = 1.0) -> serial.Serial:
     """Open `port` exclusively (so a second program cannot interleave bytes) or say why not."""
     try:
         return serial.serial_for_url(port, baudrate=baud, timeout=timeout, exclusive=True)
@@ -48,8 +51,15 @@ def link_lost(e: OSError) -> bool:
     return isinstance(e, serial.SerialException) or e.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF)
 
 
-def lost(port: str, e: OSError) -> EngineError:
-    return EngineError(f"serial connection to {port} lost ({e}): check the USB cable and the board's power")
+@contextlib.contextmanager
+def watch_link(port: str):
+    """Turn the port going away under us into one clear EngineError."""
+    try:
+        yield
+    except OSError as e:
+        if not link_lost(e):
+            raise
+        raise EngineError(f"serial connection to {port} lost ({e}): check the USB cable and the board's power") from None
 
 
 def open_error(port: str, e: OSError) -> str:

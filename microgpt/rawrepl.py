@@ -15,7 +15,7 @@ from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
 from microgpt.engines import EngineError
-from microgpt.ports import link_lost, lost, open_serial
+from microgpt.ports import UART_BAUD, link_lost, open_serial, watch_link
 
 READ_TIMEOUT_S = 1.0  # mpremote reads ptys with a blocking read(1): this bounds it
 ENTER_TIMEOUT_S = 10
@@ -23,9 +23,14 @@ CHUNK = 1024  # bytes per exec when copying files (mpremote's 256 costs 4x the r
 # Ports whose Ctrl-D exits the process instead of soft-resetting (MicroPython's unix/windows VM).
 VM_PLATFORMS = ("linux", "darwin", "win32")
 
+
+class MissingFile(EngineError):
+    """The file asked for is not on the board."""
+
+
 class RawRepl:
-    def __init__(self, port: str, baud: int = 115200):
-        self.port, self.baud = port, baud
+    def __init__(self, port: str, baud: int = UART_BAUD, answer_s: float = ENTER_TIMEOUT_S):
+        self.port, self.baud, self.answer_s = port, baud, answer_s
         try:
             self.transport = SerialTransport(port, baudrate=baud, exclusive=True, timeout=READ_TIMEOUT_S)
         except TransportError:
@@ -43,12 +48,12 @@ class RawRepl:
         said = io.StringIO()  # mpremote prints what the board said before raising: keep it for our message
         with self._link(), contextlib.redirect_stdout(said):
             try:
-                self.transport.enter_raw_repl(soft_reset=soft_reset, timeout_overall=ENTER_TIMEOUT_S)
+                self.transport.enter_raw_repl(soft_reset=soft_reset, timeout_overall=self.answer_s)
             except TransportError:
                 answer = said.getvalue().strip()
                 if answer in ("", "b''"):
                     raise EngineError(
-                        f"no answer from {self.port} within {ENTER_TIMEOUT_S} s: is the board powered and "
+                        f"no answer from {self.port} within {self.answer_s:g} s: is the board powered and "
                         f"running MicroPython at {self.baud} baud? Flash it with `microgpt device flash`.") from None
                 raise EngineError(
                     f"{self.port} refused the raw REPL (no 'raw REPL; CTRL-B to exit' banner); it answered "
@@ -56,17 +61,14 @@ class RawRepl:
 
     @contextlib.contextmanager
     def _link(self):
-        """Turn a dropped port or a board that stopped answering into one clear error."""
-        try:
-            yield
-        except OSError as e:
-            if not link_lost(e):
-                raise
-            raise lost(self.port, e) from None
-        except TransportError as e:
-            if isinstance(e, TransportExecError):
-                raise
-            raise EngineError(f"the board on {self.port} stopped answering the raw REPL ({e})") from None
+        """A dropped port, or a board that stopped answering, as one clear error."""
+        with watch_link(self.port):
+            try:
+                yield
+            except TransportError as e:
+                if isinstance(e, TransportExecError):
+                    raise
+                raise EngineError(f"the board on {self.port} stopped answering the raw REPL ({e})") from None
 
     def exec(self, code: str) -> bytes:
         """Run `code` to completion and return what it printed; an exception on the board is an EngineError."""
@@ -98,8 +100,12 @@ class RawRepl:
                 if link_lost(e):
                     raise
                 if e.errno == errno.ENOENT:
-                    raise EngineError(f"there is no {path} on the board") from None
+                    raise MissingFile(f"there is no {path} on the board") from None
                 raise EngineError(f"cannot read {path} from the board ({e})") from None
+
+    def remove(self, *paths: str) -> None:
+        """Delete these files where they exist."""
+        self.exec(f"import os\nfor p in {paths!r}:\n try:\n  os.remove(p)\n except OSError:\n  pass")
 
     def soft_reset(self) -> None:
         """Restart MicroPython for a clean heap. On the VM Ctrl-D would end the process instead,

@@ -166,7 +166,8 @@ def train(ordered_docs, init, steps):
 
 def sample(params, uniform, temperature=TEMPERATURE):
     """One name. `uniform()` gives floats in [0, 1); the token is the first whose cumulative
-    softmax(logits / T) exceeds it (the last if rounding leaves none) — the chip's rule."""
+    softmax(logits / T) exceeds it (the last if rounding leaves none): the chip's rule, and the
+    one random.choices applies in microgpt.py, so the same uniforms give the same name."""
     tokens, letters = [BOS], []
     for _ in range(BLOCK_SIZE):
         probs = _softmax(logits(params, tokens)[-1] / temperature)

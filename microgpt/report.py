@@ -20,9 +20,14 @@ def write_report(report, json_path):
     json_path = Path(json_path)
     png_path = json_path.with_suffix(".png")
     if png_path == json_path:
-        raise click.ClickException(f"{json_path}: the report is JSON and its loss curve goes beside it as .png; name it .json")
+        raise click.ClickException(f"{json_path}: the report is JSON, its loss curve goes beside it as .png:"
+                                   " name the report .json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    report["loss_curve"] = str(png_path) if _plot_losses(report, png_path) else None
+    if _plot_losses(report, png_path):
+        report["loss_curve"] = str(png_path)
+    else:
+        report["loss_curve"] = None
+        png_path.unlink(missing_ok=True)  # an earlier run's curve must not pass for this one's
     json_path.write_text(json.dumps(_finite(report), indent=2) + "\n")
     return report
 
@@ -53,11 +58,13 @@ def _plot_losses(report, png_path):
     fig = Figure(figsize=(8, 4.5), dpi=100, layout="tight")
     ax = fig.add_subplot()
     ax.plot(steps, loss, lw=0.8, alpha=0.45, color="tab:blue", label="loss per step")
-    ax.plot(steps, _moving_average(loss, window), lw=2, color="tab:orange", label=f"mean of last {window} steps")
+    ax.plot(steps, _moving_average(loss, window), lw=2, color="tab:orange",
+            label=f"mean of last {window} steps")
     ms = report.get("ms_per_step")
     timing = f", {ms:.1f} ms/step" if isinstance(ms, (int, float)) and math.isfinite(ms) else ""
     failed = " (error)" if report.get("status") == "error" else ""
-    ax.set(xlabel="step", ylabel="loss", title=f"microgpt on {report.get('engine')}: {report.get('steps')} steps{timing}{failed}")
+    title = f"microgpt on {report.get('engine')}: {report.get('steps')} steps{timing}{failed}"
+    ax.set(xlabel="step", ylabel="loss", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(png_path, format="png")

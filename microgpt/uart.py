@@ -36,10 +36,6 @@ def _floats(s):
     return [_float(x) for x in s.split(",")]
 
 
-def _word(s):
-    return s
-
-
 def _value(s):
     """A field the parser does not need by name (start's config): its most natural type."""
     if s == "none":
@@ -54,11 +50,10 @@ def _value(s):
 FIELDS = {
     "start": {"params": _int, "steps": _int},
     "resume": {"step": _int},
-    "ckpt-bad": {"reason": _word},
+    "ckpt-bad": {"reason": str},
     "step": {"n": _int, "loss": _floats, "lr": _float, "ms": _num, "heap": _int},
     "ckpt": {"step": _int},
-    "end": {"steps": _int, "ms_train": _num, "ms_per_step": _num, "peak_heap": _int,
-            "peak_src": _word, "heap_total": _int},
+    "end": {"steps": _int, "ms_train": _num, "ms_per_step": _num, "peak_heap": _int, "heap_total": _int},
 }
 TEXT_RECORDS = ("sample", "error", "tb")  # free text as the rest of the line
 
@@ -97,7 +92,7 @@ class UartParser:
         self._stalled = 0  # boots since the last progress
         self._booted = False  # a boot began: ROM reset line or start record
         self._started = False  # the current boot printed its start
-        self._ms = [0.0, 0]  # chip's ms summed over steps, and those steps
+        self._ms_sum, self._ms_steps = 0.0, 0  # the chip's ms per step, summed over steps
         self._step = None  # fields of the last step record
         self._step_heap = None  # largest heap of step records
         self._new_outcome()
@@ -194,8 +189,8 @@ class UartParser:
             self._losses[s] = loss
         if n > self._high:
             self._high, self._stalled = n, 0
-        self._ms[0] += f["ms"] * len(losses)
-        self._ms[1] += len(losses)
+        self._ms_sum += f["ms"] * len(losses)
+        self._ms_steps += len(losses)
         self._step = f
         self._step_heap = f["heap"] if self._step_heap is None else max(f["heap"], self._step_heap)
 
@@ -221,7 +216,7 @@ class UartParser:
         """The run as the report's dict (see docs/uart-protocol.md for the chip's fields)."""
         end, step, cfg = self._end or {}, self._step or {}, self.config
         steps = end.get("steps", max(self._losses, default=0))
-        ms_per_step = end.get("ms_per_step", self._ms[0] / self._ms[1] if self._ms[1] else None)
+        ms_per_step = end.get("ms_per_step", self._ms_sum / self._ms_steps if self._ms_steps else None)
         failure = None if self._end and not self._stale() else self._failure(steps, uart_log, engine_error)
         return {
             "engine": engine,
@@ -245,22 +240,25 @@ class UartParser:
             "emit": cfg.get("emit"),
             "freq_mhz": cfg.get("freq_mhz"),
             "ms_train": end.get("ms_train"),
-            "peak_src": end.get("peak_src", "step" if self._step_heap is not None else None),
+            "peak_src": "end" if end else "step" if self._step_heap is not None else None,
+            "alloc_per_step": end.get("alloc_per_step"),
             "bad_records": self.bad_records,
         }
 
     def _failure(self, steps, uart_log, engine_error):
         """Why the run failed, most specific reason first, with what the engine saw."""
         if self._stale():
-            reason = (f"the chip runs a {self.config['steps']}-step configuration but {self.expect_steps} steps were asked:"
-                      " its image or filesystem is stale (rebuild with `microgpt build` and flash it again)")
+            reason = (f"the chip runs a {self.config['steps']}-step configuration but {self.expect_steps} steps"
+                      " were asked: its image or filesystem is stale (rebuild with `microgpt build`, flash again)")
         elif self._error:
             text, tb = self._error
             tb = [t for t in tb if t and t != text and not t.startswith("Traceback")]
-            reason = (text or "the trainer failed without a message") + (f" (traceback: {'; '.join(tb)})" if tb else "")
+            reason = text or "the trainer failed without a message"
+            if tb:
+                reason += f" (traceback: {'; '.join(tb)})"
         elif self._stalled >= RESET_LOOP_BOOTS:
-            reason = (f"reset loop: the chip rebooted {self._stalled} times without progress"
-                      " (a brownout or watchdog is typical: check the USB cable and power supply, and the ROM's rst: reason in the UART log)")
+            reason = (f"reset loop: the chip rebooted {self._stalled} times without progress (a brownout or watchdog"
+                      " is typical: check the USB cable and power supply, and the ROM's rst: reason in the UART log)")
         elif not self.config:
             reason = "the trainer never started: no MGPT start line"
             if not engine_error:

@@ -46,10 +46,9 @@ def test_chip_module_carries_xtensawin_code(source):
     assert header == mpy.Header(6, 3, "xtensawin", 31)
 
 
-def test_emit_native_compiles_plain_functions_to_machine_code(source):
+def test_module_without_native_marks_is_portable_bytecode(source):
     target = mpy.firmware_target("v1.25.0")
     assert mpy.parse_header(mpy.compile_module(source(BYTECODE), target)).arch is None
-    assert mpy.parse_header(mpy.compile_module(source(BYTECODE), target, emit="native")).arch == "xtensawin"
 
 
 def test_vm_module_imports_and_runs_in_the_vm(source, tmp_path):

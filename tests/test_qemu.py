@@ -162,6 +162,7 @@ def test_streams_a_run_then_kills_qemu(tmp_path, image, monkeypatch):
     assert report["losses"][:2] == [3.365967, 3.424273] and None not in report["losses"]
     assert report["samples"] == ["ieodnol", "blae", "udhn", "ll", "buhell"]
     assert report["platform"] == "esp32" and report["freq_mhz"] == 240
+    assert report["peak_heap_bytes"] == 91488 and report["bad_records"] == 0  # records per docs/uart-protocol.md
 
 
 def test_run_copy_lives_in_a_temp_dir_removed_on_close(tmp_path, image, monkeypatch):

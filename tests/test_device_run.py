@@ -1,0 +1,170 @@
+"""`microgpt device run --mode upload` and `device pull` against the MicroPython VM behind a pty,
+with the real trainer: the same losses as `sim run --engine host`, a reset that resumes to
+bit-identical weights, and each fault ending in a clear error with the UART log kept."""
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from vm_pty import VmPort
+
+from microgpt import cli  # noqa: F401  (the CLI first: cli_device builds on its run options)
+from microgpt import payload, runner
+from microgpt.cli_device import device
+from microgpt.engines import Engine
+from microgpt.engines.serial import SerialEngine
+from microgpt.reference import N_PARAMS
+
+
+@pytest.fixture
+def board(tmp_path):
+    """A "board" running MicroPython; its filesystem is the directory board.cwd."""
+    with VmPort(tmp_path / "board") as port:
+        yield port.start()
+
+
+@pytest.fixture
+def device_cli(tmp_path, names_path):
+    """`microgpt device ARGS` -> (exit code, output, report dict or None)."""
+
+    def invoke(*args, report=tmp_path / "run" / "report.json"):
+        if args[0] == "run":
+            args = (*args, "--data", names_path, "--report", report, "--quiet")
+        result = CliRunner().invoke(device, [str(a) for a in args], catch_exceptions=False)
+        data = json.loads(report.read_text()) if report.exists() else None
+        return result.exit_code, result.output, data
+
+    return invoke
+
+
+def test_upload_run_matches_the_host_engine(board, device_cli, sim_run, tmp_path):
+    code, out, rep = device_cli("run", "--mode", "upload", "--port", board.path, "--steps", 50, "--samples", 5)
+    assert code == 0, out
+    assert rep["engine"] == "serial" and rep["status"] == "ok" and rep["steps"] == 50
+    assert rep["platform"] == "linux" and len(rep["samples"]) == 5
+    assert Path(rep["uart_log"]).read_bytes().count(b"MGPT step ") == 50
+    code, out, host = sim_run("--engine", "host", "--steps", 50, "--samples", 5, report=tmp_path / "host" / "report.json")
+    assert code == 0, out
+    assert rep["losses"] == host["losses"]  # same VM, trainer and files: identical, not merely close
+    assert rep["samples"] == host["samples"]
+    weights = Path(rep["weights"]).read_bytes()  # pulled from the board after the run
+    assert weights == (board.cwd / "weights.bin").read_bytes() == Path(host["weights"]).read_bytes()
+
+    code, out, _ = device_cli("pull", "--port", board.path, "--out", tmp_path / "pulled.bin")
+    assert code == 0, out
+    assert (tmp_path / "pulled.bin").read_bytes() == weights and len(weights) == N_PARAMS * 4
+
+
+class ResetAt(Engine):
+    """The board resets (power glitch, watchdog) once, right after it reports step `at`."""
+
+    name = "serial"
+
+    def __init__(self, engine, board, at):
+        self.engine, self.board, self.at = engine, board, at
+
+    def lines(self):
+        for line in self.engine.lines():
+            yield line
+            if self.at and line.startswith(b"MGPT step n=%d " % self.at):
+                self.at = None
+                self.fault()
+
+    def fault(self):
+        self.board.reset()
+
+    def close(self):
+        self.engine.close()
+
+
+def test_a_reset_mid_run_resumes_to_bit_identical_weights(tmp_path, docs):
+    cfg = payload.RunConfig(steps=30, samples=3, ckpt_every=10)
+    files = lambda target: payload.chip_files(cfg, docs, target)  # noqa: E731
+    reports = {}
+    for name, reset_at in (("whole", None), ("reset", 15)):
+        with VmPort(tmp_path / name) as board:
+            engine = SerialEngine(board.start().path, files=files, silence_s=60)
+            if reset_at:
+                engine = ResetAt(engine, board, reset_at)
+            reports[name] = runner.run(engine, tmp_path / f"{name}.uart.log", echo=False, expect_steps=cfg.steps)
+    whole, reset = reports["whole"], reports["reset"]
+    assert whole["status"] == reset["status"] == "ok", reset["error"]
+    assert reset["boots"] == 2 and reset["resumed_from"] == 10  # the reset happened after the step-10 checkpoint
+    assert whole["resumed_from"] is None
+    assert reset["losses"] == whole["losses"] and reset["samples"] == whole["samples"]
+    assert (tmp_path / "reset" / "weights.bin").read_bytes() == (tmp_path / "whole" / "weights.bin").read_bytes()
+
+
+class UnplugAt(ResetAt):
+    def fault(self):
+        self.board.unplug()
+
+
+def test_cable_pulled_mid_run(board, docs, tmp_path):
+    cfg = payload.RunConfig(steps=50, samples=0)
+    engine = SerialEngine(board.path, files=lambda target: payload.chip_files(cfg, docs, target))
+    log = tmp_path / "uart.log"
+    rep = runner.run(UnplugAt(engine, board, 7), log, echo=False, expect_steps=cfg.steps)
+    assert rep["status"] == "error"
+    assert rep["error"].startswith("the run stopped after step 7 of 50: no MGPT end line — serial connection to /dev/pts/")
+    assert "lost" in rep["error"] and "check the USB cable" in rep["error"]
+    assert log.read_bytes().count(b"MGPT step ") == 7  # what arrived is on disk
+
+
+def test_memory_error_on_the_chip(tmp_path, device_cli):
+    with VmPort(tmp_path / "board", heap=24_000) as board:  # far below what the trainer needs
+        code, out, rep = device_cli("run", "--mode", "upload", "--port", board.start().path, "--steps", 5)
+    assert code != 0 and "run failed: MemoryError" in out
+    assert rep["status"] == "error" and rep["error"].startswith("MemoryError")
+    assert b"MGPT error MemoryError" in Path(rep["uart_log"]).read_bytes()
+
+
+def test_raw_repl_refused(tmp_path, device_cli):
+    with VmPort(tmp_path / "board") as port:
+        port.start(["cat"])  # something on the port that is not MicroPython
+        code, out, rep = device_cli("run", "--mode", "upload", "--port", port.path, "--steps", 5, "--timeout", 2)
+    assert code != 0
+    assert "refused the raw REPL (no 'raw REPL; CTRL-B to exit' banner)" in rep["error"]
+    assert "device flash" in rep["error"]
+    assert Path(rep["uart_log"]).exists()
+
+
+def test_silent_board(tmp_path, device_cli):
+    with VmPort(tmp_path / "board") as port:  # powered off: nothing answers
+        code, out, rep = device_cli("run", "--mode", "upload", "--port", port.path, "--steps", 5, "--timeout", 1)
+    assert code != 0 and "no answer from /dev/pts/" in rep["error"] and "within 1 s" in rep["error"]
+    assert Path(rep["uart_log"]).exists()
+
+
+def test_missing_port(tmp_path, device_cli):
+    code, out, rep = device_cli("run", "--mode", "upload", "--port", tmp_path / "ttyUSB3", "--steps", 5)
+    assert code != 0 and "ttyUSB3 does not exist: is the board plugged in?" in rep["error"]
+
+
+def test_busy_port(board, device_cli):
+    from microgpt.ports import open_serial
+
+    with open_serial(board.path):
+        code, out, rep = device_cli("run", "--mode", "upload", "--port", board.path, "--steps", 5)
+    assert code != 0 and "is busy: another program" in rep["error"]
+
+
+def test_pull_without_weights(board, device_cli, tmp_path):
+    code, out, _ = device_cli("pull", "--port", board.path, "--out", tmp_path / "w.bin")
+    assert code != 0 and "there is no weights.bin on the board: train first with `microgpt device run`" in out
+    (board.cwd / "weights.bin").write_bytes(b"\0" * 100)  # a run cut short while saving
+    code, out, _ = device_cli("pull", "--port", board.path, "--out", tmp_path / "w.bin")
+    assert code != 0 and "weights.bin on the board is 100 bytes, not 16,768 (4,192 float32): did the run finish?" in out
+    assert not (tmp_path / "w.bin").exists()
+
+
+def test_upload_starts_a_new_run(board, device_cli):
+    """A finished run leaves its last checkpoint and weights on the board; uploading the same run
+    again trains it again from step 1 instead of resuming at its end."""
+    args = ("run", "--mode", "upload", "--port", board.path, "--steps", 6, "--ckpt-every", 3, "--samples", 0)
+    code, out, first = device_cli(*args)
+    assert code == 0, out
+    assert first["checkpoints"] == [3, 6] and (board.cwd / "ckpt.bin").exists()
+    code, out, again = device_cli(*args)
+    assert code == 0, out
+    assert again["resumed_from"] is None and again["losses"] == first["losses"]

@@ -1,0 +1,146 @@
+"""The runner: the log on disk is the stream, it stops at the right line, engine failures are reported.
+
+The engine here is a test double that replays a recorded log through the real split_lines (real
+engines are tested in their own files); parser, log writing and terminal output are real.
+"""
+import sys
+from pathlib import Path
+
+from microgpt.engines import Engine, EngineError, split_lines
+from microgpt.runner import run
+from microgpt.uart import parse_lines
+
+LOGS = Path(__file__).parent / "data" / "uart"
+
+
+class Replay(Engine):
+    """Yields a recorded UART in small chunks; falls silent after `silent_after` bytes, or
+    raises `failure` after `fail_after` lines, if asked."""
+
+    name = "replay"
+
+    def __init__(self, data, silent_after=None, fail_after=None, failure=None, chunk=13):
+        self.data, self.silent_after, self.chunk = data, silent_after, chunk
+        self.fail_after, self.failure = fail_after, failure
+        self.closed = 0
+
+    def lines(self):
+        data = self.data[:self.silent_after]
+        chunks = [data[i:i + self.chunk] for i in range(0, len(data), self.chunk)]
+
+        def read():
+            if chunks:
+                return chunks.pop(0)
+            return b"" if self.silent_after is not None else None  # silence, or end of stream
+
+        for n, line in enumerate(split_lines(read, silence_s=0.05), 1):
+            yield line
+            if n == self.fail_after:
+                raise self.failure
+
+    def close(self):
+        self.closed += 1
+
+
+def replay(name, tmp_path, **kw):
+    engine = Replay((LOGS / name).read_bytes(), **kw)
+    log = tmp_path / "out" / "run.uart.log"
+    report = run(engine, log, echo=False)
+    assert engine.closed == 1
+    return report, log.read_bytes()
+
+
+def test_log_on_disk_is_the_stream_and_report_matches_the_parser(tmp_path):
+    data = (LOGS / "vm_ok.log").read_bytes()
+    report, log = replay("vm_ok.log", tmp_path)
+    assert log == data
+    log_path = str(tmp_path / "out" / "run.uart.log")
+    assert report == parse_lines(data.split(b"\n")[:-1], engine="replay", uart_log=log_path)
+    assert report["status"] == "ok" and report["engine"] == "replay"
+
+
+def test_each_line_is_on_disk_before_the_next_arrives(tmp_path):
+    log_path, seen = tmp_path / "run.log", []
+
+    class Watched(Replay):
+        def lines(self):
+            for line in super().lines():
+                yield line
+                seen.append(line)  # the runner asked for the next line: this one must be on disk
+                assert log_path.read_bytes() == b"".join(s + b"\n" for s in seen)
+
+    assert run(Watched((LOGS / "reset_resume.log").read_bytes()), log_path, echo=False)["status"] == "ok"
+    assert len(seen) == 42  # all lines up to the end record, which stops the run
+
+
+def test_stops_after_end_keeping_crlf(tmp_path):
+    data = (LOGS / "esp32_ok.log").read_bytes()
+    report, log = replay("esp32_ok.log", tmp_path)
+    end = data.index(b"MGPT end")
+    assert log == data[:data.index(b"\n", end) + 1]  # the banner and prompt after it never waited for
+    assert report["status"] == "ok" and report["steps"] == 20
+
+
+def test_stops_after_the_traceback(tmp_path):
+    data = (LOGS / "memory_error.log").read_bytes() + b"MicroPython v1.25.0 on 2025-04-15\n>>> more\n"
+    engine = Replay(data)
+    report = run(engine, tmp_path / "run.log", echo=False)
+    assert (tmp_path / "run.log").read_bytes().endswith(b"allocating 16768 bytes\nMicroPython v1.25.0 on 2025-04-15\n")
+    assert report["error"].startswith("MemoryError") and engine.closed == 1
+
+
+def test_stops_in_a_reset_loop(tmp_path):
+    report, log = replay("reset_loop.log", tmp_path)
+    assert report["error"].startswith("reset loop: the chip rebooted 3 times")
+    assert log.count(b"rst:0x") == 3 and log.endswith(b"rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n")
+
+
+def test_silence_mid_run_is_an_error_and_the_log_keeps_what_arrived(tmp_path):
+    data = (LOGS / "vm_ok.log").read_bytes()
+    cut = data.index(b"MGPT step n=8")
+    report, log = replay("vm_ok.log", tmp_path, silent_after=cut + 20)
+    assert log == data[:cut + 20] + b"\n"  # all that arrived, the half line too
+    assert report["status"] == "error" and report["steps"] == 7
+    assert report["error"] == ("the run stopped after step 7 of 20: no MGPT end line — "
+                               "no output from the chip for 0.05 s (raise --timeout if the run is just slow)")
+
+
+def test_engine_error_mid_run(tmp_path):
+    vanished = EngineError("serial port vanished: reconnect the board")
+    report, log = replay("reset_resume.log", tmp_path, fail_after=20, failure=vanished)
+    assert log.count(b"\n") == 20
+    assert report["status"] == "error" and report["error"].endswith("— serial port vanished: reconnect the board")
+    assert report["error"].startswith("the run stopped after step 15 of 30")
+
+
+def test_ctrl_c_keeps_the_log_and_reports(tmp_path):
+    report, log = replay("vm_ok.log", tmp_path, fail_after=3, failure=KeyboardInterrupt())
+    assert log.count(b"\n") == 3 and report["error"].endswith("— interrupted (Ctrl-C)")
+
+
+def test_stale_image_is_stopped_at_its_start_line(tmp_path):
+    engine = Replay((LOGS / "vm_ok.log").read_bytes())
+    report = run(engine, tmp_path / "run.log", echo=False, expect_steps=1000)
+    assert (tmp_path / "run.log").read_bytes().count(b"\n") == 1
+    assert "20-step configuration but 1000 steps were asked" in report["error"]
+
+
+def test_terminal_without_tty_prints_progress_every_tenth(tmp_path, capsys):
+    run(Replay((LOGS / "vm_ok.log").read_bytes()), tmp_path / "run.log")
+    out = capsys.readouterr().out.splitlines()
+    progress = [line for line in out if line.startswith("step ")]
+    assert len(progress) == 11  # steps 1, 2, 4, 6, ..., 20: every tenth of the run
+    assert progress[-1] == "step 20/20 ▕████████████████████▏ loss 2.77  4.6 ms/step"
+    assert progress[0] == "step 1/20 ▕█···················▏ loss 3.37  5.3 ms/step"
+    assert "MGPT sample 1 ieodnne" in out and not any("MGPT step" in line for line in out)
+    assert out[0].startswith("MGPT start") and out[-1].startswith("MGPT end")
+
+
+def test_terminal_with_tty_redraws_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    run(Replay((LOGS / "esp32_ok.log").read_bytes()), tmp_path / "run.log")
+    out = capsys.readouterr().out
+    assert out.count("\rstep ") == 20
+    assert "\rstep 20/20 ▕████████████████████▏ loss 2.77  183.0 ms/step\n" in out
+    assert "\nMGPT sample 1 ieodnne\n" in out and "\r\n" not in out  # progress line ended, CRs not echoed
+    assert "rst:0x1 (POWERON_RESET)" in out

@@ -1,0 +1,90 @@
+"""The on-chip trainer (firmware/): exact gradients, parity with microgpt.py, memory, samples."""
+import re
+
+import numpy as np
+import pytest
+
+from microgpt import reference
+
+NAMES = ["a", "emma", "xavier", "mariaguadalupeconcepcion"]  # 1 letter ... longer than block_size
+
+
+def test_firmware_backward_matches_the_numpy_reference(firmware):
+    # The firmware's float32 arrays against the reference's float64 math on the same weights.
+    gpt = firmware.model.GPT()
+    weights = np.random.default_rng(7).normal(0, 0.3, reference.N_PARAMS).astype(np.float32)
+    for i, w in enumerate(weights):
+        gpt.params[i] = float(w)
+    for name in NAMES:
+        tokens = reference.tokenize(name)
+        n = min(firmware.model.BLOCK, len(tokens) - 1)
+        for i in range(reference.N_PARAMS):
+            gpt.grads[i] = 0.0
+        loss = gpt.loss_and_grad(tokens, n)
+        ref_loss, ref_grad = reference.loss_and_grad(weights.astype(np.float64), tokens)
+        grad = np.array(gpt.grads, dtype=np.float64)
+        rel = np.abs(grad - ref_grad).max() / np.abs(ref_grad).max()
+        assert rel <= 1e-4, (name, rel)
+        assert loss == pytest.approx(ref_loss, rel=1e-5)
+
+
+def test_vm_run_matches_microgpt_py_for_50_steps(sim_run, microgpt_losses):
+    code, out, report = sim_run("--steps", 50, "--samples", 0, "--seed", 42, "--init", "microgpt")
+    assert code == 0, out
+    assert report["status"] == "ok" and report["engine"] == "host"
+    assert report["params"] == 4192 and report["steps"] == 50
+    assert report["losses"][0] == pytest.approx(3.366, abs=1e-3)
+    worst = max(abs(a - b) for a, b in zip(report["losses"], microgpt_losses[50]))
+    assert len(report["losses"]) == 50 and worst <= 2e-3, worst
+
+
+@pytest.mark.slow
+def test_vm_trains_1000_steps_in_128k_heap_like_microgpt_py(sim_run, microgpt_losses, docs):
+    code, out, report = sim_run("--steps", 1000, "--samples", 20, "--heap", 131072)
+    assert code == 0, out
+    assert report["status"] == "ok" and len(report["losses"]) == 1000
+    worst_first_50 = max(abs(a - b) for a, b in zip(report["losses"][:50], microgpt_losses[1000][:50]))
+    assert worst_first_50 <= 2e-3, worst_first_50
+    mean_last = np.mean(report["losses"][-100:])
+    assert abs(mean_last - np.mean(microgpt_losses[1000][-100:])) <= 0.05, mean_last
+    assert report["peak_heap_bytes"] <= 131072 and report["ms_per_step"] > 0
+    samples = report["samples"]
+    assert len(samples) == 20 and all(re.fullmatch("[a-z]+", s) for s in samples), samples
+    assert len(set(samples) - set(docs)) >= 5, "the model only repeats training names"
+    # Pronounceable: no name without a vowel (y counts), no run of 4 consonants.
+    assert all(re.search("[aeiouy]", s) and not re.search("[^aeiouy]{4}", s) for s in samples), samples
+    weights = np.fromfile(report["weights"], dtype="<f4")
+    assert weights.shape == (reference.N_PARAMS,) and np.isfinite(weights).all()
+
+
+def test_log_every_groups_steps_but_keeps_every_loss(sim_run, tmp_path):
+    _, _, each = sim_run("--steps", 25, "--samples", 0, report=tmp_path / "a.json")
+    _, _, grouped = sim_run("--steps", 25, "--samples", 0, "--log-every", 10, report=tmp_path / "b.json")
+    assert grouped["status"] == "ok" and grouped["losses"] == each["losses"]
+    assert open(grouped["uart_log"]).read().count("MGPT step ") == 3  # steps 10, 20, 25
+
+
+def test_device_init_trains_from_weights_drawn_on_the_chip(sim_run):
+    code, out, report = sim_run("--steps", 5, "--samples", 2, "--init", "device", "--seed", 3)
+    assert code == 0, out
+    assert report["config"]["init"] == "device"
+    assert 3.0 < report["losses"][0] < 3.8  # ~ln(27) for small random weights
+    assert len(report["samples"]) == 2
+
+
+def test_too_small_a_heap_ends_in_a_reported_memory_error(sim_run):
+    code, out, report = sim_run("--steps", 5, "--heap", 60000)
+    assert code != 0 and "run failed" in out
+    assert report["status"] == "error" and "MemoryError" in report["error"]
+    assert "MGPT error MemoryError" in open(report["uart_log"]).read()
+
+
+def test_bad_data_is_refused_naming_line_and_character(sim_run, tmp_path):
+    bad = tmp_path / "names.txt"
+    bad.write_text("emma\nolivia\nzoë\n")
+    from click.testing import CliRunner
+    from microgpt.cli import main
+
+    result = CliRunner().invoke(main, ["sim", "run", "--data", str(bad), "--steps", "1"])
+    assert result.exit_code != 0
+    assert "line 3" in result.output and "ë" in result.output
