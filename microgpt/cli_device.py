@@ -29,7 +29,8 @@ def device():
 @port_option
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=BUILD_IMAGE, show_default=True,
               help="Flash image made by `microgpt build`.")
-@click.option("--fs-only", is_flag=True, help="Write only the vfs partition (the run's files): the board must already hold this image's firmware.")
+@click.option("--fs-only", is_flag=True,
+              help="Write only the vfs partition (the run's files): the board must already hold this image's firmware.")
 @click.option("--baud", type=int, default=FLASH_BAUD, show_default=True, help="Baud rate while flashing.")
 def flash(port, image, fs_only, baud):
     """Write the image with esptool (compressed, verified), then hard-reset the board."""
@@ -51,7 +52,8 @@ def flash(port, image, fs_only, baud):
 @click.option("--baud", type=int, default=UART_BAUD, show_default=True, help="Baud rate of the board's UART.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Report JSON [default: runs/serial-<time>/report.json]; the UART log, loss curve and weights go beside it.")
-@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds without UART output before the run is declared dead.")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds without UART output (or raw REPL answer) before the board is declared dead.")
 @click.option("--quiet", is_flag=True, help="No UART echo or progress.")
 def device_run(port, mode, cfg, docs, image, firmware, baud, report, timeout, quiet):
     """Train on the board; write a JSON report, loss curve, UART log and the trained weights."""

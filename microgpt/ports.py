@@ -38,12 +38,20 @@ def find_port() -> str:
     return pick_port(list_ports.comports())
 
 
-def open_serial(port: str, baud: int = UART_BAUD, timeout: float = 1.0) -> serial.Serial:
-    """Open `port` exclusively (so a second program cannot interleave bytes) or say why not."""
+def open_serial(port: str, baud: int = UART_BAUD, timeout: float = 1.0, *, release_lines: bool = False) -> serial.Serial:
+    """Open `port` exclusively (so a second program cannot interleave bytes) or say why not.
+
+    release_lines: open with DTR and RTS released. On dev kits these drive IO0 and EN through the
+    auto-reset circuit, which ignores them while both are asserted (pyserial's default): released,
+    the chip runs, and a pulse on RTS alone resets it."""
+    ser = serial.serial_for_url(port, baudrate=baud, timeout=timeout, exclusive=True, do_not_open=True)
+    if release_lines:
+        ser.dtr = ser.rts = False
     try:
-        return serial.serial_for_url(port, baudrate=baud, timeout=timeout, exclusive=True)
+        ser.open()
     except serial.SerialException as e:
         raise EngineError(open_error(port, e)) from None
+    return ser
 
 
 def link_lost(e: OSError) -> bool:

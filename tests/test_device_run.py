@@ -93,6 +93,8 @@ def test_a_reset_mid_run_resumes_to_bit_identical_weights(tmp_path, docs):
     assert whole["resumed_from"] is None
     assert reset["losses"] == whole["losses"] and reset["samples"] == whole["samples"]
     assert (tmp_path / "reset" / "weights.bin").read_bytes() == (tmp_path / "whole" / "weights.bin").read_bytes()
+    log = (tmp_path / "reset.uart.log").read_bytes()
+    assert log.count(b"MGPT start ") == 2 and b"MGPT resume step=10" in log
 
 
 class UnplugAt(ResetAt):
@@ -139,6 +141,7 @@ def test_silent_board(tmp_path, device_cli):
 def test_missing_port(tmp_path, device_cli):
     code, out, rep = device_cli("run", "--mode", "upload", "--port", tmp_path / "ttyUSB3", "--steps", 5)
     assert code != 0 and "ttyUSB3 does not exist: is the board plugged in?" in rep["error"]
+    assert Path(rep["uart_log"]).exists()
 
 
 def test_busy_port(board, device_cli):
@@ -147,6 +150,7 @@ def test_busy_port(board, device_cli):
     with open_serial(board.path):
         code, out, rep = device_cli("run", "--mode", "upload", "--port", board.path, "--steps", 5)
     assert code != 0 and "is busy: another program" in rep["error"]
+    assert Path(rep["uart_log"]).exists()
 
 
 def test_pull_without_weights(board, device_cli, tmp_path):

@@ -41,8 +41,7 @@ class VmPort:
         tty.setraw(vm_slave)  # a UART translates nothing
         os.set_blocking(vm_master, False)
         self._ready.clear()
-        argv = argv or self.micropython
-        self.proc = subprocess.Popen(argv, stdin=vm_slave, stdout=vm_slave, stderr=vm_slave,
+        self.proc = subprocess.Popen(argv or self.micropython, stdin=vm_slave, stdout=vm_slave, stderr=vm_slave,
                                      cwd=self.cwd, start_new_session=True)
         os.close(vm_slave)
         self._vm = vm_master

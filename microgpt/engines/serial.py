@@ -35,15 +35,18 @@ ASK_MPY = "(sys.implementation._mpy, sys.maxsize, 'v%d.%d.%d' % sys.implementati
 
 
 class SerialEngine(Engine):
+    """mode "flash" writes `image` (a `microgpt build` image); mode "upload" copies `files(target)`,
+    the run's files made for what the board imports (`target`, asked of the board), e.g.
+    `lambda target: payload.chip_files(cfg, docs, target)`. `baud` is the UART's; `silence_s` and
+    `timeout_s` as for split_lines (`silence_s` also bounds the wait for the raw REPL)."""
+
     name = "serial"
 
     def __init__(self, port: str, *, mode: str = "upload", image: str | Path | None = None,
-                 files: Callable[[mpy.Target], dict[str, bytes]] | None = None, baud: int = UART_BAUD, flash_baud: int = FLASH_BAUD,
-                 silence_s: float = 120.0, timeout_s: float | None = None):
-        if mode not in MODES:
-            raise EngineError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-        if (mode == "flash") != (image is not None) or (mode == "upload") != (files is not None):
-            raise EngineError("mode flash needs an image, mode upload the files to copy")
+                 files: Callable[[mpy.Target], dict[str, bytes]] | None = None, baud: int = UART_BAUD,
+                 flash_baud: int = FLASH_BAUD, silence_s: float = 120.0, timeout_s: float | None = None):
+        if mode not in MODES or (mode == "flash") != (image is not None) or (mode == "upload") != (files is not None):
+            raise ValueError("mode 'flash' takes an image, mode 'upload' the files to copy")
         self.port, self.mode, self.image, self.files = port, mode, image, files
         self.baud, self.flash_baud = baud, flash_baud
         self.silence_s, self.timeout_s = silence_s, timeout_s
@@ -55,12 +58,13 @@ class SerialEngine(Engine):
         yield from split_lines(read, self.silence_s, self.timeout_s)
 
     def _boot(self):
+        """Flash, then reset the board with the port open: the UART from the ROM's first line."""
         try:
             flash_image(self.port, self.image, baud=self.flash_baud, reset=False)
         except click.ClickException as e:
             raise EngineError(e.format_message()) from None
-        ser = self._serial = open_serial(self.port, self.baud)
-        HardReset(ser)()  # EN low then high: the board boots the new image while we listen
+        ser = self._serial = open_serial(self.port, self.baud, release_lines=True)
+        HardReset(ser)()  # EN low, then high: the board boots the new image while we listen
 
         def read() -> bytes:
             with watch_link(self.port):
@@ -68,6 +72,7 @@ class SerialEngine(Engine):
         return read
 
     def _upload(self):
+        """Copy the run over the raw REPL and start main.py; the UART is the raw REPL's output."""
         repl = self._repl = RawRepl(self.port, self.baud, answer_s=min(self.silence_s, ENTER_TIMEOUT_S))
         repl.exec("import sys")
         sys_mpy, maxsize, release = repl.eval(ASK_MPY)
