@@ -3,7 +3,6 @@ release (downloaded once, hash-checked, cached) or a file the user gives, identi
 esptool's image parser before anything is built on it.
 """
 import hashlib
-import os
 import re
 import struct
 import urllib.request
@@ -15,6 +14,7 @@ import click
 from esptool.bin_image import LoadFirmwareImage
 from esptool.targets import CHIP_DEFS, ESP32ROM
 
+from .dataset import cache_dir
 from .image import APP, PARTITION_TABLE_OFFSET, NoPartitionTable, Partition, read_partition_table
 
 
@@ -45,10 +45,6 @@ class Firmware:
     version: str            # MicroPython's, e.g. "v1.25.0"
     build_date: str
     sha256: str
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MICROGPT_CACHE") or Path.home() / ".cache" / "microgpt")
 
 
 def _sha256(data: bytes) -> str:

@@ -128,3 +128,36 @@ def _summary(result, report_path):
     click.echo(f"report: {report_path}  (UART log: {result['uart_log']})")
     if result["status"] != "ok":
         raise click.ClickException(f"run failed: {result['error']}")
+
+
+@main.command("sample")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Trained weights: weights.bin from `device pull` or beside a sim run's report.")
+@click.option("--count", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True)
+def sample_names(weights, count, seed, temperature):
+    """Sample names on the host from trained weights, with the numpy reference and the chip's
+    own PRNG: the chip's sampling rule and draws, so the same seed gives the chip's names."""
+    import importlib.util
+
+    import numpy as np
+
+    from .reference import N_PARAMS, sample
+
+    params = np.fromfile(weights, dtype="<f4")
+    if params.shape != (N_PARAMS,):
+        raise click.ClickException(f"{weights} holds {params.size * 4:,} bytes, not {N_PARAMS} float32 weights "
+                                   f"({N_PARAMS * 4:,} bytes): pull it again with `microgpt device pull`")
+    spec = importlib.util.spec_from_file_location("chip_rng", payload.FIRMWARE_DIR / "rng.py")
+    chip_rng = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chip_rng)
+    rng = chip_rng.Rng(seed)
+    for i in range(count):
+        click.echo(f"{i + 1:2d} {sample(params.astype(np.float64), rng.uniform, temperature)}")
+
+
+# `device` needs run_options and _summary from this module: attached once they exist.
+from .cli_device import device  # noqa: E402
+
+main.add_command(device)

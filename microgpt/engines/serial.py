@@ -30,8 +30,6 @@ WEIGHTS = "weights.bin"  # the trained weights, left on the board's filesystem b
 # What an earlier run left behind: a new run must neither resume its checkpoint nor leave its
 # weights to be pulled as if they were the new run's.
 EARLIER_RUN = (WEIGHTS, "ckpt.bin", "ckpt.bin.tmp")
-# What the board imports: the same question mpy.vm_target asks the VM.
-ASK_MPY = "(sys.implementation._mpy, sys.maxsize, 'v%d.%d.%d' % sys.implementation.version[:3])"
 
 
 class SerialEngine(Engine):
@@ -75,9 +73,7 @@ class SerialEngine(Engine):
         """Copy the run over the raw REPL and start main.py; the UART is the raw REPL's output."""
         repl = self._repl = RawRepl(self.port, self.baud, answer_s=min(self.silence_s, ENTER_TIMEOUT_S))
         repl.exec("import sys")
-        sys_mpy, maxsize, release = repl.eval(ASK_MPY)
-        target = mpy.Target(f"the board ({repl.platform})", release, (sys_mpy & 0xFF, sys_mpy >> 8 & 3),
-                            mpy.ARCHES[sys_mpy >> 10], maxsize.bit_length())
+        target = mpy.target_from(f"the board ({repl.platform})", *repl.eval(mpy.ASK_TARGET))
         try:
             files = self.files(target)
         except click.ClickException as e:  # e.g. the board's MicroPython cannot import our .mpy
