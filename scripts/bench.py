@@ -1,0 +1,88 @@
+"""Speed and memory benchmark, in one invocation on one machine (issue: make the trainer fast).
+
+    python scripts/bench.py [NAMES] [--vm-steps 100] [--scalar-steps 20] [--min-heap]
+
+Measures: the firmware trainer in the MicroPython VM (ms/step, live heap, bytes allocated per
+step) as plain bytecode and with its @micropython.native loops; the numpy reference (1,000
+steps); microgpt.py's scalar-autograd algorithm on CPython (microgpt.scalar); the .mpy sizes of
+every trainer module compiled for the chip (mpy-cross -march=xtensawin); with --min-heap, the
+smallest VM heap (1 KB resolution) at which 1,000 steps + 20 samples complete.
+"""
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from microgpt import dataset, image, mpy, payload, reference, scalar
+from microgpt.build import ESP32_GENERIC_VFS_SIZE
+from microgpt.engines.host import ESP32_HEAP, HostEngine
+from microgpt.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def vm_run(docs, steps, emit, heap=ESP32_HEAP, samples=0):
+    cfg = payload.RunConfig(steps=steps, samples=samples, emit=emit)
+    with tempfile.TemporaryDirectory() as tmp:
+        vfs = Path(tmp) / "vfs.bin"
+        vfs.write_bytes(image.build_fs(ESP32_GENERIC_VFS_SIZE, payload.chip_files(cfg, docs, mpy.vm_target())))
+        return run(HostEngine(vfs, heap=heap), Path(tmp) / "uart.log", echo=False, expect_steps=steps)
+
+
+def min_heap(docs, emit, lo=60_000, hi=ESP32_HEAP):
+    # Buffers are all allocated before step 1, so a short run finds the bound; 1,000 steps confirm it.
+    while hi - lo > 1024:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if vm_run(docs, 20, emit, mid, samples=20)["status"] == "ok" else (mid, hi)
+    while vm_run(docs, 1000, emit, hi, samples=20)["status"] != "ok":
+        hi += 1024
+    return hi
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="?", type=Path, default=ROOT.parent / "shared/data/names.txt")
+    ap.add_argument("--vm-steps", type=int, default=100)
+    ap.add_argument("--scalar-steps", type=int, default=20)
+    ap.add_argument("--min-heap", action="store_true")
+    args = ap.parse_args()
+    docs = dataset.load_names(args.names)
+    rows = []
+
+    for emit in ("bytecode", "native"):
+        r = vm_run(docs, args.vm_steps, emit)
+        assert r["status"] == "ok", r["error"]
+        rows.append((f"firmware in MicroPython VM ({emit})", r["ms_per_step"],
+                     f"live heap {r['peak_heap_bytes']:,} B, {r['alloc_per_step']:,} B allocated/step"))
+
+    ordered, init = dataset.microgpt_order(docs, 42)
+    t = time.perf_counter()
+    reference.train(ordered, init, 1000)
+    numpy_s = time.perf_counter() - t
+    rows.append(("numpy reference on CPython", numpy_s * 1000 / 1000, f"1,000 steps in {numpy_s:.2f} s"))
+
+    steps = scalar.train_steps(docs, 1000)
+    next(steps)  # the first step also builds the model
+    t = time.perf_counter()
+    for _ in range(args.scalar_steps):
+        next(steps)
+    scalar_ms = (time.perf_counter() - t) * 1000 / args.scalar_steps
+    rows.append(("microgpt.py's scalar autograd on CPython", scalar_ms, f"{args.scalar_steps} steps"))
+
+    print(f"{'':44} {'ms/step':>10}   ratio to microgpt.py")
+    for name, ms, note in rows:
+        print(f"{name:44} {ms:>10.2f}   {scalar_ms / ms:6.1f}x  {note}")
+
+    chip = mpy.firmware_target("v1.25.0")
+    for emit in ("bytecode", "native"):
+        sizes = {k: len(v) for k, v in payload.trainer_files(chip, emit).items() if k.endswith(".mpy")}
+        print(f".mpy for xtensawin ({emit}): " + ", ".join(f"{k} {v:,} B" for k, v in sizes.items())
+              + f"; total {sum(sizes.values()):,} B")
+
+    if args.min_heap:
+        for emit in ("bytecode", "native"):
+            print(f"smallest VM heap for 1,000 steps + 20 samples ({emit}): {min_heap(docs, emit):,} B")
+
+
+if __name__ == "__main__":
+    main()
