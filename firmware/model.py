@@ -199,6 +199,21 @@ def fc2_backward(w, g, k, h, dy, dh):
             dh[j] = 0.0
 
 
+def exp_logits(logits, temperature, out):
+    # out = exp((logits - max) / temperature), the softmax before normalising (shifted by the max
+    # so exp cannot overflow); returns (max, sum of out).
+    top = logits[0]
+    for i in range(1, VOCAB):
+        if logits[i] > top:
+            top = logits[i]
+    total = 0.0
+    for i in range(VOCAB):
+        e = math.exp((logits[i] - top) / temperature)
+        out[i] = e
+        total += e
+    return top, total
+
+
 def rmsnorm(x, xo, y, yo):
     # y = x / rms(x); returns the scale 1/rms, which the backward needs.
     ss = 0.0
@@ -312,15 +327,7 @@ class GPT:
         # mean over the name); adds this position's gradients. Returns the unscaled loss.
         p, g = self.params, self.grads
         logits, dl = self.logits, self.dlogits
-        top = logits[0]
-        for i in range(1, VOCAB):
-            if logits[i] > top:
-                top = logits[i]
-        total = 0.0
-        for i in range(VOCAB):
-            e = math.exp(logits[i] - top)
-            dl[i] = e
-            total += e
+        top, total = exp_logits(logits, 1.0, dl)
         loss = math.log(total) - (logits[target] - top)
         for i in range(VOCAB):
             dl[i] = dl[i] / total * scale

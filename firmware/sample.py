@@ -1,20 +1,11 @@
 # Sampling: microgpt's inference loop: feed BOS, draw each next letter from
 # softmax(logits / temperature), stop at BOS or after block_size letters.
-import math
-from model import BOS, BLOCK, VOCAB
+from model import BOS, BLOCK, VOCAB, exp_logits
 
 
 def pick(logits, temperature, u, probs):
     # The first token whose cumulative probability exceeds u (u uniform in [0, 1)).
-    top = logits[0]
-    for i in range(1, VOCAB):
-        if logits[i] > top:
-            top = logits[i]
-    total = 0.0
-    for i in range(VOCAB):
-        e = math.exp((logits[i] - top) / temperature)
-        probs[i] = e
-        total += e
+    total = exp_logits(logits, temperature, probs)[1]
     target = u * total
     acc = 0.0
     for i in range(VOCAB):
