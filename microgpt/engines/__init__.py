@@ -7,8 +7,14 @@ names the fix when it cannot start or stops hearing the chip; the runner records
 report. Engines never parse the protocol: that is `microgpt.uart`'s job.
 """
 import abc
+import collections
+import os
+import queue
+import signal
+import subprocess
+import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 
 class EngineError(Exception):
@@ -68,3 +74,90 @@ def _rest(buf: bytes) -> Iterator[bytes]:
     # A line cut short still goes to the log: it may be the last thing the chip said.
     if buf:
         yield buf
+
+
+def queue_reader(chunks: queue.Queue) -> Callable[[], bytes | None]:
+    """A `split_lines` read() over a queue another thread fills: bytes, an EngineError to raise, None at the end."""
+    def read() -> bytes | None:
+        try:
+            item = chunks.get(timeout=0.1)
+        except queue.Empty:
+            return b""
+        if isinstance(item, EngineError):
+            raise item
+        return item
+    return read
+
+
+class ChildProcess:
+    """A child process whose stdout is the chip's UART; stderr is kept for error messages.
+
+    Shared by the engines that drive a program: the MicroPython VM, QEMU, wokwi-cli.
+    """
+
+    def __init__(self, argv: Sequence[str], env: dict | None = None):
+        # Own session: a Ctrl-C in the terminal reaches us, not the child, and kill() can end
+        # the child together with anything it spawned.
+        try:
+            self._proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=env, start_new_session=os.name == "posix",
+            )
+        except OSError as e:
+            raise EngineError(f"could not start {argv[0]}: {e}") from e
+        self._chunks: queue.Queue = queue.Queue()
+        self._stderr: collections.deque = collections.deque(maxlen=20)
+        self._readers = [
+            threading.Thread(target=self._pump_stdout, daemon=True),
+            threading.Thread(target=self._pump_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _pump_stdout(self) -> None:
+        while chunk := self._proc.stdout.read1(4096):
+            self._chunks.put(chunk)
+        self._chunks.put(None)
+
+    def _pump_stderr(self) -> None:
+        for line in self._proc.stderr:
+            self._stderr.append(line.decode(errors="replace").rstrip())
+
+    def lines(self, silence_s: float, deadline_s: float | None) -> Iterator[bytes]:
+        """UART lines until the process closes its stdout; then collect its exit code."""
+        yield from split_lines(queue_reader(self._chunks), silence_s, deadline_s)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            return  # stdout closed but still running: no exit code to judge; close() ends it
+        self._readers[1].join(timeout=5)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def failure(self, what: str) -> str:
+        tail = "\n".join(self._stderr) or "(nothing on stderr)"
+        return f"{what} exited with code {self._proc.returncode}:\n{tail}"
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._signal(signal.SIGTERM)  # lets QEMU flush the flash file
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
+                self._proc.wait()
+        for reader in self._readers:
+            reader.join(timeout=5)
+        self._proc.stdout.close()
+        self._proc.stderr.close()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            if os.name == "posix":
+                os.killpg(self._proc.pid, sig)
+            else:
+                self._proc.send_signal(sig)
+        except ProcessLookupError:
+            pass

@@ -17,8 +17,7 @@ from typing import Iterator
 
 from wokwi_client import GET_TOKEN_URL, WokwiClient
 
-from . import Engine, EngineError, Silence, split_lines
-from .qemu import ChildProcess, queue_reader
+from . import ChildProcess, Engine, EngineError, Silence, queue_reader, split_lines
 
 TIMEOUT_EXIT_CODE = 42  # wokwi-cli's documented --timeout-exit-code default, passed explicitly
 
