@@ -40,8 +40,7 @@ def zeros(n):
     # array("f", bytes(4 * n)) would first need a temporary as large as the array; an
     # initializer with a length (a range) lets MicroPython allocate the array once, in place.
     a = array("f", range(n))
-    for i in range(n):
-        a[i] = 0.0
+    _clear(a, n)
     return a
 
 

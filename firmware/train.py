@@ -3,7 +3,6 @@
 # (record format: docs/uart-protocol.md).
 import gc
 import json
-import math
 import os
 import sys
 import time
@@ -97,8 +96,6 @@ def heap_now():
 def bytes_allocated():
     # Bytes ever allocated on the GC heap, where the port keeps memory statistics (the unix VM
     # does, ESP32_GENERIC does not): float temporaries are most of it, so it measures speed work.
-    import micropython
-
     return micropython.mem_total() if hasattr(micropython, "mem_total") else None
 
 

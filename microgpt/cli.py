@@ -145,7 +145,7 @@ def sample_names(weights, count, seed, temperature):
 
     from .reference import N_PARAMS, sample
 
-    params = np.fromfile(weights, dtype="<f4")
+    params = np.fromfile(weights, dtype="<f4").astype(np.float64)
     if params.shape != (N_PARAMS,):
         raise click.ClickException(f"{weights} holds {params.size * 4:,} bytes, not {N_PARAMS} float32 weights "
                                    f"({N_PARAMS * 4:,} bytes): pull it again with `microgpt device pull`")
@@ -154,7 +154,7 @@ def sample_names(weights, count, seed, temperature):
     spec.loader.exec_module(chip_rng)
     rng = chip_rng.Rng(seed)
     for i in range(count):
-        click.echo(f"{i + 1:2d} {sample(params.astype(np.float64), rng.uniform, temperature)}")
+        click.echo(f"{i + 1:2d} {sample(params, rng.uniform, temperature)}")
 
 
 # `device` needs run_options and _summary from this module: attached once they exist.
