@@ -6,7 +6,9 @@
 # loss is known. Only each position's key and value wait, because later queries still read them;
 # they are finished in `finish_backward`. And as RMSNorm's backward is linear in the incoming
 # gradient, each part of the gradient at x0 and x1 goes on to the embeddings as soon as it is
-# known. So per position we keep just 98 floats, not ~300.
+# known. And the two normalised embeddings x0 and x1 are recomputed (exactly: same weights,
+# same operations) when the backward needs them again. So per position we keep just the key,
+# the value and their gradients: 64 floats.
 import math
 from array import array
 import micropython
@@ -198,6 +200,7 @@ def fc2_backward(w, g, k, h, dy, dh):
             dh[j] = 0.0
 
 
+@micropython.native
 def exp_logits(logits, temperature, out):
     # out = exp((logits - max) / temperature), the softmax before normalising (shifted by the max
     # so exp cannot overflow); returns (max, sum of out).
@@ -213,25 +216,27 @@ def exp_logits(logits, temperature, out):
     return top, total
 
 
-def rmsnorm(x, xo, y, yo):
-    # y = x / rms(x); returns the scale 1/rms, which the backward needs.
+@micropython.native
+def rmsnorm(x, y):
+    # y = x / rms(x) (y may be x); returns the scale 1/rms, which the backward needs.
     ss = 0.0
-    for i in range(xo, xo + N_EMBD):
+    for i in range(N_EMBD):
         ss += x[i] * x[i]
     s = (ss / N_EMBD + _EPS) ** -0.5
     for i in range(N_EMBD):
-        y[yo + i] = x[xo + i] * s
+        y[i] = x[i] * s
     return s
 
 
-def rmsnorm_backward(y, yo, s, dy, dyo, dx, dxo):
+@micropython.native
+def rmsnorm_backward(y, s, dy, dx):
     # dx += s * (dy - y * (y . dy) / n), written with the output y = x * s.
     yd = 0.0
     for i in range(N_EMBD):
-        yd += y[yo + i] * dy[dyo + i]
+        yd += y[i] * dy[i]
     yd /= N_EMBD
     for i in range(N_EMBD):
-        dx[dxo + i] += s * (dy[dyo + i] - y[yo + i] * yd)
+        dx[i] += s * (dy[i] - y[i] * yd)
 
 
 class GPT:
@@ -239,15 +244,14 @@ class GPT:
         self.params = zeros(N_PARAMS)
         self.grads = zeros(N_PARAMS)
         # Kept per position until the name is done (rows of N_EMBD, position-major).
-        self.x0 = zeros(BLOCK * N_EMBD)  # rmsnorm(token + position embedding): attention's residual
-        self.x1 = zeros(BLOCK * N_EMBD)  # rmsnorm(x0): input of q, k, v
-        self.s0 = zeros(BLOCK)  # their rmsnorm scales
-        self.s1 = zeros(BLOCK)
         self.k = zeros(BLOCK * N_EMBD)
         self.v = zeros(BLOCK * N_EMBD)
         self.dk = zeros(BLOCK * N_EMBD)
         self.dv = zeros(BLOCK * N_EMBD)
         # Scratch for the position being worked on.
+        self.x0 = zeros(N_EMBD)  # rmsnorm(token + position embedding): attention's residual
+        self.x1 = zeros(N_EMBD)  # rmsnorm(x0): input of q, k, v
+        self.s0 = self.s1 = 0.0  # their rmsnorm scales
         self.q = zeros(N_EMBD)
         self.att = zeros(N_HEAD * BLOCK)  # attention weights, head-major
         self.o = zeros(N_EMBD)  # attention output, heads concatenated
@@ -268,20 +272,27 @@ class GPT:
         self.dx1 = zeros(N_EMBD)  # gradient at x1, one part at a time
         self.de = zeros(N_EMBD)  # gradient at the embedding sum
 
+    @micropython.native
+    def embed(self, token, pos):
+        # self.x0 = rmsnorm(wte[token] + wpe[pos]) and self.x1 = rmsnorm(x0), with their scales.
+        p, x0 = self.params, self.x0
+        te = WTE + token * N_EMBD
+        pe = WPE + pos * N_EMBD
+        for i in range(N_EMBD):
+            x0[i] = p[te + i] + p[pe + i]
+        self.s0 = rmsnorm(x0, x0)
+        self.s1 = rmsnorm(x0, self.x1)
+
+    @micropython.native
     def forward(self, token, pos):
         # One position of microgpt's gpt(): fills self.logits and this position's k, v.
         p = self.params
         x0, x1, k, v, q, att, o = self.x0, self.x1, self.k, self.v, self.q, self.att, self.o
         r = pos * N_EMBD
-        te = WTE + token * N_EMBD
-        pe = WPE + r
-        for i in range(N_EMBD):
-            x1[r + i] = p[te + i] + p[pe + i]  # x1's row is free until the next line fills it
-        self.s0[pos] = rmsnorm(x1, r, x0, r)
-        self.s1[pos] = rmsnorm(x0, r, x1, r)
-        matvec16(p, WQ, N_EMBD, x1, r, q, 0)
-        matvec16(p, WK, N_EMBD, x1, r, k, r)
-        matvec16(p, WV, N_EMBD, x1, r, v, r)
+        self.embed(token, pos)
+        matvec16(p, WQ, N_EMBD, x1, 0, q, 0)
+        matvec16(p, WK, N_EMBD, x1, 0, k, r)
+        matvec16(p, WV, N_EMBD, x1, 0, v, r)
         for h in range(N_HEAD):
             hd = h * HEAD_DIM
             a = h * BLOCK
@@ -310,8 +321,8 @@ class GPT:
         x2, x3, hid, x4 = self.x2, self.x3, self.h, self.x4
         matvec16(p, WO, N_EMBD, o, 0, x2, 0)
         for i in range(N_EMBD):
-            x2[i] += x0[r + i]
-        self.s3 = rmsnorm(x2, 0, x3, 0)
+            x2[i] += x0[i]
+        self.s3 = rmsnorm(x2, x3)
         matvec16(p, FC1, N_HIDDEN, x3, 0, hid, 0)
         for i in range(N_HIDDEN):
             if hid[i] < 0.0:
@@ -321,6 +332,7 @@ class GPT:
             x4[i] += x2[i]
         matvec16(p, LM_HEAD, VOCAB, x4, 0, self.logits, 0)
 
+    @micropython.native
     def backward(self, pos, token, target, scale):
         # Cross-entropy of this position's logits against target, times `scale` (1/n for the
         # mean over the name); adds this position's gradients. Returns the unscaled loss.
@@ -341,7 +353,7 @@ class GPT:
         linear16_backward(p, g, FC1, N_HIDDEN, x3, 0, dh, 0, dx3, 0)
         for i in range(N_EMBD):
             dx2[i] = dx4[i]
-        rmsnorm_backward(x3, 0, self.s3, dx3, 0, dx2, 0)
+        rmsnorm_backward(x3, self.s3, dx3, dx2)
         _clear(do, N_EMBD)
         linear16_backward(p, g, WO, N_EMBD, o, 0, dx2, 0, do, 0)
 
@@ -376,37 +388,41 @@ class GPT:
                     dk[kt + j] += dlog * q[hd + j]
         dx1 = self.dx1
         _clear(dx1, N_EMBD)
-        linear16_backward(p, g, WQ, N_EMBD, self.x1, r, dq, 0, dx1, 0)
+        linear16_backward(p, g, WQ, N_EMBD, self.x1, 0, dq, 0, dx1, 0)
         self.to_embeddings(pos, token, dx2, dx1)  # dx2 is also the gradient at x0 (residual)
         return loss
 
+    @micropython.native
     def finish_backward(self, tokens, n):
         # Keys and values have all their gradient now: take them back to the embeddings.
         p, g = self.params, self.grads
         x1, dx0, dx1, dk, dv = self.x1, self.dx2, self.dx1, self.dk, self.dv
         for pos in range(n):
             r = pos * N_EMBD
+            self.embed(tokens[pos], pos)
             _clear(dx1, N_EMBD)
-            linear16_backward(p, g, WK, N_EMBD, x1, r, dk, r, dx1, 0)
-            linear16_backward(p, g, WV, N_EMBD, x1, r, dv, r, dx1, 0)
+            linear16_backward(p, g, WK, N_EMBD, x1, 0, dk, r, dx1, 0)
+            linear16_backward(p, g, WV, N_EMBD, x1, 0, dv, r, dx1, 0)
             _clear(dx0, N_EMBD)
             self.to_embeddings(pos, tokens[pos], dx0, dx1)
 
+    @micropython.native
     def to_embeddings(self, pos, token, dx0, dx1):
         # Gradients at x0 (dx0) and at x1 = rmsnorm(x0) (dx1), through both RMSNorms, onto the
-        # token's and the position's embedding rows. Overwrites dx0.
-        r = pos * N_EMBD
-        rmsnorm_backward(self.x1, r, self.s1[pos], dx1, 0, dx0, 0)
+        # token's and the position's embedding rows; self.x0, self.x1 must hold this position's
+        # (see embed). Overwrites dx0.
+        rmsnorm_backward(self.x1, self.s1, dx1, dx0)
         de = self.de
         _clear(de, N_EMBD)
-        rmsnorm_backward(self.x0, r, self.s0[pos], dx0, 0, de, 0)
+        rmsnorm_backward(self.x0, self.s0, dx0, de)
         g = self.grads
         te = WTE + token * N_EMBD
-        pe = WPE + r
+        pe = WPE + pos * N_EMBD
         for i in range(N_EMBD):
             g[te + i] += de[i]
             g[pe + i] += de[i]
 
+    @micropython.native
     def loss_and_grad(self, tokens, n):
         # microgpt's training loss for one name: mean cross-entropy over n positions.
         # Adds the gradient to self.grads (the caller zeroes it between steps).
@@ -419,6 +435,7 @@ class GPT:
         return loss / n
 
 
+@micropython.native
 def _clear(a, n):
     for i in range(n):
         a[i] = 0.0

@@ -3,15 +3,14 @@
 # (record format: docs/uart-protocol.md).
 import gc
 import json
+import math
 import os
 import sys
 import time
 
-import checkpoint
 import micropython
 from model import BLOCK, BOS, GPT, N_PARAMS, zeros
 from rng import Rng
-from sample import sample
 
 CONFIG = "config.json"
 DATA = "names.txt"  # the host writes it in training order, one name per line
@@ -29,19 +28,19 @@ INIT_STD = 0.08
 @micropython.native
 def adam(p, g, m, v, lr, t):
     # microgpt's Adam with bias correction (t = 1, 2, ...); zeroes the gradient for the next step.
-    # Constants sit in locals and the corrections are folded into two factors: float rounding
-    # aside, p -= lr * (m / c1) / (sqrt(v / c2) + eps).
-    b1, b2, eps = BETA1, BETA2, EPS
-    a1, a2 = 1.0 - b1, 1.0 - b2
-    step = lr / (1.0 - b1**t)
-    unbias = 1.0 / (1.0 - b2**t)
+    # Every float operation allocates on the chip, so the arrays hold m / (1 - beta1) and
+    # v / (1 - beta2), and those factors and the bias corrections fold into two constants.
+    # Float rounding aside, this is p -= lr * (m / c1) / (sqrt(v / c2) + eps).
+    b1, b2, eps, sqrt = BETA1, BETA2, EPS, math.sqrt
+    step = lr * (1.0 - b1) / (1.0 - b1**t)
+    unbias = (1.0 - b2) / (1.0 - b2**t)
     for i in range(N_PARAMS):
         gi = g[i]
-        mi = b1 * m[i] + a1 * gi
-        vi = b2 * v[i] + a2 * gi * gi
+        mi = b1 * m[i] + gi
+        vi = b2 * v[i] + gi * gi
         m[i] = mi
         v[i] = vi
-        p[i] -= step * mi / ((vi * unbias) ** 0.5 + eps)
+        p[i] -= step * mi / (sqrt(vi * unbias) + eps)
         g[i] = 0.0
 
 
@@ -88,6 +87,14 @@ def clock():
     return str(boot // 1000000), str(machine.freq() // 1000000)
 
 
+def exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
 def heap_now():
     gc.collect()
     return gc.mem_alloc()
@@ -121,12 +128,16 @@ def main():
            cfg["emit"], freq, freq_boot, heap_total)
     )
 
+    # Modules load only when used: every KB of heap counts on the chip.
+    resumed = None
+    if ckpt_every or exists(CKPT):
+        import checkpoint
+
+        try:
+            resumed = checkpoint.load(CKPT, cfg["run_id"], steps, (params, m, v))
+        except checkpoint.BadCheckpoint as e:
+            print("MGPT ckpt-bad reason=%s" % e)
     start = 0
-    try:
-        resumed = checkpoint.load(CKPT, cfg["run_id"], steps, (params, m, v))
-    except checkpoint.BadCheckpoint as e:
-        print("MGPT ckpt-bad reason=%s" % e)
-        resumed = None
     if resumed:
         start, pos, rng.state = resumed
         names.seek(pos)
@@ -174,6 +185,9 @@ def main():
     with open(WEIGHTS + ".tmp", "wb") as f:
         f.write(params)
     os.rename(WEIGHTS + ".tmp", WEIGHTS)
+    m = v = gpt.grads = None  # sampling needs only the weights
+    from sample import sample
+
     for i in range(cfg["samples"]):
         print("MGPT sample %d %s" % (i + 1, sample(gpt, rng, cfg["temperature"])))
     peak = max(peak, heap_now())

@@ -6,6 +6,8 @@ import json
 import zlib
 from pathlib import Path
 
+import click
+
 from . import dataset, mpy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +23,7 @@ class RunConfig:
     samples: int = 20
     log_every: int = 1
     ckpt_every: int = 0
-    emit: str = "bytecode"  # how mpy-cross compiles the trainer: "bytecode" or "native"
+    emit: str = "auto"  # how mpy-cross compiles the trainer: "native", "bytecode", or "auto" (see emit_for)
     temperature: float = 0.5
 
     def __post_init__(self):
@@ -29,11 +31,23 @@ class RunConfig:
             raise ValueError("steps and log_every must be >= 1; samples and ckpt_every >= 0")
         if self.init not in ("microgpt", "device"):
             raise ValueError(f"init must be 'microgpt' or 'device', not {self.init!r}")
-        if self.emit not in ("bytecode", "native"):
-            raise ValueError(f"emit must be 'bytecode' or 'native', not {self.emit!r}")
+        if self.emit not in EMITS:
+            raise ValueError(f"emit must be one of {', '.join(EMITS)}, not {self.emit!r}")
 
 
+EMITS = ("auto", "native", "bytecode")
 NATIVE = "@micropython.native"
+
+
+def emit_for(emit: str, target: mpy.Target) -> str:
+    """"native" or "bytecode" for `target`. "auto" is native wherever the target has a native
+    emitter (the ESP32 and the x64/x86 VMs): faster, and in the VM its machine code stays out of
+    the GC heap, which bytecode does not (about 4 KB less at the peak, measured)."""
+    if emit == "auto":
+        return "native" if target.arch else "bytecode"
+    if emit == "native" and not target.arch:
+        raise click.ClickException(f"{target} has no native code emitter for this machine: use --emit bytecode")
+    return emit
 
 
 def compile_trainer_module(src: Path, target: mpy.Target, emit: str) -> bytes:
@@ -41,6 +55,7 @@ def compile_trainer_module(src: Path, target: mpy.Target, emit: str) -> bytes:
     @micropython.native become machine code for target's arch; with "bytecode" the marks are
     blanked (the plain-bytecode path; lines kept, so tracebacks point at the source)."""
     text = src.read_text()
+    emit = emit_for(emit, target)
     if emit == "bytecode":
         text = "\n".join("" if line.strip() == NATIVE else line for line in text.split("\n"))
     return mpy.compile_source(text, src.name, target)
@@ -71,5 +86,6 @@ def run_files(cfg: RunConfig, docs: list[str]) -> dict[str, bytes]:
 
 
 def chip_files(cfg: RunConfig, docs: list[str], target: mpy.Target) -> dict[str, bytes]:
-    """Everything the chip's filesystem needs for this run."""
+    """Everything the chip's filesystem needs for this run (its config names the emit used)."""
+    cfg = dataclasses.replace(cfg, emit=emit_for(cfg.emit, target))
     return trainer_files(target, cfg.emit) | run_files(cfg, docs)

@@ -1,6 +1,7 @@
 """Shared test fixtures: the real dataset, the firmware under CPython, and runs of the real
 `microgpt` CLI (in-process, with the MicroPython VM as a subprocess)."""
 import importlib.util
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -51,12 +52,13 @@ def firmware():
     return type("Firmware", (), {"model": model, "rng": rng, "sample": sample})
 
 
-@pytest.fixture
-def sim_run(tmp_path, names_path):
-    """`microgpt sim run ARGS` -> (exit code, output, report dict or None)."""
+def _sim_runner(directory, names_path):
+    """`microgpt sim run ARGS` -> (exit code, output, report dict or None); each run's report,
+    UART log and weights go to their own directory unless `report` is given."""
+    runs = itertools.count(1)
 
     def run(*args, report=None):
-        report = Path(report or tmp_path / "run" / "report.json")
+        report = Path(report or directory / f"run{next(runs)}" / "report.json")
         argv = ["sim", "run", "--data", str(names_path), "--report", str(report), "--quiet", *map(str, args)]
         from microgpt.cli import main
 
@@ -65,3 +67,14 @@ def sim_run(tmp_path, names_path):
         return result.exit_code, result.output, data
 
     return run
+
+
+@pytest.fixture
+def sim_run(tmp_path, names_path):
+    return _sim_runner(tmp_path, names_path)
+
+
+@pytest.fixture(scope="module")
+def sim_run_module(tmp_path_factory, names_path):
+    """sim_run for runs that several tests of a module read."""
+    return _sim_runner(tmp_path_factory.mktemp("runs"), names_path)

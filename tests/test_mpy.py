@@ -85,3 +85,16 @@ def test_syntax_errors_and_non_mpy_are_refused(source):
         mpy.parse_header(b"print(1)\n")
     with pytest.raises(click.ClickException, match="too old"):
         mpy.firmware_target("v1.8.7")
+
+
+def test_auto_emit_is_native_where_the_target_has_a_native_emitter():
+    from microgpt import payload
+
+    chip, vm = mpy.firmware_target("v1.25.0"), mpy.vm_target()
+    no_emitter = vm._replace(arch=None)  # e.g. the unix port on aarch64
+    assert [payload.emit_for("auto", t) for t in (chip, vm, no_emitter)] == ["native", "native", "bytecode"]
+    assert payload.emit_for("bytecode", chip) == "bytecode"
+    with pytest.raises(click.ClickException, match="use --emit bytecode"):
+        payload.emit_for("native", no_emitter)
+    model = payload.FIRMWARE_DIR / "model.py"
+    assert mpy.parse_header(payload.compile_trainer_module(model, no_emitter, "auto")).arch is None
