@@ -4,7 +4,7 @@ import binascii
 import os
 import struct
 
-_MAGIC = b"MGC1"
+_MAGIC = b"MGC2"  # 2: Adam's m and v stored divided by (1 - beta), as train.adam keeps them
 _HEAD = "<4sIIIII"  # magic, run id, steps, step done, data position, PRNG state
 _HEAD_SIZE = struct.calcsize(_HEAD)
 
