@@ -23,6 +23,9 @@ MPY_VERSIONS = [((1, 23), (6, 3)), ((1, 22), (6, 2)), ((1, 20), (6, 1)), ((1, 19
                 ((1, 12), (5, 0)), ((1, 11), (4, 0)), ((1, 9, 3), (3, 0)), ((1, 9), (2, 0))]
 
 
+VM = "MicroPython VM"  # the unix port on this machine, as a Target's system
+
+
 class Target(NamedTuple):
     """What a MicroPython system imports."""
     system: str               # "firmware", "MicroPython VM"
@@ -72,7 +75,7 @@ def vm_target(micropython: str = "micropython") -> Target:
     except (OSError, subprocess.SubprocessError) as e:
         raise click.ClickException(f"could not ask {micropython} for its .mpy version: {e}") from None
     sys_mpy, maxsize, release = out.split()
-    return target_from("MicroPython VM", int(sys_mpy), int(maxsize), release)
+    return target_from(VM, int(sys_mpy), int(maxsize), release)
 
 
 def mpy_cross_version() -> str:

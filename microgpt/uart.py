@@ -256,6 +256,10 @@ class UartParser:
             reason = text or "the trainer failed without a message"
             if tb:
                 reason += f" (traceback: {'; '.join(tb)})"
+            if text.startswith("MemoryError") and tb and tb[-1].endswith("in <module>"):  # at an import
+                reason += (": the trainer's modules did not fit while loading; if it was built with"
+                           " `--emit native`, build with `--emit bytecode` (native code needs the chip's"
+                           " small executable RAM)")
         elif self._stalled >= RESET_LOOP_BOOTS:
             reason = (f"reset loop: the chip rebooted {self._stalled} times without progress (a brownout or watchdog"
                       " is typical: check the USB cable and power supply, and the ROM's rst: reason in the UART log)")

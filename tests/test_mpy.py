@@ -87,13 +87,13 @@ def test_syntax_errors_and_non_mpy_are_refused(source):
         mpy.firmware_target("v1.8.7")
 
 
-def test_auto_emit_is_native_where_the_target_has_a_native_emitter():
+def test_auto_emit_is_native_only_in_a_vm_with_a_native_emitter():
     from microgpt import payload
 
     chip, vm = mpy.firmware_target("v1.25.0"), mpy.vm_target()
     no_emitter = vm._replace(arch=None)  # e.g. the unix port on aarch64
-    assert [payload.emit_for("auto", t) for t in (chip, vm, no_emitter)] == ["native", "native", "bytecode"]
-    assert payload.emit_for("bytecode", chip) == "bytecode"
+    assert [payload.emit_for("auto", t) for t in (chip, vm, no_emitter)] == ["bytecode", "native", "bytecode"]
+    assert payload.emit_for("native", chip) == "native"
     with pytest.raises(click.ClickException, match="use --emit bytecode"):
         payload.emit_for("native", no_emitter)
     model = payload.FIRMWARE_DIR / "model.py"

@@ -23,12 +23,13 @@ def built(tmp_path, names_path):
 
 
 def test_build_then_run_the_image_in_the_vm_matches_microgpt_py(built, sim_run, microgpt_losses):
-    flash = built("--steps", 50, "--samples", 0)  # --emit auto: native code for the chip
+    flash = built("--steps", 50, "--samples", 0, "--emit", "native")
     assert flash.stat().st_size == 4 << 20
     chip = image.read_vfs(flash)
     assert mpy.parse_header(chip["model.mpy"]).arch == "xtensawin"  # the chip's machine code
     stamp = flash.stat().st_mtime_ns
-    code, out, report = sim_run("--image", flash, "--steps", 50, "--samples", 0, "--firmware", OFFICIAL_FIRMWARE)
+    code, out, report = sim_run("--image", flash, "--steps", 50, "--samples", 0, "--emit", "native",
+                                "--firmware", OFFICIAL_FIRMWARE)
     assert code == 0, out
     assert flash.stat().st_mtime_ns == stamp  # fresh: used as built, not rebuilt
     worst = max(abs(a - b) for a, b in zip(report["losses"], microgpt_losses[50]))

@@ -53,7 +53,7 @@ def test_native_loops_change_no_result(runs_50_steps):
 
 @pytest.mark.slow
 def test_vm_trains_1000_steps_in_100k_heap_like_microgpt_py(sim_run, microgpt_losses, docs):
-    # The default build (native loops on x64 and on the chip) in a 100 KB heap; the ESP32 has ~163 KB.
+    # The VM's default build (native loops, on x64) in a 100 KB heap; the ESP32 has ~163 KB.
     code, out, report = sim_run("--steps", 1000, "--samples", 20, "--heap", 102400)
     assert code == 0, out
     assert report["emit"] == "native"

@@ -87,6 +87,13 @@ def test_memory_error_before_start_reports_exception_and_traceback():
                           'File "model.py", line 37, in zeros)')
 
 
+def test_memory_error_while_importing_names_the_bytecode_build():
+    r = parse_lines(["MGPT error MemoryError: memory allocation failed, allocating 4214 bytes",
+                     'MGPT tb   File "main.py", line 9, in <module>', 'MGPT tb   File "train.py", line 12, in <module>'])
+    assert r["status"] == "error" and "build with `--emit bytecode`" in r["error"]
+    assert "--emit" not in parse("memory_error.log")["error"]  # out of heap later: no such advice
+
+
 def test_error_mid_run():
     r = parse_lines([start(), step(1, 3.0), "MGPT error OSError: [Errno 28] ENOSPC",
                      'MGPT tb   File "checkpoint.py", line 30, in save'])
