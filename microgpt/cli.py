@@ -26,7 +26,7 @@ def run_options(f):
     @click.option("--ckpt-every", type=click.IntRange(min=0), default=0, show_default=True,
                   help="Checkpoint to flash every N steps, so a reset resumes the run (0: never).")
     @click.option("--emit", type=click.Choice(payload.EMITS), default="auto", show_default=True,
-                  help="How mpy-cross compiles the trainer's hot loops: auto is native where the target has a native emitter.")
+                  help="How mpy-cross compiles the trainer's hot loops: auto is native in the VM, bytecode on the ESP32 (little executable RAM).")
     @functools.wraps(f)
     def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, **kwargs):
         cfg = payload.RunConfig(steps=steps, seed=seed, init=init, samples=samples, log_every=log_every,
