@@ -9,7 +9,7 @@ import sys
 import time
 
 import micropython
-from model import BLOCK, BOS, GPT, N_PARAMS, zeros
+from model import BLOCK, BOS, N_PARAMS, zeros
 from rng import Rng
 
 CONFIG = "config.json"
@@ -25,15 +25,18 @@ EPS = 1e-8
 INIT_STD = 0.08
 
 
+def adam_factors(lr, t):
+    # microgpt's Adam with bias correction at step t = 1, 2, ...: the arrays hold m / (1 - beta1)
+    # and v / (1 - beta2) (every float operation allocates on the chip), so those factors and the
+    # bias corrections fold into two constants. Float rounding aside, adam() is then
+    # p -= lr * (m / c1) / (sqrt(v / c2) + eps).
+    return lr * (1.0 - BETA1) / (1.0 - BETA1**t), (1.0 - BETA2) / (1.0 - BETA2**t)
+
+
 @micropython.native
-def adam(p, g, m, v, lr, t):
-    # microgpt's Adam with bias correction (t = 1, 2, ...); zeroes the gradient for the next step.
-    # Every float operation allocates on the chip, so the arrays hold m / (1 - beta1) and
-    # v / (1 - beta2), and those factors and the bias corrections fold into two constants.
-    # Float rounding aside, this is p -= lr * (m / c1) / (sqrt(v / c2) + eps).
+def adam(p, g, m, v, step, unbias):
+    # The update with adam_factors' constants; zeroes the gradient for the next step.
     b1, b2, eps, sqrt = BETA1, BETA2, EPS, math.sqrt
-    step = lr * (1.0 - b1) / (1.0 - b1**t)
-    unbias = (1.0 - b2) / (1.0 - b2**t)
     for i in range(N_PARAMS):
         gi = g[i]
         mi = b1 * m[i] + gi
@@ -55,13 +58,13 @@ class Names:
             self.f.seek(0)
             line = self.f.readline()
         name = line.strip()
-        tokens = [BOS]
-        for c in name:
+        tokens = bytearray(len(name) + 2)  # token ids, as the C kernels take them
+        tokens[0] = tokens[-1] = BOS
+        for i, c in enumerate(name):
             t = ord(c) - 97
             if not 0 <= t < 26:
                 raise ValueError("%s: %r is not a-z; rebuild the data with the host tool" % (DATA, name))
-            tokens.append(t)
-        tokens.append(BOS)
+            tokens[i + 1] = t
         return tokens
 
     def tell(self):
@@ -113,6 +116,12 @@ def main():
     log_every, ckpt_every = cfg["log_every"], cfg["ckpt_every"]
     freq_boot, freq = clock()
 
+    if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
+        from cgpt import GPT, adam as update
+    else:
+        from model import GPT
+
+        update = adam
     gc.collect()  # the big arrays go first, into a heap that imports have not yet fragmented
     m, v = zeros(N_PARAMS), zeros(N_PARAMS)
     gpt = GPT()
@@ -122,10 +131,10 @@ def main():
     heap_total = gc.mem_alloc() + gc.mem_free()
     print(
         "MGPT start v=1 params=%d steps=%d seed=%d init=%s docs=%d log_every=%d ckpt_every=%d samples=%d "
-        "temp=%s lr=%s platform=%s impl=%s emit=%s freq_mhz=%s freq_boot_mhz=%s heap_total=%d"
+        "temp=%s lr=%s platform=%s impl=%s emit=%s kernels=%s freq_mhz=%s freq_boot_mhz=%s heap_total=%d"
         % (N_PARAMS, steps, seed, cfg["init"], cfg["docs"], log_every, ckpt_every, cfg["samples"],
            cfg["temperature"], LR, sys.platform, "%d.%d.%d" % sys.implementation.version[:3],
-           cfg["emit"], freq, freq_boot, heap_total)
+           cfg["emit"], cfg["kernels"], freq, freq_boot, heap_total)
     )
 
     # Modules load only when used: every KB of heap counts on the chip.
@@ -161,7 +170,8 @@ def main():
         n = min(BLOCK, len(tokens) - 1)
         loss = gpt.loss_and_grad(tokens, n)
         lr = LR * (1.0 - step / steps)
-        adam(params, grads, m, v, lr, step + 1)
+        step_size, unbias = adam_factors(lr, step + 1)
+        update(params, grads, m, v, step_size, unbias)
         dt = time.ticks_diff(time.ticks_us(), t0)
         train_us += dt
         group_us += dt

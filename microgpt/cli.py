@@ -27,10 +27,13 @@ def run_options(f):
                   help="Checkpoint to flash every N steps, so a reset resumes the run (0: never).")
     @click.option("--emit", type=click.Choice(payload.EMITS), default="auto", show_default=True,
                   help="How mpy-cross compiles the trainer's hot loops: auto is native in the VM, bytecode on the ESP32 (little executable RAM).")
+    @click.option("--kernels", type=click.Choice(payload.KERNELS), default="auto", show_default=True,
+                  help="The model's arithmetic: c (a native module, ~50x fewer instructions per step on the chip) "
+                       "or python; auto is c wherever it is built for the target (the ESP32 and the x64 VM).")
     @functools.wraps(f)
-    def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, **kwargs):
+    def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, **kwargs):
         cfg = payload.RunConfig(steps=steps, seed=seed, init=init, samples=samples, log_every=log_every,
-                                ckpt_every=ckpt_every, emit=emit)
+                                ckpt_every=ckpt_every, emit=emit, kernels=kernels)
         try:
             docs = dataset.load_names(data)
         except dataset.DatasetError as e:

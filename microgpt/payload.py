@@ -24,6 +24,7 @@ class RunConfig:
     log_every: int = 1
     ckpt_every: int = 0
     emit: str = "auto"  # how mpy-cross compiles the trainer: "native", "bytecode", or "auto" (see emit_for)
+    kernels: str = "auto"  # the model's arithmetic: "c" (firmware/cmodel), "python", or "auto" (see kernels_for)
     temperature: float = 0.5
 
     def __post_init__(self):
@@ -33,10 +34,32 @@ class RunConfig:
             raise ValueError(f"init must be 'microgpt' or 'device', not {self.init!r}")
         if self.emit not in EMITS:
             raise ValueError(f"emit must be one of {', '.join(EMITS)}, not {self.emit!r}")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, not {self.kernels!r}")
 
 
 EMITS = ("auto", "native", "bytecode")
 NATIVE = "@micropython.native"
+KERNELS = ("auto", "c", "python")
+CMODEL_DIR = FIRMWARE_DIR / "cmodel"  # cmodel.c and its committed builds, cmodel-<arch>.mpy
+CMODEL = "cmodel.mpy"  # its name on the chip's filesystem
+
+
+def cmodel_build(arch: str | None) -> Path | None:
+    """The committed C-kernel module for `arch` (scripts/build_cmodel.py), if there is one."""
+    path = CMODEL_DIR / f"cmodel-{arch}.mpy"
+    return path if arch and path.is_file() else None
+
+
+def kernels_for(kernels: str, target: mpy.Target) -> str:
+    """"c" or "python" for `target`. "auto" is C wherever the module is built for the target's
+    arch (the ESP32's xtensawin and the VM's x64): the same step in ~50x fewer instructions."""
+    if kernels == "auto":
+        return "c" if cmodel_build(target.arch) else "python"
+    if kernels == "c" and not cmodel_build(target.arch):
+        raise click.ClickException(f"the C kernels are not built for {target} ({target.arch or 'no native code'}): "
+                                   "use --kernels python, or build them with scripts/build_cmodel.py")
+    return kernels
 
 
 def emit_for(emit: str, target: mpy.Target) -> str:
@@ -63,14 +86,26 @@ def compile_trainer_module(src: Path, target: mpy.Target, emit: str) -> bytes:
     return mpy.compile_source(text, src.name, target)
 
 
-def trainer_files(target: mpy.Target, emit: str) -> dict[str, bytes]:
-    """firmware/*.py for `target`: main.py as source, the other modules as .mpy."""
+def trainer_module(name: str, target: mpy.Target, emit: str) -> bytes:
+    """The file `name` of the chip's trainer (a module's .mpy) as it is for `target`."""
+    if name == CMODEL:
+        blob = cmodel_build(target.arch).read_bytes()
+        mpy.check_compatible(blob, target, CMODEL)
+        return blob
+    return compile_trainer_module(FIRMWARE_DIR / (name[:-4] + ".py"), target, emit)
+
+
+def trainer_files(target: mpy.Target, emit: str, kernels: str = "python") -> dict[str, bytes]:
+    """firmware/*.py for `target`: main.py as source, the other modules as .mpy; with kernels
+    "c" also the C module built for target's arch."""
     files = {}
     for src in sorted(FIRMWARE_DIR.glob("*.py")):
         if src.name == BOOT:
             files[BOOT] = src.read_bytes()
         else:
-            files[src.stem + ".mpy"] = compile_trainer_module(src, target, emit)
+            files[src.stem + ".mpy"] = trainer_module(src.stem + ".mpy", target, emit)
+    if kernels == "c":
+        files[CMODEL] = trainer_module(CMODEL, target, emit)
     return files
 
 
@@ -88,6 +123,6 @@ def run_files(cfg: RunConfig, docs: list[str]) -> dict[str, bytes]:
 
 
 def chip_files(cfg: RunConfig, docs: list[str], target: mpy.Target) -> dict[str, bytes]:
-    """Everything the chip's filesystem needs for this run (its config names the emit used)."""
-    cfg = dataclasses.replace(cfg, emit=emit_for(cfg.emit, target))
-    return trainer_files(target, cfg.emit) | run_files(cfg, docs)
+    """Everything the chip's filesystem needs for this run (its config names the emit and kernels used)."""
+    cfg = dataclasses.replace(cfg, emit=emit_for(cfg.emit, target), kernels=kernels_for(cfg.kernels, target))
+    return trainer_files(target, cfg.emit, cfg.kernels) | run_files(cfg, docs)

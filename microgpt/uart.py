@@ -238,6 +238,7 @@ class UartParser:
             "heap_total": end.get("heap_total", cfg.get("heap_total")),
             "platform": cfg.get("platform"),
             "emit": cfg.get("emit"),
+            "kernels": cfg.get("kernels"),
             "freq_mhz": cfg.get("freq_mhz"),
             "ms_train": end.get("ms_train"),
             "peak_src": "end" if end else "step" if self._step_heap is not None else None,

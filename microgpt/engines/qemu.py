@@ -24,6 +24,29 @@ INSTALL_HELP = (
 )
 # Documented switch that stops QEMU emulating the Timer Group watchdogs (TG0's is armed at reset).
 NO_WATCHDOG = ["-global", "driver=timer.esp32.timg,property=wdt_disable,value=true"]
+# QEMU's instruction-counting TCG plugin (tests/plugin/insn.c, built as libinsn.so): it writes
+# "cpu N insns: COUNT" per guest CPU when QEMU exits. MicroPython runs on cpu 1 of the ESP32.
+INSN_PLUGIN = "libinsn.so"
+MICROPYTHON_CPU = 1
+
+
+def find_insn_plugin(explicit: str | os.PathLike | None = None, qemu: str | None = None) -> Path | None:
+    """libinsn.so: the given path, $QEMU_INSN_PLUGIN, or beside QEMU's build (tests/plugin/)."""
+    for given in (explicit, os.environ.get("QEMU_INSN_PLUGIN")):
+        if given:
+            if not Path(given).is_file():
+                raise EngineError(f"QEMU plugin {given}: no such file (build QEMU's tests/plugin/{INSN_PLUGIN})")
+            return Path(given)
+    if qemu:
+        for near in (Path(qemu).resolve().parent / "tests/plugin", Path(qemu).resolve().parent.parent / "lib"):
+            if (near / INSN_PLUGIN).is_file():
+                return near / INSN_PLUGIN
+    return None
+
+
+def read_insn_counts(log: str) -> dict[int, int]:
+    """{cpu: guest instructions} from the insn plugin's exit lines."""
+    return {int(cpu): int(n) for cpu, n in re.findall(r"^cpu (\d+) insns: (\d+)$", log, re.M)}
 
 
 def find_qemu(explicit: str | os.PathLike | None = None) -> str:
@@ -68,7 +91,8 @@ class QemuEngine(Engine):
 
     def __init__(self, image: str | os.PathLike, *, qemu: str | os.PathLike | None = None,
                  silence_s: float = 120.0, timeout_s: float | None = None, watchdog: bool = True,
-                 extra_args: Sequence[str] = (), workdir: str | os.PathLike | None = None):
+                 extra_args: Sequence[str] = (), workdir: str | os.PathLike | None = None,
+                 insn_plugin: str | os.PathLike | None = None):
         self.image = Path(image)
         check_flash_image(self.image)
         self.qemu = find_qemu(qemu)
@@ -77,11 +101,16 @@ class QemuEngine(Engine):
         self.extra_args = list(extra_args)
         self._tempdir = None if workdir else tempfile.mkdtemp(prefix="microgpt-qemu-")
         self.flash = Path(workdir or self._tempdir) / "qemu-flash.bin"
+        self.insn_plugin = insn_plugin
+        self.insn_log = Path(workdir or self._tempdir) / "qemu-insn.log"
+        self.instructions: dict[int, int] = {}  # with insn_plugin: guest instructions per CPU, after close()
         self._process: ChildProcess | None = None
 
     def command(self) -> list[str]:
         """The documented invocation; watchdogs stay emulated, as on the board, unless disabled."""
         argv = [self.qemu, "-nographic", "-machine", "esp32", "-drive", f"file={self.flash},if=mtd,format=raw"]
+        if self.insn_plugin:  # its counts go to a log of their own, not to the UART
+            argv += ["-plugin", str(self.insn_plugin), "-d", "plugin", "-D", str(self.insn_log)]
         return argv + ([] if self.watchdog else NO_WATCHDOG) + self.extra_args
 
     def lines(self) -> Iterator[bytes]:
@@ -95,8 +124,10 @@ class QemuEngine(Engine):
 
     def close(self) -> None:
         if self._process:
-            self._process.kill()
+            self._process.kill()  # SIGTERM first: QEMU exits cleanly, and the plugin writes its counts
             self._process = None
+        if self.insn_plugin and self.insn_log.is_file():
+            self.instructions = read_insn_counts(self.insn_log.read_text(errors="replace"))
         if self._tempdir:
             shutil.rmtree(self._tempdir, ignore_errors=True)
             self._tempdir = None

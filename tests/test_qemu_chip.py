@@ -1,0 +1,58 @@
+"""The real target: the built image in Espressif's QEMU (`qemu-system-xtensa -machine esp32`)
+with the official v1.25.0 firmware. Skipped where QEMU is not installed (--qemu is the CLI's;
+here $QEMU_XTENSA or PATH); the instruction count also needs QEMU's libinsn.so plugin."""
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import OFFICIAL_FIRMWARE
+from microgpt import chip_speed, payload
+from microgpt.engines import EngineError
+from microgpt.engines.qemu import find_insn_plugin, find_qemu
+
+
+@pytest.fixture(scope="module")
+def qemu():
+    try:
+        return find_qemu()
+    except EngineError:
+        pytest.skip("Espressif's qemu-system-xtensa is not installed ($QEMU_XTENSA or PATH)")
+
+
+@pytest.fixture(scope="module")
+def chip_run(qemu, tmp_path_factory, names_path):
+    """50 steps and 20 samples on the emulated ESP32, from an image built as a user builds it."""
+    from microgpt.cli import main
+
+    tmp = tmp_path_factory.mktemp("qemu")
+    common = ["--steps", "50", "--samples", "20", "--data", str(names_path), "--firmware", str(OFFICIAL_FIRMWARE)]
+    built = CliRunner().invoke(main, ["build", *common, "--out", str(tmp / "flash.bin")], catch_exceptions=False)
+    assert built.exit_code == 0, built.output
+    result = CliRunner().invoke(main, ["sim", "run", "--engine", "qemu", "--qemu", qemu, "--image", str(tmp / "flash.bin"),
+                                       *common, "--report", str(tmp / "report.json"), "--quiet"], catch_exceptions=False)
+    return result.exit_code, result.output, json.loads((tmp / "report.json").read_text())
+
+
+def test_the_chip_trains_with_the_c_kernels_like_microgpt_py(chip_run, microgpt_losses):
+    code, out, report = chip_run
+    assert code == 0 and report["status"] == "ok", out
+    assert (report["platform"], report["kernels"], report["freq_mhz"]) == ("esp32", "c", 240)
+    worst = max(abs(a - b) for a, b in zip(report["losses"], microgpt_losses[50]))
+    assert len(report["losses"]) == 50 and worst <= 2e-3, worst
+    assert len(report["samples"]) == 20 and all(re.fullmatch("[a-z]*", s) for s in report["samples"])
+
+
+def test_the_chips_heap_peaks_under_100_kb(chip_run):
+    assert chip_run[2]["peak_heap_bytes"] <= 100_000
+
+
+@pytest.mark.slow
+def test_a_training_step_costs_the_chip_under_5m_instructions(qemu, docs):
+    plugin = find_insn_plugin(qemu=qemu)
+    if plugin is None:
+        pytest.skip("QEMU's instruction-counting plugin (tests/plugin/libinsn.so) is not found ($QEMU_INSN_PLUGIN)")
+    speed = chip_speed.instructions_per_step(payload.RunConfig(), docs, OFFICIAL_FIRMWARE, qemu, plugin)
+    assert all(r["kernels"] == "c" for r in speed.reports.values())
+    assert 100_000 < speed.per_step <= 5_000_000, speed.per_step
