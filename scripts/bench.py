@@ -1,10 +1,13 @@
 """Speed and memory benchmark, in one invocation on one machine (issue: make the trainer fast).
 
-    python scripts/bench.py [NAMES] [--vm-steps 100] [--scalar-steps 50] [--min-heap]
+    python scripts/bench.py [NAMES] [--vm-steps 100] [--scalar-steps 50] [--min-heap] [--qemu [--qemu-bin PATH]]
 
-Measures: the firmware trainer in the MicroPython VM (ms/step, live heap, bytes allocated per
-step) as plain bytecode and with its @micropython.native loops at the ESP32's heap, and native
-with a 16 MB heap (garbage collection nearly idle); the numpy reference (1,000 steps);
+Measures: with --qemu, speed on the chip: guest instructions per training step in Espressif's
+QEMU with the official firmware (microgpt.chip_speed), with the C kernels and with the
+MicroPython ones (bytecode, as the chip runs them; a few minutes); the firmware trainer in the
+MicroPython VM (ms/step, live heap, bytes allocated per step) with the C kernels, and with the
+MicroPython ones as plain bytecode and with their @micropython.native loops at the ESP32's
+heap, and native with a 16 MB heap (garbage collection nearly idle); the numpy reference (1,000 steps);
 microgpt.py's scalar-autograd algorithm on CPython (microgpt.scalar); the .mpy sizes of every
 trainer module compiled for the chip (mpy-cross -march=xtensawin); with --min-heap, the smallest
 VM heap (1 KB resolution) at which 1,000 steps + 20 samples complete.
@@ -14,28 +17,29 @@ import tempfile
 import time
 from pathlib import Path
 
-from microgpt import dataset, image, mpy, payload, reference, scalar
+from microgpt import chip_speed, dataset, image, mpy, payload, reference, scalar
 from microgpt.build import ESP32_GENERIC_VFS_SIZE
 from microgpt.engines.host import ESP32_HEAP, HostEngine
+from microgpt.engines.qemu import find_insn_plugin, find_qemu
 from microgpt.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def vm_run(docs, steps, emit, heap=ESP32_HEAP, samples=0):
-    cfg = payload.RunConfig(steps=steps, samples=samples, emit=emit)
+def vm_run(docs, steps, emit, heap=ESP32_HEAP, samples=0, kernels="python"):
+    cfg = payload.RunConfig(steps=steps, samples=samples, emit=emit, kernels=kernels)
     with tempfile.TemporaryDirectory() as tmp:
         vfs = Path(tmp) / "vfs.bin"
         vfs.write_bytes(image.build_fs(ESP32_GENERIC_VFS_SIZE, payload.chip_files(cfg, docs, mpy.vm_target())))
         return run(HostEngine(vfs, heap=heap), Path(tmp) / "uart.log", echo=False, expect_steps=steps)
 
 
-def min_heap(docs, emit, lo=60_000, hi=ESP32_HEAP):
+def min_heap(docs, emit, kernels, lo=60_000, hi=ESP32_HEAP):
     # Buffers are all allocated before step 1, so a short run finds the bound; 1,000 steps confirm it.
     while hi - lo > 1024:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if vm_run(docs, 20, emit, mid, samples=20)["status"] == "ok" else (mid, hi)
-    while vm_run(docs, 1000, emit, hi, samples=20)["status"] != "ok":
+        lo, hi = (lo, mid) if vm_run(docs, 20, emit, mid, 20, kernels)["status"] == "ok" else (mid, hi)
+    while vm_run(docs, 1000, emit, hi, 20, kernels)["status"] != "ok":
         hi += 1024
     return hi
 
@@ -46,16 +50,31 @@ def main():
     ap.add_argument("--vm-steps", type=int, default=100)
     ap.add_argument("--scalar-steps", type=int, default=50)
     ap.add_argument("--min-heap", action="store_true")
+    ap.add_argument("--qemu", action="store_true", help="also count guest instructions per step in Espressif's QEMU")
+    ap.add_argument("--qemu-bin", default=None, help="qemu-system-xtensa [default: $QEMU_XTENSA, PATH]")
+    ap.add_argument("--firmware", type=Path, default=None, help="ESP32 firmware for the QEMU image")
     args = ap.parse_args()
     docs = dataset.load_names(args.names)
     rows = []
 
+    if args.qemu:
+        qemu = find_qemu(args.qemu_bin)
+        plugin = find_insn_plugin(qemu=qemu)
+        if plugin is None:
+            raise SystemExit("QEMU's tests/plugin/libinsn.so was not found: set $QEMU_INSN_PLUGIN")
+        for kernels in ("c", "python"):
+            speed = chip_speed.instructions_per_step(payload.RunConfig(kernels=kernels), docs, args.firmware, qemu, plugin)
+            r = speed.reports[chip_speed.LONG]
+            print(f"ESP32 in QEMU, {kernels} kernels ({r['emit']}): {speed.per_step / 1e6:.2f} M guest instructions"
+                  f" per training step on cpu 1; peak heap {r['peak_heap_bytes']:,} B")
+
     # At the ESP32's heap, then with a heap so large that the garbage collector hardly runs: the
     # difference is what collecting the float temporaries costs.
-    for emit, heap in (("bytecode", ESP32_HEAP), ("native", ESP32_HEAP), ("native", 16 << 20)):
-        r = vm_run(docs, args.vm_steps, emit, heap)
+    for kernels, emit, heap in (("c", "native", ESP32_HEAP), ("python", "bytecode", ESP32_HEAP),
+                                ("python", "native", ESP32_HEAP), ("python", "native", 16 << 20)):
+        r = vm_run(docs, args.vm_steps, emit, heap, kernels=kernels)
         assert r["status"] == "ok", r["error"]
-        rows.append((f"firmware in MicroPython VM ({emit}, {heap:,} B heap)", r["ms_per_step"],
+        rows.append((f"firmware in MicroPython VM ({kernels} kernels, {emit}, {heap:,} B heap)", r["ms_per_step"],
                      f"live heap {r['peak_heap_bytes']:,} B, {r['alloc_per_step']:,} B allocated/step"))
 
     ordered, init = dataset.microgpt_order(docs, 42)
@@ -72,19 +91,20 @@ def main():
     scalar_ms = (time.perf_counter() - t) * 1000 / args.scalar_steps
     rows.append(("microgpt.py's scalar autograd on CPython", scalar_ms, f"{args.scalar_steps} steps"))
 
-    print(f"{'':56} {'ms/step':>10}   ratio to microgpt.py")
+    print(f"{'':72} {'ms/step':>10}   ratio to microgpt.py")
     for name, ms, note in rows:
-        print(f"{name:56} {ms:>10.2f}   {scalar_ms / ms:6.1f}x  {note}")
+        print(f"{name:72} {ms:>10.2f}   {scalar_ms / ms:6.1f}x  {note}")
 
     chip = mpy.firmware_target("v1.25.0")
     for emit in ("bytecode", "native"):
-        sizes = {k: len(v) for k, v in payload.trainer_files(chip, emit).items() if k.endswith(".mpy")}
+        sizes = {k: len(v) for k, v in payload.trainer_files(chip, emit, "c").items() if k.endswith(".mpy")}
         print(f".mpy for xtensawin ({emit}): " + ", ".join(f"{k} {v:,} B" for k, v in sizes.items())
               + f"; total {sum(sizes.values()):,} B")
 
     if args.min_heap:
-        for emit in ("bytecode", "native"):
-            print(f"smallest VM heap for 1,000 steps + 20 samples ({emit}): {min_heap(docs, emit):,} B")
+        for kernels, emit in (("c", "native"), ("python", "bytecode"), ("python", "native")):
+            print(f"smallest VM heap for 1,000 steps + 20 samples ({kernels} kernels, {emit}): "
+                  f"{min_heap(docs, emit, kernels):,} B")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 with the real trainer: the same losses as `sim run --engine host`, a reset that resumes to
 bit-identical weights, and each fault ending in a clear error with the UART log kept."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -89,12 +90,13 @@ def test_a_reset_mid_run_resumes_to_bit_identical_weights(tmp_path, docs):
             reports[name] = runner.run(engine, tmp_path / f"{name}.uart.log", echo=False, expect_steps=cfg.steps)
     whole, reset = reports["whole"], reports["reset"]
     assert whole["status"] == reset["status"] == "ok", reset["error"]
-    assert reset["boots"] == 2 and reset["resumed_from"] == 10  # the reset happened after the step-10 checkpoint
+    # The reset comes once the host has seen step 15; the C kernels may have run on to step 20's checkpoint.
+    assert reset["boots"] == 2 and reset["resumed_from"] in (10, 20)
     assert whole["resumed_from"] is None
     assert reset["losses"] == whole["losses"] and reset["samples"] == whole["samples"]
     assert (tmp_path / "reset" / "weights.bin").read_bytes() == (tmp_path / "whole" / "weights.bin").read_bytes()
     log = (tmp_path / "reset.uart.log").read_bytes()
-    assert log.count(b"MGPT start ") == 2 and b"MGPT resume step=10" in log
+    assert log.count(b"MGPT start ") == 2 and b"MGPT resume step=%d" % reset["resumed_from"] in log
 
 
 class UnplugAt(ResetAt):
@@ -108,9 +110,12 @@ def test_cable_pulled_mid_run(board, docs, tmp_path):
     log = tmp_path / "uart.log"
     rep = runner.run(UnplugAt(engine, board, 7), log, echo=False, expect_steps=cfg.steps)
     assert rep["status"] == "error"
-    assert rep["error"].startswith("the run stopped after step 7 of 50: no MGPT end line — serial connection to /dev/pts/")
+    # The cable goes once the host has seen step 7; what the chip had already sent may follow.
+    last = int(re.match(r"the run stopped after step (\d+) of 50: no MGPT end line — serial connection to /dev/pts/",
+                        rep["error"]).group(1))
+    assert 7 <= last < 50
     assert "lost" in rep["error"] and "check the USB cable" in rep["error"]
-    assert log.read_bytes().count(b"MGPT step ") == 7  # what arrived is on disk
+    assert log.read_bytes().count(b"MGPT step ") == last  # what arrived is on disk
 
 
 def test_memory_error_on_the_chip(tmp_path, device_cli):
