@@ -8,7 +8,6 @@ import pytest
 from microgpt import dataset, reference, scalar
 from microgpt.dataset import NAMES_SHA256, DatasetError, fetch_names, load_names, microgpt_order
 
-NAMES = Path(__file__).resolve().parents[2] / "shared/data/names.txt"
 
 
 def microgpt_reads(text):
@@ -21,11 +20,11 @@ def write(tmp_path, content, name="names.txt"):
     return path
 
 
-def test_real_names_file():
-    names = load_names(NAMES)
+def test_real_names_file(names_path):
+    names = load_names(names_path)
     assert len(names) == 32033 and names[:3] == ["emma", "olivia", "ava"]
-    assert names == microgpt_reads(NAMES.read_text())
-    assert dataset.sha256_of(NAMES) == NAMES_SHA256
+    assert names == microgpt_reads(names_path.read_text())
+    assert dataset.sha256_of(names_path) == NAMES_SHA256
 
 
 def test_reading_rule_is_microgpts(tmp_path):
@@ -75,11 +74,11 @@ def cache(tmp_path, monkeypatch):
     return directory
 
 
-def test_download_is_verified_then_cached(tmp_path, cache):
+def test_download_is_verified_then_cached(tmp_path, cache, names_path):
     upstream = tmp_path / "upstream.txt"
-    shutil.copy(NAMES, upstream)
+    shutil.copy(names_path, upstream)
     path = fetch_names(upstream.as_uri())
-    assert path.parent == cache and path.read_bytes() == NAMES.read_bytes()
+    assert path.parent == cache and path.read_bytes() == names_path.read_bytes()
     assert [p.name for p in cache.iterdir()] == [path.name]  # no temp file left
     upstream.unlink()
     assert fetch_names(upstream.as_uri()) == path  # served from the cache now
@@ -100,8 +99,7 @@ def test_download_failure_is_clear(tmp_path, cache):
     assert list(cache.iterdir()) == []
 
 
-def test_microgpt_order_matches_microgpts_setup():
-    docs = load_names(NAMES)
+def test_microgpt_order_matches_microgpts_setup(docs):
     ordered, init = microgpt_order(docs, 42)
     shuffled, uchars, state_dict = scalar.prepare(docs, 42)
     assert ordered == shuffled and ordered != docs and docs[0] == "emma"  # input left alone

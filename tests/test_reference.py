@@ -12,7 +12,6 @@ import pytest
 from microgpt import reference, scalar
 from microgpt.dataset import microgpt_order, sha256_of
 
-NAMES = Path(__file__).resolve().parents[2] / "shared/data/names.txt"
 FIXTURE = Path(__file__).resolve().parent / "data/microgpt_seed42.json"
 
 # a 1-letter name, repeated letters (wte rows accumulate), and 24 letters (cut at block_size)
@@ -102,9 +101,9 @@ def test_first_training_steps_match_microgpt_scalar(docs):
     np.testing.assert_allclose(losses, scalar.train(docs, 10, seed=42), rtol=0, atol=1e-9)
 
 
-def test_fixture_is_microgpts_run_on_the_real_names(microgpt_run):
+def test_fixture_is_microgpts_run_on_the_real_names(microgpt_run, names_path):
     assert (microgpt_run["seed"], microgpt_run["steps"], len(microgpt_run["losses"])) == (42, 1000, 1000)
-    assert microgpt_run["sha256_of_names"] == sha256_of(NAMES)
+    assert microgpt_run["sha256_of_names"] == sha256_of(names_path)
 
 
 def test_1000_steps_match_microgpt_run(trained, microgpt_run):
