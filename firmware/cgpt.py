@@ -2,7 +2,7 @@
 # interface as model.GPT, for train.py and sample.py. In MicroPython every float is a heap
 # object; in C they stay in registers, so a training step costs the chip ~50x fewer instructions.
 import cmodel
-from model import N_PARAMS, VOCAB, zeros
+from base import N_PARAMS, VOCAB, zeros
 
 if cmodel.N_PARAMS != N_PARAMS:
     raise ImportError("cmodel.mpy was built for another model: rebuild it (scripts/build_cmodel.py)")

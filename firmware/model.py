@@ -9,211 +9,25 @@
 # known. And the two normalised embeddings x0 and x1 are recomputed (exactly: same weights,
 # same operations) when the backward needs them again. So per position we keep just the key,
 # the value and their gradients: 64 floats.
+#
+# microgpt.py's gpt() names -> the buffers here (one position; d<name> is its gradient):
+#   rmsnorm(tok_emb + pos_emb)                 x0  (attention's x_residual)
+#   rmsnorm(x), the input of q, k, v           x1
+#   q; keys[li], values[li]                    q; k, v (one row of N_EMBD per position)
+#   attn_logits -> attn_weights, per head      att (head-major rows of BLOCK, in place)
+#   x_attn (the heads' outputs, concatenated)  o
+#   linear(x_attn, wo) + x_residual            x2  (the MLP's x_residual)
+#   rmsnorm(x), the MLP's input                x3
+#   relu(linear(x, fc1))                       h
+#   linear(x, fc2) + x_residual                x4
+#   logits                                     logits
 import math
-from array import array
 import micropython
-from micropython import const
+from base import BOS, BLOCK, FC1, FC2, HEAD_DIM, LM_HEAD, N_EMBD, N_HEAD, N_HIDDEN, RMS_EPS, VOCAB, WK, WO
+from base import N_PARAMS, WPE, WQ, WTE, WV, clear, exp_logits, zeros
+from kernels import fc2_backward, fc2_forward, linear16_backward, matvec16
 
-VOCAB = const(27)  # a-z are 0-25
-BOS = const(26)  # begins and ends every name
-N_EMBD = const(16)
-N_HEAD = const(4)
-HEAD_DIM = const(4)
-BLOCK = const(16)
-N_HIDDEN = const(64)
-
-# Offsets into the flat parameter array: microgpt's state_dict order, each matrix [out][in].
-WTE = const(0)
-WPE = const(432)  # WTE + VOCAB * N_EMBD
-LM_HEAD = const(688)  # WPE + BLOCK * N_EMBD
-WQ = const(1120)  # LM_HEAD + VOCAB * N_EMBD
-WK = const(1376)
-WV = const(1632)
-WO = const(1888)
-FC1 = const(2144)
-FC2 = const(3168)  # FC1 + N_HIDDEN * N_EMBD
-N_PARAMS = const(4192)  # FC2 + N_EMBD * N_HIDDEN
-
-_EPS = 1e-5
 _ATT_SCALE = 0.5  # 1 / sqrt(HEAD_DIM)
-
-
-def zeros(n):
-    # array("f", bytes(4 * n)) would first need a temporary as large as the array; an
-    # initializer with a length (a range) lets MicroPython allocate the array once, in place.
-    a = array("f", range(n))
-    _clear(a, n)
-    return a
-
-
-@micropython.native
-def matvec16(w, k, nout, x, xo, y, yo):
-    # y[yo:yo+nout] = W x for the [nout][16] matrix at w[k:]. The 16 inputs sit in locals, so a
-    # product reads one float from an array, not two (every read of an array('f') allocates).
-    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = (
-        x[xo], x[xo + 1], x[xo + 2], x[xo + 3], x[xo + 4], x[xo + 5], x[xo + 6], x[xo + 7],
-        x[xo + 8], x[xo + 9], x[xo + 10], x[xo + 11], x[xo + 12], x[xo + 13], x[xo + 14], x[xo + 15])
-    for i in range(yo, yo + nout):
-        y[i] = (w[k] * x0 + w[k + 1] * x1 + w[k + 2] * x2 + w[k + 3] * x3 + w[k + 4] * x4
-                + w[k + 5] * x5 + w[k + 6] * x6 + w[k + 7] * x7 + w[k + 8] * x8 + w[k + 9] * x9
-                + w[k + 10] * x10 + w[k + 11] * x11 + w[k + 12] * x12 + w[k + 13] * x13
-                + w[k + 14] * x14 + w[k + 15] * x15)
-        k += 16
-
-
-@micropython.native
-def linear16_backward(w, g, k, nout, x, xo, dy, dyo, dx, dxo):
-    # For y = W x with 16 inputs: G += dy x^T and dx += W^T dy, in one pass over the matrix.
-    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = (
-        x[xo], x[xo + 1], x[xo + 2], x[xo + 3], x[xo + 4], x[xo + 5], x[xo + 6], x[xo + 7],
-        x[xo + 8], x[xo + 9], x[xo + 10], x[xo + 11], x[xo + 12], x[xo + 13], x[xo + 14], x[xo + 15])
-    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = d9 = d10 = d11 = d12 = d13 = d14 = d15 = 0.0
-    for i in range(dyo, dyo + nout):
-        d = dy[i]
-        if d != 0.0:  # ReLU leaves about half of fc1's rows without gradient
-            g[k] += d * x0
-            g[k + 1] += d * x1
-            g[k + 2] += d * x2
-            g[k + 3] += d * x3
-            g[k + 4] += d * x4
-            g[k + 5] += d * x5
-            g[k + 6] += d * x6
-            g[k + 7] += d * x7
-            g[k + 8] += d * x8
-            g[k + 9] += d * x9
-            g[k + 10] += d * x10
-            g[k + 11] += d * x11
-            g[k + 12] += d * x12
-            g[k + 13] += d * x13
-            g[k + 14] += d * x14
-            g[k + 15] += d * x15
-            d0 += w[k] * d
-            d1 += w[k + 1] * d
-            d2 += w[k + 2] * d
-            d3 += w[k + 3] * d
-            d4 += w[k + 4] * d
-            d5 += w[k + 5] * d
-            d6 += w[k + 6] * d
-            d7 += w[k + 7] * d
-            d8 += w[k + 8] * d
-            d9 += w[k + 9] * d
-            d10 += w[k + 10] * d
-            d11 += w[k + 11] * d
-            d12 += w[k + 12] * d
-            d13 += w[k + 13] * d
-            d14 += w[k + 14] * d
-            d15 += w[k + 15] * d
-        k += 16
-    dx[dxo] += d0
-    dx[dxo + 1] += d1
-    dx[dxo + 2] += d2
-    dx[dxo + 3] += d3
-    dx[dxo + 4] += d4
-    dx[dxo + 5] += d5
-    dx[dxo + 6] += d6
-    dx[dxo + 7] += d7
-    dx[dxo + 8] += d8
-    dx[dxo + 9] += d9
-    dx[dxo + 10] += d10
-    dx[dxo + 11] += d11
-    dx[dxo + 12] += d12
-    dx[dxo + 13] += d13
-    dx[dxo + 14] += d14
-    dx[dxo + 15] += d15
-
-
-@micropython.native
-def fc2_forward(w, k, h, y):
-    # y = W h for the [16][64] matrix at w[k:], skipping ReLU's zeros (about half of h): each
-    # sum still adds the same nonzero terms in the same order.
-    y0 = y1 = y2 = y3 = y4 = y5 = y6 = y7 = y8 = y9 = y10 = y11 = y12 = y13 = y14 = y15 = 0.0
-    for j in range(N_HIDDEN):
-        hj = h[j]
-        if hj != 0.0:
-            c = k + j
-            y0 += w[c] * hj
-            y1 += w[c + 64] * hj
-            y2 += w[c + 128] * hj
-            y3 += w[c + 192] * hj
-            y4 += w[c + 256] * hj
-            y5 += w[c + 320] * hj
-            y6 += w[c + 384] * hj
-            y7 += w[c + 448] * hj
-            y8 += w[c + 512] * hj
-            y9 += w[c + 576] * hj
-            y10 += w[c + 640] * hj
-            y11 += w[c + 704] * hj
-            y12 += w[c + 768] * hj
-            y13 += w[c + 832] * hj
-            y14 += w[c + 896] * hj
-            y15 += w[c + 960] * hj
-    y[0] = y0
-    y[1] = y1
-    y[2] = y2
-    y[3] = y3
-    y[4] = y4
-    y[5] = y5
-    y[6] = y6
-    y[7] = y7
-    y[8] = y8
-    y[9] = y9
-    y[10] = y10
-    y[11] = y11
-    y[12] = y12
-    y[13] = y13
-    y[14] = y14
-    y[15] = y15
-
-
-@micropython.native
-def fc2_backward(w, g, k, h, dy, dh):
-    # For y = W h with h = ReLU(.): G += dy h^T, and dh = W^T dy where h > 0 and 0 elsewhere
-    # (ReLU's own gradient), never touching the columns of zeros.
-    d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15 = (
-        dy[0], dy[1], dy[2], dy[3], dy[4], dy[5], dy[6], dy[7],
-        dy[8], dy[9], dy[10], dy[11], dy[12], dy[13], dy[14], dy[15])
-    for j in range(N_HIDDEN):
-        hj = h[j]
-        if hj != 0.0:
-            c = k + j
-            g[c] += d0 * hj
-            g[c + 64] += d1 * hj
-            g[c + 128] += d2 * hj
-            g[c + 192] += d3 * hj
-            g[c + 256] += d4 * hj
-            g[c + 320] += d5 * hj
-            g[c + 384] += d6 * hj
-            g[c + 448] += d7 * hj
-            g[c + 512] += d8 * hj
-            g[c + 576] += d9 * hj
-            g[c + 640] += d10 * hj
-            g[c + 704] += d11 * hj
-            g[c + 768] += d12 * hj
-            g[c + 832] += d13 * hj
-            g[c + 896] += d14 * hj
-            g[c + 960] += d15 * hj
-            dh[j] = (w[c] * d0 + w[c + 64] * d1 + w[c + 128] * d2 + w[c + 192] * d3
-                     + w[c + 256] * d4 + w[c + 320] * d5 + w[c + 384] * d6 + w[c + 448] * d7
-                     + w[c + 512] * d8 + w[c + 576] * d9 + w[c + 640] * d10 + w[c + 704] * d11
-                     + w[c + 768] * d12 + w[c + 832] * d13 + w[c + 896] * d14 + w[c + 960] * d15)
-        else:
-            dh[j] = 0.0
-
-
-@micropython.native
-def exp_logits(logits, temperature, out):
-    # out = exp((logits - max) / temperature), the softmax before normalising (shifted by the max
-    # so exp cannot overflow); returns (max, sum of out).
-    top = logits[0]
-    for i in range(1, VOCAB):
-        if logits[i] > top:
-            top = logits[i]
-    total = 0.0
-    for i in range(VOCAB):
-        e = math.exp((logits[i] - top) / temperature)
-        out[i] = e
-        total += e
-    return top, total
 
 
 @micropython.native
@@ -222,7 +36,7 @@ def rmsnorm(x, y):
     ss = 0.0
     for i in range(N_EMBD):
         ss += x[i] * x[i]
-    s = (ss / N_EMBD + _EPS) ** -0.5
+    s = (ss / N_EMBD + RMS_EPS) ** -0.5
     for i in range(N_EMBD):
         y[i] = x[i] * s
     return s
@@ -261,11 +75,11 @@ class GPT:
         self.x4 = zeros(N_EMBD)  # after MLP + residual
         self.logits = zeros(VOCAB)
         self.s3 = 0.0
-        self.dlogits = zeros(VOCAB)
+        self.dlogits = zeros(VOCAB)  # also sampling's probabilities (sample.py)
         self.dx4 = zeros(N_EMBD)
         self.dh = zeros(N_HIDDEN)
         self.dx3 = zeros(N_EMBD)
-        self.dx2 = zeros(N_EMBD)
+        self.dx2 = zeros(N_EMBD)  # in finish_backward, the gradient at x0 (reused: dx2 is free by then)
         self.do = zeros(N_EMBD)
         self.dq = zeros(N_EMBD)
         self.datt = zeros(BLOCK)  # d(attention weight) of one head
@@ -346,15 +160,15 @@ class GPT:
 
         x4, dx4, hid, dh, x3, dx3, dx2 = self.x4, self.dx4, self.h, self.dh, self.x3, self.dx3, self.dx2
         o, do, q, dq, att = self.o, self.do, self.q, self.dq, self.att
-        _clear(dx4, N_EMBD)
+        clear(dx4, N_EMBD)
         linear16_backward(p, g, LM_HEAD, VOCAB, x4, 0, dl, 0, dx4, 0)
         fc2_backward(p, g, FC2, hid, dx4, dh)
-        _clear(dx3, N_EMBD)
+        clear(dx3, N_EMBD)
         linear16_backward(p, g, FC1, N_HIDDEN, x3, 0, dh, 0, dx3, 0)
         for i in range(N_EMBD):
             dx2[i] = dx4[i]
         rmsnorm_backward(x3, self.s3, dx3, dx2)
-        _clear(do, N_EMBD)
+        clear(do, N_EMBD)
         linear16_backward(p, g, WO, N_EMBD, o, 0, dx2, 0, do, 0)
 
         r = pos * N_EMBD
@@ -387,7 +201,7 @@ class GPT:
                     dq[hd + j] += dlog * k[kt + j]
                     dk[kt + j] += dlog * q[hd + j]
         dx1 = self.dx1
-        _clear(dx1, N_EMBD)
+        clear(dx1, N_EMBD)
         linear16_backward(p, g, WQ, N_EMBD, self.x1, 0, dq, 0, dx1, 0)
         self.to_embeddings(pos, token, dx2, dx1)  # dx2 is also the gradient at x0 (residual)
         return loss
@@ -400,10 +214,10 @@ class GPT:
         for pos in range(n):
             r = pos * N_EMBD
             self.embed(tokens[pos], pos)
-            _clear(dx1, N_EMBD)
+            clear(dx1, N_EMBD)
             linear16_backward(p, g, WK, N_EMBD, x1, 0, dk, r, dx1, 0)
             linear16_backward(p, g, WV, N_EMBD, x1, 0, dv, r, dx1, 0)
-            _clear(dx0, N_EMBD)
+            clear(dx0, N_EMBD)
             self.to_embeddings(pos, tokens[pos], dx0, dx1)
 
     @micropython.native
@@ -413,7 +227,7 @@ class GPT:
         # (see embed). Overwrites dx0.
         rmsnorm_backward(self.x1, self.s1, dx1, dx0)
         de = self.de
-        _clear(de, N_EMBD)
+        clear(de, N_EMBD)
         rmsnorm_backward(self.x0, self.s0, dx0, de)
         g = self.grads
         te = WTE + token * N_EMBD
@@ -433,9 +247,3 @@ class GPT:
             loss += self.backward(pos, tokens[pos], tokens[pos + 1], scale)
         self.finish_backward(tokens, n)
         return loss / n
-
-
-@micropython.native
-def _clear(a, n):
-    for i in range(n):
-        a[i] = 0.0

@@ -9,7 +9,7 @@ import sys
 import time
 
 import micropython
-from model import BLOCK, BOS, N_PARAMS, zeros
+from base import BLOCK, BOS, N_PARAMS, zeros
 from rng import Rng
 
 CONFIG = "config.json"

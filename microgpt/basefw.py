@@ -3,6 +3,7 @@ release (downloaded once, hash-checked, cached) or a file the user gives, identi
 esptool's image parser before anything is built on it.
 """
 import hashlib
+import logging
 import re
 import struct
 import urllib.request
@@ -10,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import click
 from esptool.bin_image import LoadFirmwareImage
 from esptool.targets import CHIP_DEFS, ESP32ROM
 
 from .dataset import cache_dir
-from .image import APP, PARTITION_TABLE_OFFSET, NoPartitionTable, Partition, read_partition_table
+from .errors import FirmwareError, ImageError, NoPartitionTable
+from .image import APP, PARTITION_TABLE_OFFSET, Partition, read_partition_table
+
+log = logging.getLogger(__name__)
 
 
 class Release(NamedTuple):
@@ -57,16 +60,16 @@ def fetch(release: Release = PINNED, cache: Path | None = None) -> Path:
     if path.exists() and _sha256(path.read_bytes()) == release.sha256:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    click.echo(f"downloading {release.url}", err=True)
+    log.info("downloading %s", release.url)
     try:
         with urllib.request.urlopen(release.url, timeout=60) as r:
             data = r.read()
     except OSError as e:
-        raise click.ClickException(
+        raise FirmwareError(
             f"could not download {release.url} ({e}); download it by hand and pass --firmware PATH") from None
     got = _sha256(data)
     if got != release.sha256:
-        raise click.ClickException(
+        raise FirmwareError(
             f"{release.url} has sha256 {got}, expected {release.sha256}: refusing it (a proxy or a "
             f"changed file?); download it by hand, check it and pass --firmware PATH")
     tmp = path.with_name(path.name + ".part")
@@ -80,19 +83,19 @@ def _load_image(data: bytes, what: str):
     refuses other chips."""
     # Extended header (ESP32 and later): chip id at byte 12, "append digest" flag at byte 23.
     if len(data) < 24 or data[0] != ESP32ROM.ESP_IMAGE_MAGIC or data[23] not in (0, 1):
-        raise click.ClickException(f"{what} is not an ESP32 firmware image")
+        raise FirmwareError(f"{what} is not an ESP32 firmware image")
     chip_id = struct.unpack_from("<H", data, 12)[0]
     if chip_id != ESP32ROM.IMAGE_CHIP_ID:
         chip = next((c.CHIP_NAME for c in CHIP_DEFS.values() if getattr(c, "IMAGE_CHIP_ID", None) == chip_id),
                     f"chip id {chip_id}")
-        raise click.ClickException(f"{what} is built for the {chip}, not the ESP32: use an ESP32_GENERIC firmware")
+        raise FirmwareError(f"{what} is built for the {chip}, not the ESP32: use an ESP32_GENERIC firmware")
     try:
         image = LoadFirmwareImage("esp32", data)
     except Exception as e:  # esptool raises FatalError, RuntimeError or struct.error on bad images
-        raise click.ClickException(f"{what} is corrupt: {e}") from None
+        raise FirmwareError(f"{what} is corrupt: {e}") from None
     if not image.segments or image.checksum != image.calculate_checksum() or (
             image.append_digest and image.stored_digest != image.calc_digest):
-        raise click.ClickException(f"{what} is corrupt: its checksum or SHA-256 digest does not match")
+        raise FirmwareError(f"{what} is corrupt: its checksum or SHA-256 digest does not match")
     return image
 
 
@@ -103,31 +106,31 @@ def identify(path: Path) -> Firmware:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise click.ClickException(f"cannot read the firmware {path}: {e.strerror}") from None
+        raise FirmwareError(f"cannot read the firmware {path}: {e.strerror}") from None
     name = path.name
     boot = _load_image(data, f"{name} (bootloader at its start)")
     offset = ESP32ROM.BOOTLOADER_FLASH_OFFSET
     try:
         parts = read_partition_table(data, PARTITION_TABLE_OFFSET - offset)
     except NoPartitionTable:
-        raise click.ClickException(
+        raise FirmwareError(
             f"{name} has no partition table at flash {PARTITION_TABLE_OFFSET:#x}: pass the complete firmware .bin "
             "from micropython.org/download/ESP32_GENERIC (bootloader, partition table and app), not an app-only "
             "image") from None
-    except click.ClickException as e:
-        raise click.ClickException(f"{name}: {e.message}") from None
+    except ImageError as e:
+        raise FirmwareError(f"{name}: {e}") from None
     app = next((p for p in parts if p.type == APP), None)
     if app is None:
-        raise click.ClickException(f"{name} has no app partition in its partition table")
+        raise FirmwareError(f"{name} has no app partition in its partition table")
     app_data = data[app.offset - offset:app.end - offset]
     _load_image(app_data, f"{name} (app at {app.offset:#x})")
     banner = _BANNER.search(app_data)
     if not banner:
-        raise click.ClickException(f"{name} is an ESP32 firmware but not MicroPython (no version banner in its app)")
+        raise FirmwareError(f"{name} is an ESP32 firmware but not MicroPython (no version banner in its app)")
     sizes = {bits: int(label.removesuffix("MB")) << 20 for label, bits in ESP32ROM.FLASH_SIZES.items()}
     flash_size = sizes.get(boot.flash_size_freq & 0xF0)
     if flash_size is None:
-        raise click.ClickException(f"{name} is corrupt: its bootloader header gives no valid flash size")
+        raise FirmwareError(f"{name} is corrupt: its bootloader header gives no valid flash size")
     return Firmware(path, data, "esp32", offset, flash_size, parts, banner[1].decode(), banner[2].decode(),
                     _sha256(data))
 

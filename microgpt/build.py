@@ -2,13 +2,12 @@
 inputs change), and the vfs partition the MicroPython VM boots from."""
 import hashlib
 import json
+import logging
 from pathlib import Path
-
-import click
 
 from . import basefw, image, mpy, payload
 
-ESP32_GENERIC_VFS_SIZE = 0x200000  # its partition table's vfs partition (v1.25): 2 MB
+log = logging.getLogger(__name__)
 
 
 def _digest(cfg: payload.RunConfig, docs: list[str], firmware_sha256: str) -> str:
@@ -45,35 +44,16 @@ def fresh_image(cfg: payload.RunConfig, docs: list[str], out: Path, firmware: Pa
         fw_sha = basefw.identify(firmware).sha256 if firmware else made["firmware_sha256"]
         if made.get("inputs") == _digest(cfg, docs, fw_sha):
             return out
-    click.echo(f"building {out} ({'stale' if out.exists() else 'missing'}) ...", err=True)
+    log.info("building %s (%s) ...", out, "stale" if out.exists() else "missing")
     build(cfg, docs, firmware, out)
     return out
 
 
-def host_flash(cfg: payload.RunConfig, docs: list[str], vfs: Path, micropython: str | None,
-               image_path: Path | None, firmware: Path | None) -> None:
-    """Write `vfs`: the vfs partition the VM boots from. From the image when one is named (its
-    own filesystem, with any chip machine code recompiled for the VM), else made for the VM."""
-    from .engines.host import find_micropython
-
-    vm = mpy.vm_target(find_micropython(micropython))
-    if image_path is None:
-        vfs.write_bytes(image.build_fs(ESP32_GENERIC_VFS_SIZE, payload.chip_files(cfg, docs, vm)))
-        return
-    data = fresh_image(cfg, docs, image_path, firmware).read_bytes()
-    offset, size = image.vfs_region(data)
-    region = data[offset:offset + size]
-    foreign = [name for name, blob in image.read_fs(region).items()
-               if name.endswith(".mpy") and mpy.parse_header(blob).arch not in (None, vm.arch)]
-    if foreign:  # bytecode-only .mpy run anywhere; xtensawin machine code does not run in the VM
-        region = image.update_fs(region, {name: payload.trainer_module(name, vm, cfg.emit) for name in foreign})
-    vfs.write_bytes(region)
-
-
-def save_weights(vfs: Path, out: Path) -> str | None:
-    """Copy the trained weights out of the VM's flash; None when the run wrote none."""
-    weights = image.read_fs(vfs.read_bytes()).get("weights.bin")
-    if weights is None:
-        return None
-    out.write_bytes(weights)
-    return str(out)
+def image_files(path: Path, target: mpy.Target, emit: str) -> dict[str, bytes]:
+    """The files on the vfs partition of the image `path`, as `target` needs them: machine code
+    for another arch (xtensawin, in the VM) made again for target's; bytecode runs anywhere."""
+    files = image.read_vfs(path)
+    for name, blob in files.items():
+        if name.endswith(".mpy") and mpy.parse_header(blob).arch not in (None, target.arch):
+            files[name] = payload.trainer_module(name, target, emit)
+    return files

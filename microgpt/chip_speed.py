@@ -33,9 +33,9 @@ def instructions_per_step(cfg: payload.RunConfig, docs: list[str], firmware: Pat
             tmp = Path(tmp)
             build.build(dataclasses.replace(cfg, steps=steps, samples=0), docs, firmware, tmp / "flash.bin")
             engine = QemuEngine(tmp / "flash.bin", qemu=qemu, insn_plugin=plugin, workdir=tmp)
-            report = run(engine, tmp / "uart.log", echo=False, expect_steps=steps)
-            if report["status"] != "ok" or MICROPYTHON_CPU not in engine.instructions:
-                raise RuntimeError(f"the {steps}-step QEMU run failed: {report['error'] or 'no instruction count'}")
+            report = run(engine, tmp / "uart.log", expect_steps=steps)
+            if report.status != "ok" or MICROPYTHON_CPU not in engine.instructions:
+                raise RuntimeError(f"the {steps}-step QEMU run failed: {report.error or 'no instruction count'}")
             reports[steps] = report
             counts[steps] = engine.instructions[MICROPYTHON_CPU]
     return ChipSpeed((counts[long] - counts[short]) / (long - short), reports)

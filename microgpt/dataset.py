@@ -9,16 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .reference import INIT_STD, N_PARAMS
+from .errors import DatasetError
+from .chip import INIT_STD, N_PARAMS
 
 # Pinned to a commit so the hash below stays true.
 NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/988aa59/names.txt"
 NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
 ALLOWED = "one name per line, lowercase letters a-z only"
-
-
-class DatasetError(ValueError):
-    """The names file is missing, malformed, or not the file it should be."""
 
 
 def cache_dir():

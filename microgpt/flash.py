@@ -9,11 +9,10 @@ import contextlib
 import hashlib
 from pathlib import Path
 
-import click
 from esptool.cmds import attach_flash, detect_chip, detect_flash_size, reset_chip, run_stub, write_flash
 from esptool.util import FatalError, flash_size_bytes
 
-from microgpt.engines import EngineError
+from microgpt.errors import FlashError, ImageError
 from microgpt.image import PARTITION_TABLE_MAX, PARTITION_TABLE_OFFSET, require_fits, vfs_region
 from microgpt.ports import FLASH_BAUD, open_serial
 
@@ -25,11 +24,11 @@ def flash_image(port: str, image: Path, *, baud: int = FLASH_BAUD, fs_only: bool
     board unless `reset` is False (the caller then resets it while listening, to miss no boot output)."""
     image = Path(image)
     if not image.is_file():
-        raise click.ClickException(f"flash image {image} not found; build it with `microgpt build`.")
+        raise ImageError(f"flash image {image} not found; build it with `microgpt build`.")
     data = image.read_bytes()
     offset, size = vfs_region(data) if fs_only else (0, len(data))
     try:
-        with contextlib.closing(_open(port)) as ser:
+        with contextlib.closing(open_serial(port, ROM_BAUD)) as ser:
             esp = run_stub(detect_chip(ser, ROM_BAUD))
             if baud != ROM_BAUD:
                 esp.change_baud(baud)
@@ -42,21 +41,14 @@ def flash_image(port: str, image: Path, *, baud: int = FLASH_BAUD, fs_only: bool
             write_flash(esp, [(offset, data[offset:offset + size])], flash_size="keep", compress=True)
             reset_chip(esp, "hard-reset" if reset else "no-reset")
     except FatalError as e:
-        raise click.ClickException(f"esptool failed on {port}: {e}. Hold BOOT while plugging the board in if it "
+        raise FlashError(f"esptool failed on {port}: {e}. Hold BOOT while plugging the board in if it "
                                    "does not enter its bootloader by itself.") from None
-
-
-def _open(port: str):
-    try:
-        return open_serial(port, ROM_BAUD)
-    except EngineError as e:
-        raise click.ClickException(str(e)) from None
 
 
 def _require_same_partitions(esp, image: bytes) -> None:
     table = image[PARTITION_TABLE_OFFSET:PARTITION_TABLE_OFFSET + PARTITION_TABLE_MAX]
     on_board = esp.flash_md5sum(PARTITION_TABLE_OFFSET, PARTITION_TABLE_MAX)
     if on_board != hashlib.md5(table).hexdigest():
-        raise click.ClickException(
+        raise FlashError(
             "the board's partition table differs from the image's, so its vfs partition may lie elsewhere: "
             "flash the whole image once (drop --fs-only).")

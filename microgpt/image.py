@@ -11,10 +11,11 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
-import click
 from esptool.cmds import merge_bin
 from esptool.targets import CHIP_DEFS
 from littlefs import LittleFS, LittleFSError, UserContext
+
+from .errors import ImageError, NoPartitionTable
 
 PARTITION_TABLE_OFFSET = 0x8000  # ESP-IDF's default, used by every MicroPython ESP32 board
 PARTITION_TABLE_MAX = 0xC00
@@ -33,10 +34,6 @@ LFS_CONFIG = dict(block_size=BLOCK_SIZE, read_size=32, prog_size=32, cache_size=
 # than some firmware a user may pass). Reading takes the library's default, which mounts both: a
 # newer MicroPython upgrades the disk to 2.1 as soon as it writes.
 LFS_FORMAT_VERSION = 0x00020000
-
-
-class NoPartitionTable(click.ClickException):
-    """There is no partition table where one was looked for."""
 
 
 class Partition(NamedTuple):
@@ -64,7 +61,7 @@ def read_partition_table(image: bytes | Path, offset: int = PARTITION_TABLE_OFFS
         entry = table[pos:pos + _ENTRY.size]
         if entry.startswith(_MD5_MAGIC):
             if hashlib.md5(table[:pos]).digest() != entry[16:]:
-                raise click.ClickException("the partition table fails its MD5 check: the file is corrupt")
+                raise ImageError("the partition table fails its MD5 check: the file is corrupt")
             continue
         magic, ptype, subtype, poff, size, label, _flags = _ENTRY.unpack(entry)
         if magic != _ENTRY_MAGIC:
@@ -80,7 +77,7 @@ def vfs_partition(parts: list[Partition]) -> Partition:
     for p in parts:
         if p.type == DATA and p.label == "vfs":
             return p
-    raise click.ClickException(
+    raise ImageError(
         f"the firmware has no data partition labelled 'vfs' (it has: {', '.join(p.label for p in parts)}); "
         "use a MicroPython ESP32 firmware with the standard partition table, e.g. ESP32_GENERIC")
 
@@ -120,7 +117,7 @@ def build_fs(size: int, files: dict[str, bytes]) -> bytes:
         roomy = _littlefs(size // BLOCK_SIZE + 2 * (total // BLOCK_SIZE + len(files)) + 16)
         _write_files(roomy, files)
         need = roomy.used_block_count * BLOCK_SIZE
-        raise click.ClickException(
+        raise ImageError(
             f"the files ({total:,} bytes in {len(files)} files) need {need:,} bytes of littlefs but the vfs "
             f"partition holds {size:,}: {need - size:,} bytes too many (use a smaller dataset)") from None
     fs.unmount()
@@ -131,7 +128,7 @@ def _mount(region: bytes) -> LittleFS:
     try:
         return _littlefs(len(region) // BLOCK_SIZE, bytearray(region))
     except LittleFSError as e:
-        raise click.ClickException(f"no littlefs filesystem there ({e}); was the image made by `microgpt build`?") from None
+        raise ImageError(f"no littlefs filesystem there ({e}); was the image made by `microgpt build`?") from None
 
 
 def update_fs(region: bytes, files: dict[str, bytes]) -> bytes:
@@ -151,7 +148,7 @@ def free_bytes(region: bytes) -> int:
 def require_fits(image_size: int, flash_size: int, what: str = "the image") -> None:
     """Refuse to put more bytes on a flash than it holds."""
     if image_size > flash_size:
-        raise click.ClickException(
+        raise ImageError(
             f"{what} needs {image_size:,} bytes but the flash holds {flash_size:,} "
             f"({flash_size >> 20} MB): {image_size - flash_size:,} bytes too many; use a board with "
             f"{-(-image_size >> 20)} MB of flash or a firmware built for this flash size")
@@ -165,13 +162,13 @@ def build_image(firmware, files: dict[str, bytes], out: Path, flash_size: str | 
     """
     sizes = CHIP_DEFS[firmware.chip].FLASH_SIZES
     if flash_size and flash_size not in sizes:
-        raise click.ClickException(f"flash size {flash_size!r} is not one of {', '.join(sizes)}")
+        raise ImageError(f"flash size {flash_size!r} is not one of {', '.join(sizes)}")
     size = int(flash_size.removesuffix("MB")) << 20 if flash_size else firmware.flash_size
     vfs = vfs_partition(firmware.partitions)
     end = max(p.end for p in firmware.partitions)
     require_fits(end, size, f"the partition table of {firmware.path.name} (ends at {end:#x})")
     if firmware.offset + len(firmware.data) > vfs.offset:
-        raise click.ClickException(
+        raise ImageError(
             f"{firmware.path.name} ({len(firmware.data):,} bytes at {firmware.offset:#x}) runs into its "
             f"vfs partition at {vfs.offset:#x}: not a MicroPython ESP32 firmware image")
     fs = build_fs(vfs.size, files)

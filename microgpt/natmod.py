@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import mpy
+from .errors import NatmodError
 
 ARCHES = ("xtensawin", "x64")  # the ESP32, and the MicroPython VM on x86-64
 ENTRY = "mpy_init"
@@ -30,10 +31,6 @@ CLANG, LLC, LLVM_MC = "clang-22", "llc-22", "llvm-mc-22"
 _COMMON = ["-O2", "-std=c11", "-ffreestanding", "-fno-builtin", "-nostdlib", "-fno-stack-protector",
            "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fno-jump-tables",
            "-ffp-contract=off", "-fno-math-errno", "-Wall", "-Werror"]
-
-
-class NatmodError(Exception):
-    """The C file could not become a native module; the message says why."""
 
 
 def compilers() -> dict[str, str | None]:

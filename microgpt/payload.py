@@ -6,9 +6,8 @@ import json
 import zlib
 from pathlib import Path
 
-import click
-
-from . import dataset, mpy
+from . import dataset, mpy, reference
+from .errors import BuildError
 
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE_DIR = REPO / "firmware"
@@ -25,7 +24,7 @@ class RunConfig:
     ckpt_every: int = 0
     emit: str = "auto"  # how mpy-cross compiles the trainer: "native", "bytecode", or "auto" (see emit_for)
     kernels: str = "auto"  # the model's arithmetic: "c" (firmware/cmodel), "python", or "auto" (see kernels_for)
-    temperature: float = 0.5
+    temperature: float = reference.TEMPERATURE
 
     def __post_init__(self):
         if self.steps < 1 or self.samples < 0 or self.log_every < 1 or self.ckpt_every < 0:
@@ -57,7 +56,7 @@ def kernels_for(kernels: str, target: mpy.Target) -> str:
     if kernels == "auto":
         return "c" if cmodel_build(target.arch) else "python"
     if kernels == "c" and not cmodel_build(target.arch):
-        raise click.ClickException(f"the C kernels are not built for {target} ({target.arch or 'no native code'}): "
+        raise BuildError(f"the C kernels are not built for {target} ({target.arch or 'no native code'}): "
                                    "use --kernels python, or build them with scripts/build_cmodel.py")
     return kernels
 
@@ -71,7 +70,7 @@ def emit_for(emit: str, target: mpy.Target) -> str:
     if emit == "auto":
         return "native" if target.system == mpy.VM and target.arch else "bytecode"
     if emit == "native" and not target.arch:
-        raise click.ClickException(f"{target} has no native code emitter for this machine: use --emit bytecode")
+        raise BuildError(f"{target} has no native code emitter for this machine: use --emit bytecode")
     return emit
 
 

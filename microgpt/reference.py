@@ -8,15 +8,13 @@ gradient checks and parity, float32 to mirror the chip.
 """
 import numpy as np
 
-VOCAB = 27  # a-z are 0-25
-BOS = 26  # begins and ends every name
-N_EMBD, N_HEAD, BLOCK_SIZE = 16, 4, 16
-HEAD_DIM = N_EMBD // N_HEAD
-N_HIDDEN = 4 * N_EMBD
-RMS_EPS = 1e-5
-INIT_STD = 0.08
-LEARNING_RATE, BETA1, BETA2, EPS_ADAM = 0.01, 0.85, 0.99, 1e-8
-TEMPERATURE = 0.5
+from .chip import BETA1, BETA2, BOS, HEAD_DIM, INIT_STD, N_EMBD, N_HEAD, N_HIDDEN, RMS_EPS, VOCAB  # noqa: F401
+from .chip import ADAM_EPS as EPS_ADAM
+from .chip import BLOCK as BLOCK_SIZE
+from .chip import LR as LEARNING_RATE
+from .chip import N_PARAMS as CHIP_N_PARAMS
+
+TEMPERATURE = 0.5  # microgpt.py's; the host ships it to the chip in config.json
 
 # microgpt's state_dict order; each matrix row-major [out][in]
 LAYOUT = (
@@ -41,6 +39,7 @@ def _offsets():
 
 
 OFFSETS, N_PARAMS = _offsets()
+assert N_PARAMS == CHIP_N_PARAMS, "LAYOUT disagrees with firmware/base.py"
 # wq, wk, wv are adjacent in the flat vector: one (48, 16) view does all three projections.
 _QKV = slice(OFFSETS["wq"][0], OFFSETS["wo"][0])
 

@@ -3,97 +3,64 @@
 The log is flushed line by line, so whatever arrived survives a crash, a Ctrl-C or an engine
 error; the report says why the run stopped.
 """
-import sys
+import os
 from pathlib import Path
 
-import click
-
-from .engines import EngineError
+from .chip import WEIGHTS, check_weights
+from .errors import MicrogptError
+from .report import Report
 from .uart import UartParser
 
-BAR_WIDTH = 20
 
+def run(engine, log_path, display=None, expect_steps=None, keep_weights=None):
+    """Prepare `engine` and run it until the trainer ends or fails; return its Report.
 
-def run(engine, log_path, echo=True, expect_steps=None):
-    """Run `engine` until the trainer ends or fails; return the parser's report dict.
-
-    `expect_steps`: the steps asked for; a chip that starts another run (stale image) is
-    stopped at once and reported as an error.
+    `display`: shown each line and its records (`show(line, records)`, `close()`), e.g. the
+    terminal's progress. `expect_steps`: the steps asked for; a chip that starts another run
+    (stale image) is stopped at once and reported as an error. `keep_weights`: where the trained
+    weights go, read back from the target, when the run succeeds (report.weights).
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     parser = UartParser(expect_steps)
-    terminal = _Terminal() if echo else None
     engine_error = None
     try:
         with open(log_path, "wb") as log:
+            engine.prepare()
             for line in engine.lines():
                 log.write(line + b"\n")
                 log.flush()
                 records = parser.feed(line)
-                if terminal:
-                    terminal.show(line, records)
+                if display:
+                    display.show(line, records)
                 if parser.finished:
                     break
-    except EngineError as e:
+    except MicrogptError as e:
         engine_error = str(e)
     except KeyboardInterrupt:
         engine_error = "interrupted (Ctrl-C)"
     finally:
+        engine.stop()
+        if display:
+            display.close()
+    try:
+        report = Report.of(parser.state(), engine.name, str(log_path), engine_error)
+        if keep_weights and report.status == "ok":
+            report.weights = _keep(engine, Path(keep_weights))
+    finally:
         engine.close()
-        if terminal:
-            terminal.close()
-    return parser.report(engine.name, str(log_path), engine_error)
+    return report
 
 
-class _Terminal:
-    """UART lines echoed to stdout, except step records: those drive one progress line, redrawn
-    in place on a terminal and printed every ~10% otherwise, so CI logs stay short."""
-
-    def __init__(self):
-        self.total = None  # steps of the run, from its start record
-        self.tty = sys.stdout.isatty()
-        self.drawn = 0  # length of the progress line on screen (tty), 0 when none is
-        self.tenth = -1  # last tenth of the run printed (not a tty)
-
-    def show(self, line, records):
-        steps = [value for kind, value in records if kind == "step"]
-        for kind, value in records:
-            if kind == "start":
-                self.total, self.tenth = value["steps"], -1
-        if steps:
-            self._progress(steps[-1])
-        else:
-            self._line(line.decode("utf-8", "replace").translate(_CONTROL))
-
-    def _line(self, text):
-        if self.drawn:
-            click.echo()
-            self.drawn = 0
-        click.echo(text)
-
-    def _progress(self, step):
-        n, total = step["n"], self.total
-        if total:
-            filled = round(BAR_WIDTH * min(n, total) / total)
-            bar = f"step {n}/{total} ▕{'█' * filled}{'·' * (BAR_WIDTH - filled)}▏"
-        else:
-            bar = f"step {n}"
-        text = f"{bar} loss {step['loss'][-1]:.2f}  {step['ms']:.1f} ms/step"
-        if self.tty:
-            click.echo("\r" + text.ljust(self.drawn), nl=False)
-            self.drawn = len(text)
-        else:
-            tenth = 10 * n // total if total else n
-            if tenth > self.tenth:
-                self.tenth = tenth
-                click.echo(text)
-
-    def close(self):
-        if self.drawn:
-            click.echo()
-            self.drawn = 0
+def _keep(engine, out: Path) -> str | None:
+    """The trained weights, read back from the target into `out` (whole or not at all)."""
+    data = engine.read_file(WEIGHTS)
+    if data is None:
+        return None
+    check_weights(data, f"from the {engine.name} run")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    return str(out)
 
 
-# Garbled bytes must not drive the terminal (escape sequences, carriage returns, bells).
-_CONTROL = {c: "\ufffd" for c in [*range(32), 127] if c != 9} | {13: None}

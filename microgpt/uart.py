@@ -1,10 +1,12 @@
-"""The one parser of the trainer's UART (docs/uart-protocol.md): raw lines in, a report dict out.
+"""The one parser of the trainer's UART (docs/uart-protocol.md): raw lines in, a RunState out
+(microgpt.report turns it into the report).
 
 Whatever the engine, the wire carries more than the protocol: ROM bootloader chatter, the
 MicroPython banner, records cut short by a reset, bytes garbled in transit. The parser keeps
 every `MGPT` record it can use, counts those it cannot (`bad_records`) and never raises, so a
 damaged log still yields a report that says what went wrong.
 """
+import dataclasses
 import re
 
 TAG = "MGPT "
@@ -212,71 +214,62 @@ class UartParser:
             raise ValueError("tb without error")
         self._error[1].append(line.strip())
 
-    def report(self, engine, uart_log, engine_error=None):
-        """The run as the report's dict (see docs/uart-protocol.md for the chip's fields)."""
-        end, step, cfg = self._end or {}, self._step or {}, self.config
+    def state(self):
+        """What the UART told so far, as a RunState."""
+        end = self._end or {}
         steps = end.get("steps", max(self._losses, default=0))
-        ms_per_step = end.get("ms_per_step", self._ms_sum / self._ms_steps if self._ms_steps else None)
-        failure = None if self._end and not self._stale() else self._failure(steps, uart_log, engine_error)
-        return {
-            "engine": engine,
-            "status": "error" if failure else "ok",
-            "error": failure,
-            "steps": steps,
-            "params": cfg.get("params"),
-            "losses": [self._losses.get(s) for s in range(1, steps + 1)],
-            "samples": [self._samples[i] for i in sorted(self._samples)],
-            "ms_per_step": ms_per_step,
-            "peak_heap_bytes": end.get("peak_heap", self._step_heap),
-            "uart_log": None if uart_log is None else str(uart_log),
-            "config": dict(cfg),
-            "boots": self.boots,
-            "resumed_from": self.resumed_from,
-            "checkpoints": list(self.checkpoints),
-            "checkpoints_rejected": list(self.checkpoints_rejected),
-            "lr_final": step.get("lr"),
-            "heap_total": end.get("heap_total", cfg.get("heap_total")),
-            "platform": cfg.get("platform"),
-            "emit": cfg.get("emit"),
-            "kernels": cfg.get("kernels"),
-            "freq_mhz": cfg.get("freq_mhz"),
-            "ms_train": end.get("ms_train"),
-            "peak_src": "end" if end else "step" if self._step_heap is not None else None,
-            "alloc_per_step": end.get("alloc_per_step"),
-            "bad_records": self.bad_records,
-        }
+        return RunState(
+            config=dict(self.config),
+            steps=steps,
+            losses=[self._losses.get(s) for s in range(1, steps + 1)],
+            samples=[self._samples[i] for i in sorted(self._samples)],
+            last_step=dict(self._step or {}),
+            end=dict(self._end) if self._end is not None else None,
+            error=self._error[0] if self._error else None,
+            traceback=list(self._error[1]) if self._error else [],
+            ms_per_step=end.get("ms_per_step", self._ms_sum / self._ms_steps if self._ms_steps else None),
+            step_heap=self._step_heap,
+            boots=self.boots,
+            boots_without_progress=self._stalled,
+            reset_loop=self._stalled >= RESET_LOOP_BOOTS,
+            stale=self._stale(),
+            expect_steps=self.expect_steps,
+            resumed_from=self.resumed_from,
+            checkpoints=list(self.checkpoints),
+            checkpoints_rejected=list(self.checkpoints_rejected),
+            bad_records=self.bad_records,
+        )
 
-    def _failure(self, steps, uart_log, engine_error):
-        """Why the run failed, most specific reason first, with what the engine saw."""
-        if self._stale():
-            reason = (f"the chip runs a {self.config['steps']}-step configuration but {self.expect_steps} steps"
-                      " were asked: its image or filesystem is stale (rebuild with `microgpt build`, flash again)")
-        elif self._error:
-            text, tb = self._error
-            tb = [t for t in tb if t and t != text and not t.startswith("Traceback")]
-            reason = text or "the trainer failed without a message"
-            if tb:
-                reason += f" (traceback: {'; '.join(tb)})"
-            if text.startswith("MemoryError") and tb and tb[-1].endswith("in <module>"):  # at an import
-                reason += (": the trainer's modules did not fit while loading; if it was built with"
-                           " `--emit native`, build with `--emit bytecode` (native code needs the chip's"
-                           " small executable RAM)")
-        elif self._stalled >= RESET_LOOP_BOOTS:
-            reason = (f"reset loop: the chip rebooted {self._stalled} times without progress (a brownout or watchdog"
-                      " is typical: check the USB cable and power supply, and the ROM's rst: reason in the UART log)")
-        elif not self.config:
-            reason = "the trainer never started: no MGPT start line"
-            if not engine_error:
-                engine_error = ("check that the image holds the trainer and the firmware boots"
-                                f" (rebuild it with `microgpt build`; UART log: {uart_log})")
-        else:
-            reason = f"the run stopped after step {steps} of {self.config['steps']}: no MGPT end line"
-        return f"{reason} — {engine_error}" if engine_error else reason
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """What the trainer's records said: the run the chip's last boot continued."""
+    config: dict                  # fields of the last start record ({} before one)
+    steps: int                    # steps done: the end record's, else the highest step seen
+    losses: list                  # loss of steps 1..steps (None where a record was lost)
+    samples: list
+    last_step: dict               # fields of the last step record
+    end: dict | None              # fields of the end record, None if none came
+    error: str | None             # the chip's MGPT error text
+    traceback: list
+    ms_per_step: float | None
+    step_heap: int | None         # largest heap of the step records
+    boots: int
+    boots_without_progress: int
+    reset_loop: bool              # RESET_LOOP_BOOTS boots without reaching a new step
+    stale: bool                   # the chip runs another configuration than was asked
+    expect_steps: int | None
+    resumed_from: int | None
+    checkpoints: list
+    checkpoints_rejected: list
+    bad_records: int
 
 
 def parse_lines(lines, engine="log", uart_log=None):
-    """Parse a whole log (an iterable of raw lines, e.g. an open binary file) into a report."""
+    """Parse a whole log (an iterable of raw lines, e.g. an open binary file) into a Report."""
+    from .report import Report
+
     parser = UartParser()
     for line in lines:
         parser.feed(line)
-    return parser.report(engine, uart_log)
+    return Report.of(parser.state(), engine, uart_log)

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from microgpt import chip_speed, dataset, image, mpy, payload, reference, scalar
-from microgpt.build import ESP32_GENERIC_VFS_SIZE
-from microgpt.engines.host import ESP32_HEAP, HostEngine
+from microgpt import chip_speed, dataset, mpy, payload, reference, scalar
+from microgpt.chip import ESP32_HEAP
+from microgpt.engines.host import HostEngine
 from microgpt.engines.qemu import find_insn_plugin, find_qemu
 from microgpt.runner import run
 
@@ -29,17 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def vm_run(docs, steps, emit, heap=ESP32_HEAP, samples=0, kernels="python"):
     cfg = payload.RunConfig(steps=steps, samples=samples, emit=emit, kernels=kernels)
     with tempfile.TemporaryDirectory() as tmp:
-        vfs = Path(tmp) / "vfs.bin"
-        vfs.write_bytes(image.build_fs(ESP32_GENERIC_VFS_SIZE, payload.chip_files(cfg, docs, mpy.vm_target())))
-        return run(HostEngine(vfs, heap=heap), Path(tmp) / "uart.log", echo=False, expect_steps=steps)
+        engine = HostEngine(lambda target: payload.chip_files(cfg, docs, target), heap=heap, workdir=tmp)
+        return run(engine, Path(tmp) / "uart.log", expect_steps=steps)
 
 
 def min_heap(docs, emit, kernels, lo=60_000, hi=ESP32_HEAP):
     # Buffers are all allocated before step 1, so a short run finds the bound; 1,000 steps confirm it.
     while hi - lo > 1024:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if vm_run(docs, 20, emit, mid, 20, kernels)["status"] == "ok" else (mid, hi)
-    while vm_run(docs, 1000, emit, hi, 20, kernels)["status"] != "ok":
+        lo, hi = (lo, mid) if vm_run(docs, 20, emit, mid, 20, kernels).status == "ok" else (mid, hi)
+    while vm_run(docs, 1000, emit, hi, 20, kernels).status != "ok":
         hi += 1024
     return hi
 
@@ -65,17 +64,17 @@ def main():
         for kernels in ("c", "python"):
             speed = chip_speed.instructions_per_step(payload.RunConfig(kernels=kernels), docs, args.firmware, qemu, plugin)
             r = speed.reports[chip_speed.LONG]
-            print(f"ESP32 in QEMU, {kernels} kernels ({r['emit']}): {speed.per_step / 1e6:.2f} M guest instructions"
-                  f" per training step on cpu 1; peak heap {r['peak_heap_bytes']:,} B")
+            print(f"ESP32 in QEMU, {kernels} kernels ({r.emit}): {speed.per_step / 1e6:.2f} M guest instructions"
+                  f" per training step on cpu 1; peak heap {r.peak_heap_bytes:,} B")
 
     # At the ESP32's heap, then with a heap so large that the garbage collector hardly runs: the
     # difference is what collecting the float temporaries costs.
     for kernels, emit, heap in (("c", "native", ESP32_HEAP), ("python", "bytecode", ESP32_HEAP),
                                 ("python", "native", ESP32_HEAP), ("python", "native", 16 << 20)):
         r = vm_run(docs, args.vm_steps, emit, heap, kernels=kernels)
-        assert r["status"] == "ok", r["error"]
-        rows.append((f"firmware in MicroPython VM ({kernels} kernels, {emit}, {heap:,} B heap)", r["ms_per_step"],
-                     f"live heap {r['peak_heap_bytes']:,} B, {r['alloc_per_step']:,} B allocated/step"))
+        assert r.status == "ok", r.error
+        rows.append((f"firmware in MicroPython VM ({kernels} kernels, {emit}, {heap:,} B heap)", r.ms_per_step,
+                     f"live heap {r.peak_heap_bytes:,} B, {r.alloc_per_step:,} B allocated/step"))
 
     ordered, init = dataset.microgpt_order(docs, 42)
     t = time.perf_counter()

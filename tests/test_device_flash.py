@@ -8,14 +8,14 @@ import json
 import time
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 from esp32_mock_bootloader import process
 from esptool.cmds import attach_flash, detect_chip, read_flash, run_stub
 
-from microgpt import basefw, cli, image  # noqa: F401  (the CLI first: cli_device builds on its run options)
-from microgpt.cli_device import device as device_group
+from microgpt.errors import MicrogptError
+from microgpt import basefw, image
+from microgpt.cli.device import device as device_group
 from microgpt.flash import flash_image
 from microgpt.ports import open_serial
 
@@ -92,7 +92,7 @@ def test_fs_only_rewrites_just_the_vfs_partition(mock, images):
 
 def test_fs_only_refuses_a_board_with_another_partition_table(mock, images):
     # A fresh mock's flash is erased: no MicroPython there, so its vfs may not be where ours is.
-    with pytest.raises(click.ClickException, match="partition table differs from the image's.*drop --fs-only"):
+    with pytest.raises(MicrogptError, match="partition table differs from the image's.*drop --fs-only"):
         flash_image(mock, images / "b.bin", fs_only=True)
     with board(mock) as esp:
         assert esp.flash_md5sum(0, FLASH) == hashlib.md5(b"\xff" * FLASH).hexdigest()  # nothing written
@@ -107,18 +107,18 @@ def test_image_larger_than_the_flash_is_refused_before_writing(mock, images):
 
 
 def test_missing_image(mock, tmp_path):
-    with pytest.raises(click.ClickException, match="flash image .*nope.bin not found; build it with `microgpt build`"):
+    with pytest.raises(MicrogptError, match="flash image .*nope.bin not found; build it with `microgpt build`"):
         flash_image(mock, tmp_path / "nope.bin")
 
 
 def test_missing_port(images, tmp_path):
-    with pytest.raises(click.ClickException, match="ttyUSB7 does not exist: is the board plugged in"):
+    with pytest.raises(MicrogptError, match="ttyUSB7 does not exist: is the board plugged in"):
         flash_image(str(tmp_path / "ttyUSB7"), images / "a.bin")
 
 
 def test_busy_port(mock, images):
     with open_serial(mock):  # e.g. a serial monitor left open
-        with pytest.raises(click.ClickException, match="is busy: another program"):
+        with pytest.raises(MicrogptError, match="is busy: another program"):
             flash_image(mock, images / "a.bin")
 
 

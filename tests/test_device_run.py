@@ -9,11 +9,10 @@ import pytest
 from click.testing import CliRunner
 from vm_pty import VmPort
 
-from microgpt import cli  # noqa: F401  (the CLI first: cli_device builds on its run options)
 from microgpt import payload, runner
-from microgpt.cli_device import device
+from microgpt.cli.device import device
 from microgpt.engines import Engine
-from microgpt.engines.serial import SerialEngine
+from microgpt.engines.serial import UploadEngine
 from microgpt.reference import N_PARAMS
 
 
@@ -74,29 +73,39 @@ class ResetAt(Engine):
     def fault(self):
         self.board.reset()
 
+    def prepare(self):
+        self.engine.prepare()
+
+    def stop(self):
+        self.engine.stop()
+
+    def read_file(self, name):
+        return self.engine.read_file(name)
+
     def close(self):
         self.engine.close()
 
 
 def test_a_reset_mid_run_resumes_to_bit_identical_weights(tmp_path, docs):
-    cfg = payload.RunConfig(steps=30, samples=3, ckpt_every=10)
+    cfg = payload.RunConfig(steps=100, samples=3, ckpt_every=10)
     files = lambda target: payload.chip_files(cfg, docs, target)  # noqa: E731
     reports = {}
     for name, reset_at in (("whole", None), ("reset", 15)):
         with VmPort(tmp_path / name) as board:
-            engine = SerialEngine(board.start().path, files=files, silence_s=60)
+            engine = UploadEngine(board.start().path, files, silence_s=60)
             if reset_at:
                 engine = ResetAt(engine, board, reset_at)
-            reports[name] = runner.run(engine, tmp_path / f"{name}.uart.log", echo=False, expect_steps=cfg.steps)
+            reports[name] = runner.run(engine, tmp_path / f"{name}.uart.log", expect_steps=cfg.steps)
     whole, reset = reports["whole"], reports["reset"]
-    assert whole["status"] == reset["status"] == "ok", reset["error"]
-    # The reset comes once the host has seen step 15; the C kernels may have run on to step 20's checkpoint.
-    assert reset["boots"] == 2 and reset["resumed_from"] in (10, 20)
-    assert whole["resumed_from"] is None
-    assert reset["losses"] == whole["losses"] and reset["samples"] == whole["samples"]
+    assert whole.status == reset.status == "ok", reset.error
+    # The reset comes once the host has seen step 15; the chip may have run on to a later checkpoint
+    # (the UART's buffers hold some steps), never to the end.
+    assert reset.boots == 2 and reset.resumed_from in range(10, 100, 10)
+    assert whole.resumed_from is None
+    assert reset.losses == whole.losses and reset.samples == whole.samples
     assert (tmp_path / "reset" / "weights.bin").read_bytes() == (tmp_path / "whole" / "weights.bin").read_bytes()
     log = (tmp_path / "reset.uart.log").read_bytes()
-    assert log.count(b"MGPT start ") == 2 and b"MGPT resume step=%d" % reset["resumed_from"] in log
+    assert log.count(b"MGPT start ") == 2 and b"MGPT resume step=%d" % reset.resumed_from in log
 
 
 class UnplugAt(ResetAt):
@@ -106,15 +115,15 @@ class UnplugAt(ResetAt):
 
 def test_cable_pulled_mid_run(board, docs, tmp_path):
     cfg = payload.RunConfig(steps=50, samples=0)
-    engine = SerialEngine(board.path, files=lambda target: payload.chip_files(cfg, docs, target))
+    engine = UploadEngine(board.path, lambda target: payload.chip_files(cfg, docs, target))
     log = tmp_path / "uart.log"
-    rep = runner.run(UnplugAt(engine, board, 7), log, echo=False, expect_steps=cfg.steps)
-    assert rep["status"] == "error"
+    rep = runner.run(UnplugAt(engine, board, 7), log, expect_steps=cfg.steps)
+    assert rep.status == "error"
     # The cable goes once the host has seen step 7; what the chip had already sent may follow.
     last = int(re.match(r"the run stopped after step (\d+) of 50: no MGPT end line — serial connection to /dev/pts/",
-                        rep["error"]).group(1))
+                        rep.error).group(1))
     assert 7 <= last < 50
-    assert "lost" in rep["error"] and "check the USB cable" in rep["error"]
+    assert "lost" in rep.error and "check the USB cable" in rep.error
     assert log.read_bytes().count(b"MGPT step ") == last  # what arrived is on disk
 
 

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 
+from microgpt.errors import MicrogptError
 from microgpt import basefw, image, mpy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,9 +186,9 @@ def test_larger_flash_rewrites_the_bootloader_header(firmware, tmp_path):
 # --- refusals -----------------------------------------------------------------------------------
 
 def refusal(fn, *args, **kwargs) -> str:
-    with pytest.raises(click.ClickException) as e:
+    with pytest.raises(MicrogptError) as e:
         fn(*args, **kwargs)
-    return e.value.message
+    return str(e.value)
 
 
 def patched(tmp_path: Path, at: int, new: bytes) -> Path:

@@ -148,6 +148,7 @@ def test_streams_a_run_then_kills_qemu(tmp_path, image, monkeypatch):
     engine = QemuEngine(image, qemu=qemu, silence_s=0.5, workdir=tmp_path / "run")
     lines = []
     with pytest.raises(Silence, match="no output from the chip for 0.5 s"), engine:
+        engine.prepare()
         for line in engine.lines():
             lines.append(line)
     call = call_of(qemu)
@@ -158,17 +159,18 @@ def test_streams_a_run_then_kills_qemu(tmp_path, image, monkeypatch):
     assert image.read_bytes() == bytes(4 * MiB)  # the built image is never written
 
     report = parse_lines(lines, engine="qemu")
-    assert report["status"] == "ok" and report["steps"] == 30 and report["params"] == 4192
-    assert report["losses"][:2] == [3.365967, 3.424273] and None not in report["losses"]
-    assert report["samples"] == ["ieodnol", "blae", "udhn", "ll", "buhell"]
-    assert report["platform"] == "esp32" and report["freq_mhz"] == 240
-    assert report["peak_heap_bytes"] == 91488 and report["bad_records"] == 0  # records per docs/uart-protocol.md
+    assert report.status == "ok" and report.steps == 30 and report.params == 4192
+    assert report.losses[:2] == [3.365967, 3.424273] and None not in report.losses
+    assert report.samples == ["ieodnol", "blae", "udhn", "ll", "buhell"]
+    assert report.platform == "esp32" and report.freq_mhz == 240
+    assert report.peak_heap_bytes == 91488 and report.bad_records == 0  # records per docs/uart-protocol.md
 
 
 def test_run_copy_lives_in_a_temp_dir_removed_on_close(tmp_path, image, monkeypatch):
     monkeypatch.setenv("FAKE_AFTER", "0")
     engine = QemuEngine(image, qemu=simulator(tmp_path / "bin", BINARY))
     with engine:
+        engine.prepare()
         assert list(engine.lines()) == []
         assert engine.flash.is_file()
     assert not engine.flash.parent.exists()
@@ -179,17 +181,19 @@ def test_watchdog_reset_loop_is_reported(tmp_path, image, monkeypatch):
     monkeypatch.setenv("FAKE_UART", str(SIM / "qemu-esp32-wdt-reset-loop.uart"))
     monkeypatch.setenv("FAKE_AFTER", "0")
     with QemuEngine(image, qemu=simulator(tmp_path / "bin", BINARY)) as engine:
+        engine.prepare()
         lines = list(engine.lines())
     assert sum(b"rst:0x8 (TG1WDT_SYS_RESET)" in line for line in lines) == 4
     report = parse_lines(lines, engine="qemu")
-    assert report["status"] == "error" and report["error"].startswith("reset loop")
-    assert report["boots"] == 4 and report["steps"] == 10 and report["bad_records"] == 1
+    assert report.status == "error" and report.error.startswith("reset loop")
+    assert report.boots == 4 and report.steps == 10 and report.bad_records == 1
 
 
 def test_qemu_failing_reports_its_stderr(tmp_path, image, monkeypatch):
     monkeypatch.setenv("FAKE_STDERR", 'qemu-system-xtensa: -drive file=x,if=mtd: Failed to get "write" lock\n')
     monkeypatch.setenv("FAKE_AFTER", "1")
     with QemuEngine(image, qemu=simulator(tmp_path / "bin", BINARY)) as engine:
+        engine.prepare()
         with pytest.raises(EngineError, match=r'(?s)QEMU exited with code 1:\n.*Failed to get "write" lock'):
             list(engine.lines())
 
@@ -198,6 +202,7 @@ def test_deadline_stops_a_run_that_never_ends(tmp_path, image, monkeypatch):
     monkeypatch.setenv("FAKE_AFTER", "chatter")
     qemu = simulator(tmp_path / "bin", BINARY)
     with QemuEngine(image, qemu=qemu, silence_s=5, timeout_s=0.5) as engine:
+        engine.prepare()
         with pytest.raises(Silence, match="did not finish within 0.5 s"):
             list(engine.lines())
     assert not alive(call_of(qemu)["pid"])

@@ -1,11 +1,11 @@
 """The report writer: strict JSON that round-trips, and a real PNG loss curve beside it."""
+import dataclasses
 import json
 from pathlib import Path
 
-import click
 import pytest
 
-from microgpt.report import write_report
+from microgpt.errors import OutputError
 from microgpt.uart import parse_lines
 
 LOGS = Path(__file__).parent / "data" / "uart"
@@ -25,19 +25,19 @@ def strict_load(path):
 def test_json_round_trip_and_png(tmp_path):
     report = parsed("reset_resume.log")
     out = tmp_path / "runs" / "a" / "report.json"  # parents created
-    assert write_report(report, out) is report
+    report.write(out)
     png = tmp_path / "runs" / "a" / "report.png"
-    assert report["loss_curve"] == str(png)
-    assert strict_load(out) == report
+    assert report.loss_curve == str(png)
+    assert strict_load(out) == dataclasses.asdict(report)
     data = png.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000  # a drawn figure, not an empty file
 
 
 def test_no_losses_no_png(tmp_path):
-    write_report(parsed("vm_ok.log"), tmp_path / "r.json")
+    parsed("vm_ok.log").write(tmp_path / "r.json")
     report = parsed("memory_error.log")
-    write_report(report, tmp_path / "r.json")
-    assert report["loss_curve"] is None and not (tmp_path / "r.png").exists()
+    report.write(tmp_path / "r.json")
+    assert report.loss_curve is None and not (tmp_path / "r.png").exists()
     assert strict_load(tmp_path / "r.json")["status"] == "error"
 
 
@@ -47,12 +47,12 @@ def test_non_finite_numbers_become_null_and_gaps_still_plot(tmp_path):
              "MGPT step n=3 loss=nan lr=0.01 ms=inf heap=1",
              "MGPT step n=4 loss=2.9 lr=0.01 ms=5 heap=1"]
     report = parse_lines(lines)
-    write_report(report, tmp_path / "r.json")
+    report.write(tmp_path / "r.json")
     loaded = strict_load(tmp_path / "r.json")
     assert loaded["losses"] == [3.3, None, None, 2.9] and loaded["ms_per_step"] is None
     assert (tmp_path / "r.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_report_named_png_is_refused(tmp_path):
-    with pytest.raises(click.ClickException, match="name the report .json"):
-        write_report(parsed("vm_ok.log"), tmp_path / "report.png")
+    with pytest.raises(OutputError, match="name the report .json"):
+        parsed("vm_ok.log").write(tmp_path / "report.png")

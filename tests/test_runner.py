@@ -6,6 +6,7 @@ engines are tested in their own files); parser, log writing and terminal output 
 import sys
 from pathlib import Path
 
+from microgpt.cli.progress import Terminal
 from microgpt.engines import Engine, EngineError, split_lines
 from microgpt.runner import run
 from microgpt.uart import parse_lines
@@ -45,7 +46,7 @@ class Replay(Engine):
 def replay(name, tmp_path, **kw):
     engine = Replay((LOGS / name).read_bytes(), **kw)
     log = tmp_path / "out" / "run.uart.log"
-    report = run(engine, log, echo=False)
+    report = run(engine, log)
     assert engine.closed == 1
     return report, log.read_bytes()
 
@@ -56,7 +57,7 @@ def test_log_on_disk_is_the_stream_and_report_matches_the_parser(tmp_path):
     assert log == data
     log_path = str(tmp_path / "out" / "run.uart.log")
     assert report == parse_lines(data.split(b"\n")[:-1], engine="replay", uart_log=log_path)
-    assert report["status"] == "ok" and report["engine"] == "replay"
+    assert report.status == "ok" and report.engine == "replay"
 
 
 def test_each_line_is_on_disk_before_the_next_arrives(tmp_path):
@@ -69,7 +70,7 @@ def test_each_line_is_on_disk_before_the_next_arrives(tmp_path):
                 seen.append(line)  # the runner asked for the next line: this one must be on disk
                 assert log_path.read_bytes() == b"".join(s + b"\n" for s in seen)
 
-    assert run(Watched((LOGS / "reset_resume.log").read_bytes()), log_path, echo=False)["status"] == "ok"
+    assert run(Watched((LOGS / "reset_resume.log").read_bytes()), log_path).status == "ok"
     assert len(seen) == 42  # all lines up to the end record, which stops the run
 
 
@@ -78,20 +79,20 @@ def test_stops_after_end_keeping_crlf(tmp_path):
     report, log = replay("esp32_ok.log", tmp_path)
     end = data.index(b"MGPT end")
     assert log == data[:data.index(b"\n", end) + 1]  # the banner and prompt after it never waited for
-    assert report["status"] == "ok" and report["steps"] == 20
+    assert report.status == "ok" and report.steps == 20
 
 
 def test_stops_after_the_traceback(tmp_path):
     data = (LOGS / "memory_error.log").read_bytes() + b"MicroPython v1.25.0 on 2025-04-15\n>>> more\n"
     engine = Replay(data)
-    report = run(engine, tmp_path / "run.log", echo=False)
+    report = run(engine, tmp_path / "run.log")
     assert (tmp_path / "run.log").read_bytes().endswith(b"allocating 16768 bytes\nMicroPython v1.25.0 on 2025-04-15\n")
-    assert report["error"].startswith("MemoryError") and engine.closed == 1
+    assert report.error.startswith("MemoryError") and engine.closed == 1
 
 
 def test_stops_in_a_reset_loop(tmp_path):
     report, log = replay("reset_loop.log", tmp_path)
-    assert report["error"].startswith("reset loop: the chip rebooted 3 times")
+    assert report.error.startswith("reset loop: the chip rebooted 3 times")
     assert log.count(b"rst:0x") == 3 and log.endswith(b"rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n")
 
 
@@ -100,8 +101,8 @@ def test_silence_mid_run_is_an_error_and_the_log_keeps_what_arrived(tmp_path):
     cut = data.index(b"MGPT step n=8")
     report, log = replay("vm_ok.log", tmp_path, silent_after=cut + 20)
     assert log == data[:cut + 20] + b"\n"  # all that arrived, the half line too
-    assert report["status"] == "error" and report["steps"] == 7
-    assert report["error"] == ("the run stopped after step 7 of 20: no MGPT end line — "
+    assert report.status == "error" and report.steps == 7
+    assert report.error == ("the run stopped after step 7 of 20: no MGPT end line — "
                                "no output from the chip for 0.05 s (raise --timeout if the run is just slow)")
 
 
@@ -109,24 +110,24 @@ def test_engine_error_mid_run(tmp_path):
     vanished = EngineError("serial port vanished: reconnect the board")
     report, log = replay("reset_resume.log", tmp_path, fail_after=20, failure=vanished)
     assert log.count(b"\n") == 20
-    assert report["status"] == "error" and report["error"].endswith("— serial port vanished: reconnect the board")
-    assert report["error"].startswith("the run stopped after step 15 of 30")
+    assert report.status == "error" and report.error.endswith("— serial port vanished: reconnect the board")
+    assert report.error.startswith("the run stopped after step 15 of 30")
 
 
 def test_ctrl_c_keeps_the_log_and_reports(tmp_path):
     report, log = replay("vm_ok.log", tmp_path, fail_after=3, failure=KeyboardInterrupt())
-    assert log.count(b"\n") == 3 and report["error"].endswith("— interrupted (Ctrl-C)")
+    assert log.count(b"\n") == 3 and report.error.endswith("— interrupted (Ctrl-C)")
 
 
 def test_stale_image_is_stopped_at_its_start_line(tmp_path):
     engine = Replay((LOGS / "vm_ok.log").read_bytes())
-    report = run(engine, tmp_path / "run.log", echo=False, expect_steps=1000)
+    report = run(engine, tmp_path / "run.log", expect_steps=1000)
     assert (tmp_path / "run.log").read_bytes().count(b"\n") == 1
-    assert "20-step configuration but 1000 steps were asked" in report["error"]
+    assert "20-step configuration but 1000 steps were asked" in report.error
 
 
 def test_terminal_without_tty_prints_progress_every_tenth(tmp_path, capsys):
-    run(Replay((LOGS / "vm_ok.log").read_bytes()), tmp_path / "run.log")
+    run(Replay((LOGS / "vm_ok.log").read_bytes()), tmp_path / "run.log", display=Terminal())
     out = capsys.readouterr().out.splitlines()
     progress = [line for line in out if line.startswith("step ")]
     assert len(progress) == 11  # steps 1, 2, 4, 6, ..., 20: every tenth of the run
@@ -138,7 +139,7 @@ def test_terminal_without_tty_prints_progress_every_tenth(tmp_path, capsys):
 
 def test_terminal_with_tty_redraws_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    run(Replay((LOGS / "esp32_ok.log").read_bytes()), tmp_path / "run.log")
+    run(Replay((LOGS / "esp32_ok.log").read_bytes()), tmp_path / "run.log", display=Terminal())
     out = capsys.readouterr().out
     assert out.count("\rstep ") == 20
     assert "\rstep 20/20 ▕████████████████████▏ loss 2.77  183.0 ms/step\n" in out

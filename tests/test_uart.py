@@ -1,4 +1,5 @@
 """The UART parser: sample logs as engines capture them, edge cases, and fuzzing."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -6,13 +7,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from microgpt.report import Report
 from microgpt.uart import UartParser, parse_lines
 
 LOGS = Path(__file__).parent / "data" / "uart"
 REPORT_KEYS = {
     "engine", "status", "error", "steps", "params", "losses", "samples", "ms_per_step", "peak_heap_bytes",
     "uart_log", "config", "boots", "resumed_from", "checkpoints", "checkpoints_rejected", "lr_final",
-    "heap_total", "platform", "emit", "freq_mhz", "ms_train", "peak_src", "alloc_per_step", "bad_records",
+    "heap_total", "platform", "emit", "kernels", "freq_mhz", "ms_train", "peak_src", "alloc_per_step", "bad_records",
 }
 START = ("MGPT start v=1 params=4192 steps={steps} seed=42 init=microgpt docs=32033 log_every={every} ckpt_every=0"
          " samples=2 temp=0.5 lr=0.01 platform=linux impl=1.29.0 emit=bytecode freq_mhz=none"
@@ -37,16 +39,16 @@ def end(steps=10):
 
 
 def check_report(report):
-    assert REPORT_KEYS <= report.keys()
-    assert report["status"] in ("ok", "error")
-    assert (report["status"] == "ok") == (report["error"] is None)
-    assert report["error"] is None or isinstance(report["error"], str) and report["error"]
-    assert isinstance(report["steps"], int) and report["steps"] >= 0
-    assert len(report["losses"]) == report["steps"]
-    assert all(x is None or isinstance(x, float) for x in report["losses"])
-    assert all(isinstance(s, str) for s in report["samples"])
-    assert isinstance(report["bad_records"], int) and report["bad_records"] >= 0
-    json.dumps(report)  # only JSON types
+    assert REPORT_KEYS <= dataclasses.asdict(report).keys()
+    assert report.status in ("ok", "error")
+    assert (report.status == "ok") == (report.error is None)
+    assert report.error is None or isinstance(report.error, str) and report.error
+    assert isinstance(report.steps, int) and report.steps >= 0
+    assert len(report.losses) == report.steps
+    assert all(x is None or isinstance(x, float) for x in report.losses)
+    assert all(isinstance(s, str) for s in report.samples)
+    assert isinstance(report.bad_records, int) and report.bad_records >= 0
+    json.dumps(dataclasses.asdict(report))  # only JSON types
 
 
 # --- sample logs -------------------------------------------------------------------------
@@ -55,34 +57,34 @@ def check_report(report):
 def test_vm_run():
     r = parse("vm_ok.log")
     check_report(r)
-    assert r["status"] == "ok" and r["error"] is None
-    assert (r["steps"], r["params"], r["boots"], r["bad_records"]) == (20, 4192, 1, 0)
-    assert r["losses"][:3] == [3.365967, 3.424273, 3.177578] and r["losses"][-1] == 2.774931
-    assert r["samples"] == ["ieodnne", "bmaen", "dho", "oi", "bvieei"]
-    assert (r["ms_per_step"], r["ms_train"], r["peak_heap_bytes"], r["peak_src"]) == (4.85, 97, 58464, "end")
-    assert r["alloc_per_step"] == 5814940
-    assert (r["platform"], r["emit"], r["freq_mhz"]) == ("linux", "bytecode", None)
-    assert (r["heap_total"], r["lr_final"]) == (166592, 0.0005)
-    assert r["config"]["seed"] == 42 and r["config"]["init"] == "microgpt" and r["config"]["freq_boot_mhz"] is None
-    assert r["uart_log"].endswith("vm_ok.log") and r["resumed_from"] is None and r["checkpoints"] == []
+    assert r.status == "ok" and r.error is None
+    assert (r.steps, r.params, r.boots, r.bad_records) == (20, 4192, 1, 0)
+    assert r.losses[:3] == [3.365967, 3.424273, 3.177578] and r.losses[-1] == 2.774931
+    assert r.samples == ["ieodnne", "bmaen", "dho", "oi", "bvieei"]
+    assert (r.ms_per_step, r.ms_train, r.peak_heap_bytes, r.peak_src) == (4.85, 97, 58464, "end")
+    assert r.alloc_per_step == 5814940
+    assert (r.platform, r.emit, r.freq_mhz) == ("linux", "bytecode", None)
+    assert (r.heap_total, r.lr_final) == (166592, 0.0005)
+    assert r.config["seed"] == 42 and r.config["init"] == "microgpt" and r.config["freq_boot_mhz"] is None
+    assert r.uart_log.endswith("vm_ok.log") and r.resumed_from is None and r.checkpoints == []
 
 
 def test_board_run_with_rom_noise_banner_and_crlf_reads_like_the_vm_run():
     vm, board = parse("vm_ok.log"), parse("esp32_ok.log")
     check_report(board)
-    assert board["status"] == "ok" and board["bad_records"] == 0 and board["boots"] == 1
+    assert board.status == "ok" and board.bad_records == 0 and board.boots == 1
     for key in ("steps", "losses", "samples", "params"):
-        assert board[key] == vm[key]
-    assert (board["platform"], board["emit"], board["freq_mhz"]) == ("esp32", "native", 240)
-    assert board["config"]["freq_boot_mhz"] == 160
-    assert board["ms_per_step"] == 183.55 and board["alloc_per_step"] is None
+        assert getattr(board, key) == getattr(vm, key)
+    assert (board.platform, board.emit, board.freq_mhz) == ("esp32", "native", 240)
+    assert board.config["freq_boot_mhz"] == 160
+    assert board.ms_per_step == 183.55 and board.alloc_per_step is None
 
 
 def test_memory_error_before_start_reports_exception_and_traceback():
     r = parse("memory_error.log")
     check_report(r)
-    assert r["status"] == "error" and r["steps"] == 0 and r["losses"] == [] and r["params"] is None
-    assert r["error"] == ('MemoryError: memory allocation failed, allocating 16768 bytes (traceback: '
+    assert r.status == "error" and r.steps == 0 and r.losses == [] and r.params is None
+    assert r.error == ('MemoryError: memory allocation failed, allocating 16768 bytes (traceback: '
                           'File "main.py", line 9, in <module>; File "train.py", line 108, in main; '
                           'File "model.py", line 37, in zeros)')
 
@@ -90,51 +92,51 @@ def test_memory_error_before_start_reports_exception_and_traceback():
 def test_memory_error_while_importing_names_the_bytecode_build():
     r = parse_lines(["MGPT error MemoryError: memory allocation failed, allocating 4214 bytes",
                      'MGPT tb   File "main.py", line 9, in <module>', 'MGPT tb   File "train.py", line 12, in <module>'])
-    assert r["status"] == "error" and "build with `--emit bytecode`" in r["error"]
-    assert "--emit" not in parse("memory_error.log")["error"]  # out of heap later: no such advice
+    assert r.status == "error" and "build with `--emit bytecode`" in r.error
+    assert "--emit" not in parse("memory_error.log").error  # out of heap later: no such advice
 
 
 def test_error_mid_run():
     r = parse_lines([start(), step(1, 3.0), "MGPT error OSError: [Errno 28] ENOSPC",
                      'MGPT tb   File "checkpoint.py", line 30, in save'])
-    assert r["error"] == 'OSError: [Errno 28] ENOSPC (traceback: File "checkpoint.py", line 30, in save)'
-    assert r["losses"] == [3.0] and r["status"] == "error"
+    assert r.error == 'OSError: [Errno 28] ENOSPC (traceback: File "checkpoint.py", line 30, in save)'
+    assert r.losses == [3.0] and r.status == "error"
 
 
 def test_run_cut_mid_step_line():
     r = parse("cut_mid_step.log")
     check_report(r)
-    assert r["status"] == "error"
-    assert r["error"] == "the run stopped after step 6 of 20: no MGPT end line"
-    assert r["steps"] == 6 and r["bad_records"] == 1  # the cut record counted, not used
-    assert r["ms_per_step"] == pytest.approx(sum([5.3, 5.0, 4.7, 5.4, 5.1, 4.8]) / 6)
-    assert r["peak_heap_bytes"] == 58208 and r["peak_src"] == "step"
+    assert r.status == "error"
+    assert r.error == "the run stopped after step 6 of 20: no MGPT end line"
+    assert r.steps == 6 and r.bad_records == 1  # the cut record counted, not used
+    assert r.ms_per_step == pytest.approx(sum([5.3, 5.0, 4.7, 5.4, 5.1, 4.8]) / 6)
+    assert r.peak_heap_bytes == 58208 and r.peak_src == "step"
 
 
 def test_reset_loop():
     r = parse("reset_loop.log")
     check_report(r)
-    assert r["status"] == "error" and r["boots"] == 4
-    assert r["error"].startswith("reset loop: the chip rebooted 4 times without progress")
+    assert r.status == "error" and r.boots == 4
+    assert r.error.startswith("reset loop: the chip rebooted 4 times without progress")
 
 
 def test_reset_mid_run_resumes_from_checkpoint():
     r = parse("reset_resume.log")
     check_report(r)
-    assert r["status"] == "ok" and r["resumed_from"] == 10 and r["boots"] == 2
-    assert r["checkpoints"] == [10, 20, 30]
-    assert r["bad_records"] == 1  # the step record the reset cut in half
-    assert len(r["losses"]) == 30 and None not in r["losses"]
-    assert r["losses"][0] == 3.365967 and r["losses"][15:20] == [2.845018, 3.054155, 2.827918, 2.824256, 2.718260]
-    assert r["ms_train"] == 3688 and len(r["samples"]) == 5
+    assert r.status == "ok" and r.resumed_from == 10 and r.boots == 2
+    assert r.checkpoints == [10, 20, 30]
+    assert r.bad_records == 1  # the step record the reset cut in half
+    assert len(r.losses) == 30 and None not in r.losses
+    assert r.losses[0] == 3.365967 and r.losses[15:20] == [2.845018, 3.054155, 2.827918, 2.824256, 2.718260]
+    assert r.ms_train == 3688 and len(r.samples) == 5
 
 
 def test_log_every_groups_give_every_step():
     r = parse("log_every10.log")
     check_report(r)
-    assert r["status"] == "ok" and r["steps"] == 25 and len(r["losses"]) == 25
-    assert r["losses"][9] == 3.229071 and r["losses"][20:] == [3.360040, 2.763430, 2.882194, 2.388742, 3.345801]
-    assert r["config"]["log_every"] == 10
+    assert r.status == "ok" and r.steps == 25 and len(r.losses) == 25
+    assert r.losses[9] == 3.229071 and r.losses[20:] == [3.360040, 2.763430, 2.882194, 2.388742, 3.345801]
+    assert r.config["log_every"] == 10
 
 
 # --- errors and edge cases ---------------------------------------------------------------
@@ -146,57 +148,57 @@ BANNER = ["MicroPython v1.25.0 on 2025-04-15; Generic ESP32 module with ESP32",
 
 def test_never_started_names_the_fix():
     r = parse_lines(ROM + BANNER, uart_log="run.log")
-    assert r["status"] == "error" and r["steps"] == 0 and r["bad_records"] == 0
-    assert r["error"].startswith("the trainer never started: no MGPT start line")
-    assert "microgpt build" in r["error"] and "run.log" in r["error"]
+    assert r.status == "error" and r.steps == 0 and r.bad_records == 0
+    assert r.error.startswith("the trainer never started: no MGPT start line")
+    assert "microgpt build" in r.error and "run.log" in r.error
 
 
 def test_engine_error_is_the_reason_when_nothing_started():
     parser = UartParser()
-    r = parser.report("qemu", "q.log", engine_error="qemu-system-xtensa not found: install it")
-    assert r["error"] == "the trainer never started: no MGPT start line — qemu-system-xtensa not found: install it"
+    r = Report.of(parser.state(), "qemu", "q.log", engine_error="qemu-system-xtensa not found: install it")
+    assert r.error == "the trainer never started: no MGPT start line — qemu-system-xtensa not found: install it"
 
 
 def test_engine_error_after_steps_and_after_end():
     parser = UartParser()
     for line in [start(10), step(1, 3.3), step(2, 3.2)]:
         parser.feed(line)
-    r = parser.report("serial", "s.log", engine_error="no output from the chip for 30 s")
-    assert r["error"] == "the run stopped after step 2 of 10: no MGPT end line — no output from the chip for 30 s"
+    r = Report.of(parser.state(), "serial", "s.log", engine_error="no output from the chip for 30 s")
+    assert r.error == "the run stopped after step 2 of 10: no MGPT end line — no output from the chip for 30 s"
     parser.feed(end(2).replace("steps=2", "steps=10"))
-    assert parser.report("serial", "s.log", engine_error="port vanished")["status"] == "ok"
+    assert Report.of(parser.state(), "serial", "s.log", engine_error="port vanished").status == "ok"
 
 
 def test_restart_without_resume_restarts_the_losses():
     lines = [start(5), step(1, 3.0), step(2, 2.9), step(3, 2.8),
              start(5), "MGPT ckpt-bad reason=checksum", *(step(n, 1.0 + n) for n in range(1, 6)), end(5)]
     r = parse_lines(lines)
-    assert r["status"] == "ok" and r["boots"] == 2 and r["resumed_from"] is None
-    assert r["losses"] == [2.0, 3.0, 4.0, 5.0, 6.0] and r["checkpoints_rejected"] == ["checksum"]
+    assert r.status == "ok" and r.boots == 2 and r.resumed_from is None
+    assert r.losses == [2.0, 3.0, 4.0, 5.0, 6.0] and r.checkpoints_rejected == ["checksum"]
 
 
 def test_a_new_boot_drops_the_steps_it_will_redo():
-    assert parse_lines([start(5), step(1, 3.0), step(2, 2.9), step(3, 2.8), start(5), step(1, 9.0)])["losses"] == [9.0]
+    assert parse_lines([start(5), step(1, 3.0), step(2, 2.9), step(3, 2.8), start(5), step(1, 9.0)]).losses == [9.0]
     r = parse_lines([start(5), *(step(n, 3.0 - n / 10) for n in range(1, 5)), start(5), "MGPT resume step=2", step(3, 9.0)])
-    assert r["losses"] == [2.9, 2.8, 9.0] and r["steps"] == 3
+    assert r.losses == [2.9, 2.8, 9.0] and r.steps == 3
 
 
 def test_resume_overwrites_redone_steps_without_duplicates():
     lines = [start(6, 2), step(2, 3.0, 2.9), step(4, 2.8, 2.7), start(6, 2), "MGPT resume step=2",
              step(4, 2.5, 2.4), step(6, 2.3, 2.2), end(6)]
     r = parse_lines(lines)
-    assert r["losses"] == [3.0, 2.9, 2.5, 2.4, 2.3, 2.2] and r["resumed_from"] == 2
+    assert r.losses == [3.0, 2.9, 2.5, 2.4, 2.3, 2.2] and r.resumed_from == 2
 
 
 def test_reset_loop_in_the_vm_and_progress_breaking_it():
-    assert parse_lines([start()] * 3)["error"].startswith("reset loop: the chip rebooted 3 times")
+    assert parse_lines([start()] * 3).error.startswith("reset loop: the chip rebooted 3 times")
     r = parse_lines([start(), step(1, 3.0), start(), "MGPT resume step=1", step(2, 2.9), start()])
-    assert r["error"] == "the run stopped after step 2 of 10: no MGPT end line"
+    assert r.error == "the run stopped after step 2 of 10: no MGPT end line"
 
 
 def test_restarts_that_never_pass_the_furthest_step_are_a_reset_loop():
     lines = [start(), step(1, 3.0), step(2, 2.9)] + [start(), step(1, 3.0), step(2, 2.9)] * 3
-    assert parse_lines(lines)["error"].startswith("reset loop: the chip rebooted 3 times")
+    assert parse_lines(lines).error.startswith("reset loop: the chip rebooted 3 times")
 
 
 def test_rom_reset_before_start_is_one_boot():
@@ -204,7 +206,7 @@ def test_rom_reset_before_start_is_one_boot():
     for line in ROM + [start()] + ROM + [start()]:
         parser.feed(line)
     assert parser.boots == 2 and not parser.finished
-    assert parser.report("x", None)["error"] == "the run stopped after step 0 of 10: no MGPT end line"
+    assert Report.of(parser.state(), "x", None).error == "the run stopped after step 0 of 10: no MGPT end line"
 
 
 def test_records_inside_garbage_lone_cr_and_glued_records():
@@ -212,8 +214,8 @@ def test_records_inside_garbage_lone_cr_and_glued_records():
     parser = UartParser()
     assert [kind for kind, _ in parser.feed(line)] == ["start", "step", "step"]
     parser.feed(end(2) + "\r\n")
-    r = parser.report("x", None)
-    assert r["status"] == "ok" and r["losses"] == [3.0, 2.0] and r["bad_records"] == 0
+    r = Report.of(parser.state(), "x", None)
+    assert r.status == "ok" and r.losses == [3.0, 2.0] and r.bad_records == 0
 
 
 def test_str_and_bytes_lines_parse_alike():
@@ -237,27 +239,27 @@ def test_str_and_bytes_lines_parse_alike():
 ])
 def test_malformed_records_are_counted_and_ignored(bad):
     r = parse_lines([start(), step(1, 3.0), bad, step(2, 2.0)])
-    assert r["bad_records"] == 1 and r["losses"] == [3.0, 2.0]
+    assert r.bad_records == 1 and r.losses == [3.0, 2.0]
 
 
 def test_steps_before_any_start_are_out_of_place():
     r = parse_lines([step(1, 3.0), end(1)])
-    assert r["bad_records"] == 2 and r["status"] == "error" and "never started" in r["error"]
+    assert r.bad_records == 2 and r.status == "error" and "never started" in r.error
 
 
 def test_lost_step_record_leaves_a_gap_not_a_shift():
     r = parse_lines([start(3), step(1, 3.0), step(3, 2.0), end(3)])
-    assert r["losses"] == [3.0, None, 2.0]
+    assert r.losses == [3.0, None, 2.0]
 
 
 def test_diverged_loss_is_kept_as_nan():
     r = parse_lines([start(2), step(1, 3.0), "MGPT step n=2 loss=nan lr=0.005 ms=5 heap=1", end(2)])
-    assert r["status"] == "ok" and r["losses"][0] == 3.0 and r["losses"][1] != r["losses"][1]
+    assert r.status == "ok" and r.losses[0] == 3.0 and r.losses[1] != r.losses[1]
 
 
 def test_samples_keep_order_and_empty_names():
     r = parse_lines([start(1), step(1, 3.0), "MGPT sample 2 ava", "MGPT sample 1 kamon", "MGPT sample 3 ", end(1)])
-    assert r["samples"] == ["kamon", "ava", ""]
+    assert r.samples == ["kamon", "ava", ""]
 
 
 def test_finished_after_end_or_after_the_traceback():
@@ -267,7 +269,7 @@ def test_finished_after_end_or_after_the_traceback():
         assert not parser.finished
     parser.feed(BANNER[0])
     assert parser.finished
-    assert parser.report("x", None)["error"] == 'ValueError: bad (traceback: File "train.py", line 3)'
+    assert Report.of(parser.state(), "x", None).error == 'ValueError: bad (traceback: File "train.py", line 3)'
     parser = UartParser()
     parser.feed(start(1))
     parser.feed(end(1))
@@ -278,8 +280,8 @@ def test_a_chip_running_another_configuration_is_stale():
     parser = UartParser(expect_steps=50)
     parser.feed(start(1000))
     assert parser.finished
-    assert "1000-step configuration but 50 steps were asked" in parser.report("serial", None)["error"]
-    assert parse_lines([start(1), step(1, 3.0), end(1)])["status"] == "ok"
+    assert "1000-step configuration but 50 steps were asked" in Report.of(parser.state(), "serial", None).error
+    assert parse_lines([start(1), step(1, 3.0), end(1)]).status == "ok"
 
 
 # --- fuzzing: any bytes, never an exception, always a complete report ------------------------
@@ -369,4 +371,4 @@ def test_fuzz_protocol_soup(steps, every, lines, expect_steps):
     for line in [start(steps, every)] + lines:
         parser.feed(line)
         parser.finished
-    check_report(parser.report("fuzz", None, engine_error="timeout"))
+    check_report(Report.of(parser.state(), "fuzz", None, engine_error="timeout"))

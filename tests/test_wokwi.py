@@ -100,8 +100,8 @@ def test_wokwi_cli_run_streams_the_serial_monitor(project, monkeypatch):
     assert call_of(cli)["token"] == "from-argument"
     assert lines[-1] == b">>> "  # the partial last line, yielded at end of stream
     report = parse_lines(lines, engine="wokwi")
-    assert report["status"] == "ok" and report["steps"] == 20 and report["checkpoints"] == [10, 20]
-    assert report["samples"] == ["jrvi", "odio", "cicoxa"] and report["bad_records"] == 0
+    assert report.status == "ok" and report.steps == 20 and report.checkpoints == [10, 20]
+    assert report.samples == ["jrvi", "odio", "cicoxa"] and report.bad_records == 0
 
 
 @pytest.mark.parametrize("code, stderr, error, message", [
@@ -181,7 +181,7 @@ def test_sdk_run_without_wokwi_cli(project, api):
         assert engine.cli is None
         lines = list(engine.lines())
     assert lines[-1].startswith(b"MGPT end steps=20")  # stops at the expected text, like wokwi-cli
-    assert parse_lines(lines, engine="wokwi")["status"] == "ok"
+    assert parse_lines(lines, engine="wokwi").status == "ok"
     assert server.headers["Authorization"] == "Bearer test-token"
     assert server.uploads == {"diagram.json": (project / "diagram.json").read_text(), "firmware.bin": bytes(4 * MiB)}
     start = dict(server.commands)["sim:start"]

@@ -15,7 +15,8 @@ import threading
 import tty
 from pathlib import Path
 
-from microgpt.engines.host import ESP32_HEAP, find_micropython
+from microgpt.chip import ESP32_HEAP
+from microgpt.engines.host import find_micropython
 
 
 class VmPort:

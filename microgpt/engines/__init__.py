@@ -16,24 +16,33 @@ import threading
 import time
 from typing import Callable, Iterator, Sequence
 
-
-class EngineError(Exception):
-    """The engine could not run, or lost the chip; the message says what to do."""
-
-
-class Silence(EngineError):
-    """Nothing arrived on the UART for too long."""
+from ..errors import EngineError, Silence  # noqa: F401  (the engines' errors, re-exported)
 
 
 class Engine(abc.ABC):
+    """A place the trainer runs. The runner calls prepare(), reads lines(), then stop(); after
+    a successful run read_file() brings back what the trainer wrote; close() cleans up."""
+
     name = "engine"
+
+    def prepare(self) -> None:
+        """Put the run on the target: its flash, its filesystem, or its REPL."""
 
     @abc.abstractmethod
     def lines(self) -> Iterator[bytes]:
         """Yield UART lines as they arrive (bytes, newline stripped)."""
 
+    def stop(self) -> None:
+        """End the target's processes and release its ports; safe to call twice."""
+
+    def read_file(self, name: str) -> bytes | None:
+        """A file the trainer left on the target's filesystem (weights.bin), after stop();
+        None where the target has no such file or gives no files back (Wokwi)."""
+        return None
+
     def close(self) -> None:
-        """Release processes, ports and temp files; safe to call twice."""
+        """stop(), then remove what the engine made (temp dirs); safe to call twice."""
+        self.stop()
 
     def __enter__(self):
         return self
@@ -161,3 +170,34 @@ class ChildProcess:
                 self._proc.send_signal(sig)
         except ProcessLookupError:
             pass
+
+
+class ProcessEngine(Engine):
+    """An engine that is a program whose stdout is the chip's UART: the VM, QEMU, wokwi-cli."""
+
+    what = "the program"  # in error messages
+    silence_s: float = 120.0
+    deadline_s: float | None = None
+    _process: ChildProcess | None = None
+
+    @abc.abstractmethod
+    def command(self) -> list[str]:
+        """The program's argv."""
+
+    def env(self) -> dict | None:
+        return None
+
+    def lines(self) -> Iterator[bytes]:
+        self._process = ChildProcess(self.command(), env=self.env())
+        # A run that stops early (program killed, image unbootable) simply ends; the parser judges.
+        yield from self._process.lines(self.silence_s, self.deadline_s)
+        self.check_exit(self._process.returncode)
+
+    def check_exit(self, code: int | None) -> None:
+        if code:
+            raise EngineError(self._process.failure(self.what))
+
+    def stop(self) -> None:
+        if self._process:
+            self._process.kill()
+            self._process = None

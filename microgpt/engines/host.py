@@ -2,12 +2,14 @@
 partition image exactly as the ESP32 boots it, with the GC heap capped like the board's."""
 import os
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
-from . import ChildProcess, Engine, EngineError
+from .. import chip, image, mpy
+from . import EngineError, ProcessEngine
 
 BOOT = Path(__file__).with_name("host_boot.py")
-ESP32_HEAP = 166_592  # GC heap of ESP32_GENERIC (v1.25) at boot
 
 
 def find_micropython(path: str | None = None) -> str:
@@ -20,23 +22,37 @@ def find_micropython(path: str | None = None) -> str:
     return exe
 
 
-class HostEngine(Engine):
+class HostEngine(ProcessEngine):
+    """`files(target)`: the chip's files made for what the VM imports (its target, asked of the
+    VM), e.g. `lambda target: payload.chip_files(cfg, docs, target)`. They go on a littlefs
+    image of the ESP32's vfs partition, `vfs.bin` in `workdir` (a temp dir when None), which
+    the VM boots from and writes to as the board writes its flash."""
+
     name = "host"
+    what = "the MicroPython VM"
 
-    def __init__(self, vfs_image: Path, heap: int = ESP32_HEAP, micropython: str | None = None,
-                 silence_s: float = 120, deadline_s: float | None = None):
-        # vfs_image: the board's vfs partition (raw littlefs); the run writes into it as into flash.
-        self.argv = [find_micropython(micropython), "-X", f"heapsize={heap}", str(BOOT), str(vfs_image)]
-        self.silence_s, self.deadline_s = silence_s, deadline_s
-        self._process = None
+    def __init__(self, files: Callable[[mpy.Target], dict[str, bytes]], heap: int = chip.ESP32_HEAP,
+                 micropython: str | None = None, silence_s: float = 120, deadline_s: float | None = None,
+                 workdir: str | os.PathLike | None = None):
+        self.files = files
+        self.micropython = find_micropython(micropython)
+        self.heap, self.silence_s, self.deadline_s = heap, silence_s, deadline_s
+        self._tempdir = None if workdir else tempfile.mkdtemp(prefix="microgpt-vm-")
+        self.vfs = Path(workdir or self._tempdir) / "vfs.bin"
 
-    def lines(self):
-        self._process = ChildProcess(self.argv)
-        yield from self._process.lines(self.silence_s, self.deadline_s)
-        if self._process.returncode:
-            raise EngineError(self._process.failure("the MicroPython VM"))
+    def prepare(self) -> None:
+        target = mpy.vm_target(self.micropython)
+        self.vfs.parent.mkdir(parents=True, exist_ok=True)
+        self.vfs.write_bytes(image.build_fs(chip.VFS_SIZE, self.files(target)))
 
-    def close(self):
-        if self._process:
-            self._process.kill()
-            self._process = None
+    def command(self) -> list[str]:
+        return [self.micropython, "-X", f"heapsize={self.heap}", str(BOOT), str(self.vfs)]
+
+    def read_file(self, name: str) -> bytes | None:
+        return image.read_fs(self.vfs.read_bytes()).get(name) if self.vfs.is_file() else None
+
+    def close(self) -> None:
+        self.stop()
+        if self._tempdir:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None

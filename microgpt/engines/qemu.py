@@ -9,9 +9,10 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-from . import ChildProcess, Engine, EngineError
+from .. import image as flash_image
+from . import EngineError, ProcessEngine
 
 BINARY = "qemu-system-xtensa"
 FLASH_SIZES = tuple(mb * 1024 * 1024 for mb in (2, 4, 8, 16))  # the only sizes QEMU's esp32 flash accepts
@@ -79,7 +80,7 @@ def check_flash_image(image: Path) -> None:
         )
 
 
-class QemuEngine(Engine):
+class QemuEngine(ProcessEngine):
     """Boot the merged flash image in `qemu-system-xtensa -machine esp32`; UART0 is QEMU's stdout.
 
     QEMU writes the chip's flash back to its drive file, so it runs on a copy (`flash`, in
@@ -88,6 +89,7 @@ class QemuEngine(Engine):
     """
 
     name = "qemu"
+    what = "QEMU"
 
     def __init__(self, image: str | os.PathLike, *, qemu: str | os.PathLike | None = None,
                  silence_s: float = 120.0, timeout_s: float | None = None, watchdog: bool = True,
@@ -96,15 +98,14 @@ class QemuEngine(Engine):
         self.image = Path(image)
         check_flash_image(self.image)
         self.qemu = find_qemu(qemu)
-        self.silence_s, self.timeout_s = silence_s, timeout_s
+        self.silence_s, self.deadline_s = silence_s, timeout_s
         self.watchdog = watchdog
         self.extra_args = list(extra_args)
         self._tempdir = None if workdir else tempfile.mkdtemp(prefix="microgpt-qemu-")
         self.flash = Path(workdir or self._tempdir) / "qemu-flash.bin"
         self.insn_plugin = insn_plugin
         self.insn_log = Path(workdir or self._tempdir) / "qemu-insn.log"
-        self.instructions: dict[int, int] = {}  # with insn_plugin: guest instructions per CPU, after close()
-        self._process: ChildProcess | None = None
+        self.instructions: dict[int, int] = {}  # with insn_plugin: guest instructions per CPU, after stop()
 
     def command(self) -> list[str]:
         """The documented invocation; watchdogs stay emulated, as on the board, unless disabled."""
@@ -113,21 +114,21 @@ class QemuEngine(Engine):
             argv += ["-plugin", str(self.insn_plugin), "-d", "plugin", "-D", str(self.insn_log)]
         return argv + ([] if self.watchdog else NO_WATCHDOG) + self.extra_args
 
-    def lines(self) -> Iterator[bytes]:
+    def prepare(self) -> None:
         self.flash.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.image, self.flash)
-        self._process = ChildProcess(self.command())
-        # A run that stops early (QEMU killed, image unbootable) simply ends; the parser judges.
-        yield from self._process.lines(self.silence_s, self.timeout_s)
-        if self._process.returncode:
-            raise EngineError(self._process.failure("QEMU"))
 
-    def close(self) -> None:
-        if self._process:
-            self._process.kill()  # SIGTERM first: QEMU exits cleanly, and the plugin writes its counts
-            self._process = None
+    def stop(self) -> None:
+        super().stop()  # SIGTERM first: QEMU exits cleanly, flushes the flash, the plugin writes its counts
         if self.insn_plugin and self.insn_log.is_file():
             self.instructions = read_insn_counts(self.insn_log.read_text(errors="replace"))
+
+    def read_file(self, name: str) -> bytes | None:
+        """From QEMU's copy of the flash, as the chip left it."""
+        return flash_image.read_vfs(self.flash).get(name) if self.flash.is_file() else None
+
+    def close(self) -> None:
+        self.stop()
         if self._tempdir:
             shutil.rmtree(self._tempdir, ignore_errors=True)
             self._tempdir = None

@@ -17,17 +17,18 @@ from typing import Iterator
 
 from wokwi_client import GET_TOKEN_URL, WokwiClient
 
-from . import ChildProcess, Engine, EngineError, Silence, queue_reader, split_lines
+from . import EngineError, ProcessEngine, Silence, queue_reader, split_lines
 
 TIMEOUT_EXIT_CODE = 42  # wokwi-cli's documented --timeout-exit-code default, passed explicitly
 
 
-class WokwiEngine(Engine):
+class WokwiEngine(ProcessEngine):
     """Simulate `image`, which must be the firmware that `project`'s wokwi.toml names (wokwi-cli
     reads it from there). `timeout_s` is simulated time (Wokwi's --timeout); `silence_s` is
     wall-clock time without serial output."""
 
     name = "wokwi"
+    what = "wokwi-cli"
 
     def __init__(self, image: str | os.PathLike, *, project: str | os.PathLike = ".", timeout_s: float = 3600.0,
                  silence_s: float = 120.0, expect_text: str | None = None, fail_text: str | None = None,
@@ -46,7 +47,6 @@ class WokwiEngine(Engine):
         if wokwi_cli and not shutil.which(wokwi_cli):
             raise EngineError(f"{wokwi_cli}: no such wokwi-cli executable (without one the wokwi-client SDK is used).")
         self.cli = shutil.which(wokwi_cli or "wokwi-cli")
-        self._process: ChildProcess | None = None
         self._sdk: tuple[asyncio.AbstractEventLoop, asyncio.Task, threading.Thread] | None = None
 
     def _check_project(self) -> None:
@@ -74,19 +74,17 @@ class WokwiEngine(Engine):
     def _timed_out(self) -> Silence:
         return Silence(f"the Wokwi run did not finish within {self.timeout_s:g} s of simulated time (raise --timeout)")
 
-    def lines(self) -> Iterator[bytes]:
-        if self.cli:
-            yield from self._cli_lines()
-        else:
-            yield from self._sdk_lines()
+    def env(self) -> dict:
+        return {**os.environ, "WOKWI_CLI_TOKEN": self.token}
 
-    def _cli_lines(self) -> Iterator[bytes]:
-        self._process = ChildProcess(self.command(), env={**os.environ, "WOKWI_CLI_TOKEN": self.token})
-        yield from self._process.lines(self.silence_s, None)
-        if self._process.returncode == TIMEOUT_EXIT_CODE:
+    def lines(self) -> Iterator[bytes]:
+        # wokwi-cli where installed (a process like the other simulators), else the SDK.
+        yield from super().lines() if self.cli else self._sdk_lines()
+
+    def check_exit(self, code: int | None) -> None:
+        if code == TIMEOUT_EXIT_CODE:
             raise self._timed_out()
-        if self._process.returncode:  # e.g. --fail-text matched, bad token, API error
-            raise EngineError(self._process.failure("wokwi-cli"))
+        super().check_exit(code)  # e.g. --fail-text matched, bad token, API error
 
     def _sdk_lines(self) -> Iterator[bytes]:
         # The SDK is asyncio: run it on its own loop in a thread that feeds the serial bytes to a queue.
@@ -125,10 +123,8 @@ class WokwiEngine(Engine):
             await client.disconnect()
             put(None)
 
-    def close(self) -> None:
-        if self._process:
-            self._process.kill()
-            self._process = None
+    def stop(self) -> None:
+        super().stop()
         if self._sdk:
             loop, task, thread = self._sdk
             if thread.is_alive():

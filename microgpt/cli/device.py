@@ -1,26 +1,18 @@
 """`microgpt device`: a real ESP32 on USB. Flash the image, train on the board, pull the weights."""
-import time
 from pathlib import Path
 
 import click
 
-from .cli import BUILD_IMAGE, _summary, run_options
-from .engines import EngineError
-from .ports import FLASH_BAUD, UART_BAUD, find_port
-from .reference import N_PARAMS
+from .. import build as builder
+from .. import chip, payload
+from ..ports import FLASH_BAUD, UART_BAUD, find_port
+from .options import BUILD_IMAGE, Group, report_path, run_options, run_to_report
 
 port_option = click.option("--port", default=None,
                            help="The board's serial port [default: the one Espressif/USB-serial port plugged in].")
 
 
-def _port(port: str | None) -> str:
-    try:
-        return port or find_port()
-    except EngineError as e:
-        raise click.ClickException(str(e)) from None
-
-
-@click.group()
+@click.group(cls=Group)
 def device():
     """A real ESP32 on a serial port: flash it, train on it, pull the weights."""
 
@@ -34,9 +26,9 @@ def device():
 @click.option("--baud", type=int, default=FLASH_BAUD, show_default=True, help="Baud rate while flashing.")
 def flash(port, image, fs_only, baud):
     """Write the image with esptool (compressed, verified), then hard-reset the board."""
-    from .flash import flash_image
+    from ..flash import flash_image
 
-    flash_image(_port(port), image, baud=baud, fs_only=fs_only)
+    flash_image(port or find_port(), image, baud=baud, fs_only=fs_only)
 
 
 @device.command("run")
@@ -57,56 +49,30 @@ def flash(port, image, fs_only, baud):
 @click.option("--quiet", is_flag=True, help="No UART echo or progress.")
 def device_run(port, mode, cfg, docs, image, firmware, baud, report, timeout, quiet):
     """Train on the board; write a JSON report, loss curve, UART log and the trained weights."""
-    from . import build as builder
-    from . import payload
-    from .engines.serial import SerialEngine
-    from .report import write_report
-    from .runner import run
+    from ..engines.serial import FlashEngine, UploadEngine
 
-    port = _port(port)
-    report = report or Path("runs") / f"serial-{time.strftime('%Y%m%d-%H%M%S')}" / "report.json"
-    report.parent.mkdir(parents=True, exist_ok=True)
+    port = port or find_port()
     if mode == "flash":
-        engine = SerialEngine(port, mode="flash", image=builder.fresh_image(cfg, docs, image, firmware),
-                              baud=baud, silence_s=timeout)
+        engine = FlashEngine(port, builder.fresh_image(cfg, docs, image, firmware), baud=baud, silence_s=timeout)
     else:
-        engine = SerialEngine(port, mode="upload", files=lambda target: payload.chip_files(cfg, docs, target),
-                              baud=baud, silence_s=timeout)
-    result = run(engine, report.with_suffix(".uart.log"), echo=not quiet, expect_steps=cfg.steps)
-    if result["status"] == "ok":
-        result["weights"] = str(_pull(port, baud, report.with_name("weights.bin")))
-    write_report(result, report)
-    _summary(result, report)
+        engine = UploadEngine(port, lambda target: payload.chip_files(cfg, docs, target), baud=baud, silence_s=timeout)
+    run_to_report(engine, cfg, report_path(report, "serial"), quiet)
 
 
 @device.command()
 @port_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("weights.bin"), show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path(chip.WEIGHTS), show_default=True)
 @click.option("--baud", type=int, default=UART_BAUD, show_default=True, help="Baud rate of the board's UART.")
 def pull(port, out, baud):
     """Copy the trained weights (weights.bin) from the board's filesystem."""
-    out = _pull(_port(port), baud, out)
-    click.echo(f"{out}: {N_PARAMS:,} float32 weights")
-
-
-def _pull(port: str, baud: int, out: Path) -> Path:
-    from .engines.serial import WEIGHTS
-    from .rawrepl import MissingFile, RawRepl
+    from ..engines.serial import read_board_file
+    from ..rawrepl import MissingFile
 
     try:
-        repl = RawRepl(port, baud)
-        try:
-            data = repl.read_file(WEIGHTS)
-        finally:
-            repl.close()
+        data = read_board_file(port or find_port(), baud, chip.WEIGHTS)
     except MissingFile as e:
         raise click.ClickException(f"{e}: train first with `microgpt device run`") from None
-    except EngineError as e:
-        raise click.ClickException(str(e)) from None
-    if len(data) != N_PARAMS * 4:
-        raise click.ClickException(f"{WEIGHTS} on the board is {len(data):,} bytes, not {N_PARAMS * 4:,} "
-                                   f"({N_PARAMS:,} float32): did the run finish? Train again with `microgpt device run`.")
-    out = Path(out)
+    chip.check_weights(data, "on the board")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
-    return out
+    click.echo(f"{out}: {chip.N_PARAMS:,} float32 weights")

@@ -1,0 +1,59 @@
+"""The terminal display of a run: UART lines echoed, step records drawn as one progress line."""
+import sys
+
+import click
+
+BAR_WIDTH = 20
+
+
+class Terminal:
+    """UART lines echoed to stdout, except step records: those drive one progress line, redrawn
+    in place on a terminal and printed every ~10% otherwise, so CI logs stay short."""
+
+    def __init__(self):
+        self.total = None  # steps of the run, from its start record
+        self.tty = sys.stdout.isatty()
+        self.drawn = 0  # length of the progress line on screen (tty), 0 when none is
+        self.tenth = -1  # last tenth of the run printed (not a tty)
+
+    def show(self, line, records):
+        steps = [value for kind, value in records if kind == "step"]
+        for kind, value in records:
+            if kind == "start":
+                self.total, self.tenth = value["steps"], -1
+        if steps:
+            self._progress(steps[-1])
+        else:
+            self._line(line.decode("utf-8", "replace").translate(_CONTROL))
+
+    def _line(self, text):
+        if self.drawn:
+            click.echo()
+            self.drawn = 0
+        click.echo(text)
+
+    def _progress(self, step):
+        n, total = step["n"], self.total
+        if total:
+            filled = round(BAR_WIDTH * min(n, total) / total)
+            bar = f"step {n}/{total} ▕{'█' * filled}{'·' * (BAR_WIDTH - filled)}▏"
+        else:
+            bar = f"step {n}"
+        text = f"{bar} loss {step['loss'][-1]:.2f}  {step['ms']:.1f} ms/step"
+        if self.tty:
+            click.echo("\r" + text.ljust(self.drawn), nl=False)
+            self.drawn = len(text)
+        else:
+            tenth = 10 * n // total if total else n
+            if tenth > self.tenth:
+                self.tenth = tenth
+                click.echo(text)
+
+    def close(self):
+        if self.drawn:
+            click.echo()
+            self.drawn = 0
+
+
+# Garbled bytes must not drive the terminal (escape sequences, carriage returns, bells).
+_CONTROL = {c: "\ufffd" for c in [*range(32), 127] if c != 9} | {13: None}

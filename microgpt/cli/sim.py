@@ -1,0 +1,54 @@
+"""`microgpt sim run`: the trainer without a board, in the MicroPython VM, QEMU or Wokwi."""
+from pathlib import Path
+
+import click
+
+from .. import build as builder
+from .. import chip, payload
+from .options import BUILD_IMAGE, Group, report_path, run_options, run_to_report
+
+
+@click.group(cls=Group)
+def sim():
+    """Run the trainer without a board."""
+
+
+@sim.command("run")
+@click.option("--engine", type=click.Choice(["host", "qemu", "wokwi"]), default="host", show_default=True,
+              help="host: the MicroPython VM; qemu: Espressif's QEMU; wokwi: the Wokwi simulator (needs WOKWI_CLI_TOKEN).")
+@run_options
+@click.option("--heap", type=click.IntRange(min=16384), default=chip.ESP32_HEAP, show_default=True,
+              help="GC heap of the VM in bytes (host engine); the default is ESP32_GENERIC's.")
+@click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Flash image to run; built (or rebuilt when stale) first. qemu and wokwi use build/flash.bin by default.")
+@click.option("--firmware", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Base firmware when the image must be built.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Report JSON [default: runs/<engine>-<time>/report.json]; the UART log, loss curve and weights go beside it.")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds without UART output before the run is declared dead.")
+@click.option("--micropython", default=None, help="MicroPython VM executable (host engine).")
+@click.option("--qemu", default=None, help="qemu-system-xtensa executable (qemu engine).")
+@click.option("--quiet", is_flag=True, help="No UART echo or progress.")
+def sim_run(engine, cfg, docs, heap, image, firmware, report, timeout, micropython, qemu, quiet):
+    """Train in the MicroPython VM, QEMU or Wokwi; write a JSON report, loss curve and UART log."""
+    report = report_path(report, engine)
+    if engine == "host":
+        from ..engines.host import HostEngine
+
+        if image is None:
+            files = lambda target: payload.chip_files(cfg, docs, target)  # noqa: E731
+        else:
+            flash = builder.fresh_image(cfg, docs, image, firmware)
+            files = lambda target: builder.image_files(flash, target, cfg.emit)  # noqa: E731
+        eng = HostEngine(files, heap=heap, micropython=micropython, silence_s=timeout, workdir=report.parent)
+    else:
+        flash = builder.fresh_image(cfg, docs, image or BUILD_IMAGE, firmware)
+        if engine == "qemu":
+            from ..engines.qemu import QemuEngine
+
+            eng = QemuEngine(flash, qemu=qemu, silence_s=timeout, workdir=report.parent)
+        else:
+            from ..engines.wokwi import WokwiEngine
+
+            eng = WokwiEngine(flash, silence_s=timeout)
+    run_to_report(eng, cfg, report, quiet)
