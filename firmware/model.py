@@ -23,7 +23,7 @@
 #   logits                                     logits
 import math
 import micropython
-from base import BOS, BLOCK, FC1, FC2, HEAD_DIM, LM_HEAD, N_EMBD, N_HEAD, N_HIDDEN, RMS_EPS, VOCAB, WK, WO
+from base import BLOCK, FC1, FC2, HEAD_DIM, LM_HEAD, N_EMBD, N_HEAD, N_HIDDEN, RMS_EPS, VOCAB, WK, WO
 from base import N_PARAMS, WPE, WQ, WTE, WV, clear, exp_logits, zeros
 from kernels import fc2_backward, fc2_forward, linear16_backward, matvec16
 

@@ -3,10 +3,8 @@ release (downloaded once, hash-checked, cached) or a file the user gives, identi
 esptool's image parser before anything is built on it.
 """
 import hashlib
-import logging
 import re
 import struct
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -14,18 +12,14 @@ from typing import NamedTuple
 from esptool.bin_image import LoadFirmwareImage
 from esptool.targets import CHIP_DEFS, ESP32ROM
 
-from .dataset import cache_dir
+from . import download
 from .errors import FirmwareError, ImageError, NoPartitionTable
 from .image import APP, PARTITION_TABLE_OFFSET, Partition, read_partition_table
-
-log = logging.getLogger(__name__)
-
 
 class Release(NamedTuple):
     name: str
     url: str
     sha256: str
-
 
 PINNED = Release(
     "ESP32_GENERIC-20250415-v1.25.0.bin",
@@ -35,7 +29,6 @@ PINNED = Release(
 
 # The banner MicroPython prints at boot ("MicroPython v1.25.0 on 2025-04-15; ..."), compiled into the app.
 _BANNER = re.compile(rb"MicroPython (v\d+\.\d+(?:\.\d+)?(?:-[0-9A-Za-z.+-]+)?) on (\d{4}-\d\d-\d\d)")
-
 
 @dataclass(frozen=True)
 class Firmware:
@@ -49,34 +42,14 @@ class Firmware:
     build_date: str
     sha256: str
 
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fetch(release: Release = PINNED, cache: Path | None = None) -> Path:
-    """The release's file in the cache, downloaded (temp file, hash check, rename) if missing."""
-    path = (cache or cache_dir()) / release.name
-    if path.exists() and _sha256(path.read_bytes()) == release.sha256:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s", release.url)
-    try:
-        with urllib.request.urlopen(release.url, timeout=60) as r:
-            data = r.read()
-    except OSError as e:
-        raise FirmwareError(
-            f"could not download {release.url} ({e}); download it by hand and pass --firmware PATH") from None
-    got = _sha256(data)
-    if got != release.sha256:
-        raise FirmwareError(
-            f"{release.url} has sha256 {got}, expected {release.sha256}: refusing it (a proxy or a "
-            f"changed file?); download it by hand, check it and pass --firmware PATH")
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
-
+def fetch(release: Release = PINNED) -> Path:
+    """The release's file in the cache (hash-checked), downloaded first if needed."""
+    return download.fetch(release.url, release.sha256, release.name, FirmwareError,
+                          "download it by hand, check it and pass --firmware PATH")
 
 def _load_image(data: bytes, what: str):
     """An ESP32 app or bootloader image at the start of `data`, parsed and checked by esptool;
@@ -97,7 +70,6 @@ def _load_image(data: bytes, what: str):
             image.append_digest and image.stored_digest != image.calc_digest):
         raise FirmwareError(f"{what} is corrupt: its checksum or SHA-256 digest does not match")
     return image
-
 
 def identify(path: Path) -> Firmware:
     """Check that `path` is a complete MicroPython ESP32 firmware (bootloader + partition table
@@ -133,7 +105,6 @@ def identify(path: Path) -> Firmware:
         raise FirmwareError(f"{name} is corrupt: its bootloader header gives no valid flash size")
     return Firmware(path, data, "esp32", offset, flash_size, parts, banner[1].decode(), banner[2].decode(),
                     _sha256(data))
-
 
 def resolve(path: Path | None = None) -> Firmware:
     """The firmware to build on: `path` if given (--firmware), else the pinned official release."""

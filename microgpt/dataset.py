@@ -1,15 +1,12 @@
 """The training data: makemore's names.txt, fetched once and hash-checked, read and checked the
 way microgpt.py reads it, and put in microgpt.py's seeded order with its initial weights."""
-import hashlib
-import os
 import random
-import tempfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DatasetError
+from . import download
 from .chip import INIT_STD, N_PARAMS
 
 # Pinned to a commit so the hash below stays true.
@@ -18,40 +15,9 @@ NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d
 ALLOWED = "one name per line, lowercase letters a-z only"
 
 
-def cache_dir():
-    """Where downloads are kept: $MICROGPT_CACHE, else ~/.cache/microgpt."""
-    return Path(os.environ.get("MICROGPT_CACHE") or Path.home() / ".cache" / "microgpt")
-
-
 def fetch_names(url=NAMES_URL, sha256=NAMES_SHA256):
-    """Path of the cached names file, downloading it first if needed.
-
-    The download goes to a temporary file in the cache and only becomes the cached copy once
-    its sha256 matches, so a failed or tampered download leaves nothing behind.
-    """
-    directory = cache_dir()
-    path = directory / f"names-{sha256[:12]}.txt"
-    if path.is_file():
-        return path
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".names-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response:
-                    data = response.read()
-            except OSError as exc:
-                raise DatasetError(f"could not download {url}: {exc}; check the network, or pass a local names file") from exc
-            out.write(data)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != sha256:
-            raise DatasetError(f"{url} has sha256 {digest}, expected {sha256}; nothing was cached. "
-                               f"The file changed upstream or the download was altered: pass a local names file instead")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Path of the cached names file (hash-checked), downloading it first if needed."""
+    return download.fetch(url, sha256, f"names-{sha256[:12]}.txt", DatasetError, "pass a local names file (--data)")
 
 
 def load_names(path=None):
@@ -84,10 +50,6 @@ def load_names(path=None):
     if not names:
         raise DatasetError(f"{path} holds no names; the file must hold {ALLOWED}")
     return names
-
-
-def sha256_of(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def microgpt_order(docs, seed):

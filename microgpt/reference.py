@@ -8,7 +8,7 @@ gradient checks and parity, float32 to mirror the chip.
 """
 import numpy as np
 
-from .chip import BETA1, BETA2, BOS, HEAD_DIM, INIT_STD, N_EMBD, N_HEAD, N_HIDDEN, RMS_EPS, VOCAB  # noqa: F401
+from .chip import BETA1, BETA2, BOS, HEAD_DIM, N_EMBD, N_HEAD, N_HIDDEN, RMS_EPS, VOCAB
 from .chip import ADAM_EPS as EPS_ADAM
 from .chip import BLOCK as BLOCK_SIZE
 from .chip import LR as LEARNING_RATE

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from microgpt import scalar
-from microgpt.dataset import NAMES_URL, load_names, sha256_of
+from microgpt.dataset import NAMES_URL, load_names
+from microgpt.download import sha256_of
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,8 @@ SHARED_NAMES = ROOT.parent / "shared" / "data" / "names.txt"  # never copied int
 def _find_names():
     """The dataset, got as the tool gets it: $MICROGPT_NAMES (.ci/run points it at shared/), the
     copy in shared/ beside the checkout, or the tool's own hash-checked download cache."""
-    from microgpt.dataset import NAMES_SHA256, cache_dir, sha256_of
+    from microgpt.dataset import NAMES_SHA256
+    from microgpt.download import cache_dir, sha256_of
 
     given = os.environ.get("MICROGPT_NAMES")
     candidates = [Path(given)] if given else [SHARED_NAMES, cache_dir() / f"names-{NAMES_SHA256[:12]}.txt"]

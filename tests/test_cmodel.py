@@ -47,20 +47,16 @@ def test_qstr_names_follow_the_c_enum():
 
 
 @needs_llvm
-def test_a_library_call_is_refused_with_the_reason(tmp_path):
+@pytest.mark.parametrize("source, reason", [
     # The ESP32's FPU has no divide: clang makes `a / b` a call to __divsf3, which a freestanding module lacks.
-    src = tmp_path / "div.c"
-    src.write_text("float mpy_init(float a, float b) { return a / b; }\n")
-    with pytest.raises(natmod.NatmodError, match="__divsf3 is not defined"):
-        natmod.build(src, "xtensawin")
-
-
-@needs_llvm
-def test_constant_data_is_refused_on_xtensa(tmp_path):
+    ("float mpy_init(float a, float b) { return a / b; }", "__divsf3 is not defined"),
     # Native code runs from IRAM, which only takes 32-bit loads: a byte table there would fault.
-    src = tmp_path / "table.c"
-    src.write_text("static const char t[] = \"abcdefgh\";\nint mpy_init(int i) { return t[i & 7]; }\n")
-    with pytest.raises(natmod.NatmodError, match="not supported on Xtensa"):
+    ('static const char t[] = "abcdefgh";\nint mpy_init(int i) { return t[i & 7]; }', "not supported on Xtensa"),
+])
+def test_what_the_chip_cannot_load_is_refused_with_the_reason(tmp_path, source, reason):
+    src = tmp_path / "probe.c"
+    src.write_text(source + "\n")
+    with pytest.raises(natmod.NatmodError, match=reason):
         natmod.build(src, "xtensawin")
 
 

@@ -1,11 +1,10 @@
 """Reading, checking and fetching names.txt, and microgpt.py's order and initial weights."""
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from microgpt import dataset, reference, scalar
+from microgpt import download, reference, scalar
 from microgpt.dataset import NAMES_SHA256, DatasetError, fetch_names, load_names, microgpt_order
 
 
@@ -24,7 +23,7 @@ def test_real_names_file(names_path):
     names = load_names(names_path)
     assert len(names) == 32033 and names[:3] == ["emma", "olivia", "ava"]
     assert names == microgpt_reads(names_path.read_text())
-    assert dataset.sha256_of(names_path) == NAMES_SHA256
+    assert download.sha256_of(names_path) == NAMES_SHA256
 
 
 def test_reading_rule_is_microgpts(tmp_path):
@@ -83,6 +82,18 @@ def test_download_is_verified_then_cached(tmp_path, cache, names_path):
     upstream.unlink()
     assert fetch_names(upstream.as_uri()) == path  # served from the cache now
     assert len(load_names()) == 32033  # the default path uses the same cache
+
+
+def test_a_cached_copy_that_fails_its_hash_is_downloaded_again(tmp_path, cache, names_path):
+    upstream = tmp_path / "upstream.txt"
+    shutil.copy(names_path, upstream)
+    cached = fetch_names(upstream.as_uri())
+    cached.write_text("emma\nolivia\n")  # a stale or replaced cache must not train as makemore's names
+    assert fetch_names(upstream.as_uri()) == cached and cached.read_bytes() == names_path.read_bytes()
+    upstream.unlink()
+    cached.write_text("emma\nolivia\n")
+    with pytest.raises(DatasetError, match="could not download"):  # and never served when it cannot be mended
+        fetch_names(upstream.as_uri())
 
 
 def test_hash_mismatch_caches_nothing(tmp_path, cache):

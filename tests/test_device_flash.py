@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from esp32_mock_bootloader import process
 from esptool.cmds import attach_flash, detect_chip, read_flash, run_stub
 
-from microgpt.errors import MicrogptError
 from microgpt import basefw, image
 from microgpt.cli.device import device as device_group
+from microgpt.errors import MicrogptError
 from microgpt.flash import flash_image
 from microgpt.ports import open_serial
 

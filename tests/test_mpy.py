@@ -3,8 +3,8 @@ import subprocess
 
 import pytest
 
-from microgpt.errors import BuildError
 from microgpt import mpy
+from microgpt.errors import BuildError
 
 NATIVE = "import micropython\n\n@micropython.native\ndef double(x):\n    return 2 * x\n"
 BYTECODE = "def double(x):\n    return 2 * x\n"

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microgpt import reference, scalar
-from microgpt.dataset import microgpt_order, sha256_of
+from microgpt import chip, reference, scalar
+from microgpt.dataset import microgpt_order
+from microgpt.download import sha256_of
 
 FIXTURE = Path(__file__).resolve().parent / "data/microgpt_seed42.json"
 
@@ -30,7 +31,7 @@ def trained(docs):
     return reference.train(ordered, init, 1000)
 
 
-def random_weights(seed, std=reference.INIT_STD, dtype=np.float64):
+def random_weights(seed, std=chip.INIT_STD, dtype=np.float64):
     return np.random.default_rng(seed).normal(0, std, reference.N_PARAMS).astype(dtype)
 
 

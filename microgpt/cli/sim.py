@@ -32,23 +32,35 @@ def sim():
 def sim_run(engine, cfg, docs, heap, image, firmware, report, timeout, micropython, qemu, quiet):
     """Train in the MicroPython VM, QEMU or Wokwi; write a JSON report, loss curve and UART log."""
     report = report_path(report, engine)
-    if engine == "host":
-        from ..engines.host import HostEngine
+    make = ENGINES[engine]
+    run_to_report(make(cfg, docs, image, firmware, report.parent, timeout, heap=heap, micropython=micropython,
+                       qemu=qemu), cfg, report, quiet)
 
-        if image is None:
-            files = lambda target: payload.chip_files(cfg, docs, target)  # noqa: E731
-        else:
-            flash = builder.fresh_image(cfg, docs, image, firmware)
-            files = lambda target: builder.image_files(flash, target, cfg.emit)  # noqa: E731
-        eng = HostEngine(files, heap=heap, micropython=micropython, silence_s=timeout, workdir=report.parent)
+
+# One factory per engine: what it runs (the VM: the run's files; the simulators: the image, built
+# or rebuilt when stale) and its own options. Each writes its flash copy into the run directory.
+def _host(cfg, docs, image, firmware, workdir, timeout, *, heap, micropython, **_):
+    from ..engines.host import HostEngine
+
+    if image is None:
+        files = lambda target: payload.chip_files(cfg, docs, target)  # noqa: E731
     else:
-        flash = builder.fresh_image(cfg, docs, image or BUILD_IMAGE, firmware)
-        if engine == "qemu":
-            from ..engines.qemu import QemuEngine
+        flash = builder.fresh_image(cfg, docs, image, firmware)
+        files = lambda target: builder.image_files(flash, target, cfg.emit)  # noqa: E731
+    return HostEngine(files, heap=heap, micropython=micropython, silence_s=timeout, workdir=workdir)
 
-            eng = QemuEngine(flash, qemu=qemu, silence_s=timeout, workdir=report.parent)
-        else:
-            from ..engines.wokwi import WokwiEngine
 
-            eng = WokwiEngine(flash, silence_s=timeout)
-    run_to_report(eng, cfg, report, quiet)
+def _qemu(cfg, docs, image, firmware, workdir, timeout, *, qemu, **_):
+    from ..engines.qemu import QemuEngine
+
+    return QemuEngine(builder.fresh_image(cfg, docs, image or BUILD_IMAGE, firmware), qemu=qemu,
+                      silence_s=timeout, workdir=workdir)
+
+
+def _wokwi(cfg, docs, image, firmware, workdir, timeout, **_):
+    from ..engines.wokwi import WokwiEngine
+
+    return WokwiEngine(builder.fresh_image(cfg, docs, image or BUILD_IMAGE, firmware), silence_s=timeout)
+
+
+ENGINES = {"host": _host, "qemu": _qemu, "wokwi": _wokwi}
