@@ -1,11 +1,13 @@
 """Putting a run on flash: the merged image for boards and simulators (rebuilt only when its
 inputs change), and the vfs partition the MicroPython VM boots from."""
+import dataclasses
 import hashlib
 import json
 import logging
 from pathlib import Path
 
-from . import basefw, image, mpy, payload
+from . import basefw, chip, image, mpy, payload
+from .errors import ImageError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,8 @@ def _manifest(out: Path) -> Path:
 
 def build(cfg: payload.RunConfig, docs: list[str], firmware: Path | None, out: Path) -> dict:
     """Write the flash image `out` and its manifest (what it was built from) beside it."""
+    if _manifest(out) == out:
+        raise OutputError(f"{out}: the image's manifest goes beside it as .json: name the image .bin")
     fw = basefw.resolve(firmware)
     files = payload.chip_files(cfg, docs, mpy.firmware_target(fw.version))
     info = image.build_image(fw, files, out)
@@ -46,6 +50,31 @@ def fresh_image(cfg: payload.RunConfig, docs: list[str], out: Path, firmware: Pa
             return out
     log.info("building %s (%s) ...", out, "stale" if out.exists() else "missing")
     build(cfg, docs, firmware, out)
+    return out
+
+
+def run_copy(given: Path, cfg: payload.RunConfig, docs: list[str], out: Path) -> Path:
+    """A copy of the flash image `given` at `out` whose filesystem holds this run's files (its
+    configuration, the names in order, the initial weights). `given` is never written, and
+    neither its manifest nor the base firmware is needed: the image carries both the firmware
+    and the trainer, whose emit and kernels the run keeps."""
+    try:
+        data = Path(given).read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read the flash image {given}: {e.strerror}") from None
+    try:
+        offset, size = image.vfs_region(data)
+        region = data[offset:offset + size]
+        built = json.loads(image.read_fs(region)[chip.CONFIG])
+    except (ImageError, KeyError, ValueError):
+        raise ImageError(f"{given} is not a flash image made by `microgpt build` (no partition table or no "
+                         "trainer on its vfs partition): build one with `microgpt build --out FILE`") from None
+    cfg = dataclasses.replace(cfg, emit=built["emit"], kernels=built["kernels"])
+    region = image.update_fs(region, payload.run_files(cfg, docs))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data[:offset] + region + data[offset + size:])
+    tmp.replace(out)
     return out
 
 

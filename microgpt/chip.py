@@ -12,7 +12,15 @@ from pathlib import Path
 
 from .errors import MicrogptError
 
-FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
+def _firmware_dir() -> Path:
+    """firmware/ of the checkout the tool runs from, else the copy a wheel installed."""
+    checkout = Path(__file__).resolve().parents[1] / "firmware"
+    if checkout.is_dir():
+        return checkout
+    return Path(next(iter(importlib.util.find_spec("microgpt.firmware").submodule_search_locations)))
+
+
+FIRMWARE_DIR = _firmware_dir()
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow, ast.USub: operator.neg}

@@ -32,7 +32,7 @@ def load_names(path=None):
                            f"or leave the path out to use makemore's names.txt")
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is not a name
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise DatasetError(f"{path} line {line}: bytes that are not UTF-8 text; the file must hold {ALLOWED}") from None

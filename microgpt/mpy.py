@@ -75,8 +75,12 @@ def vm_target(micropython: str = "micropython") -> Target:
                              text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise BuildError(f"could not ask {micropython} for its .mpy version: {e}") from None
-    sys_mpy, maxsize, release = out.split()
-    return target_from(VM, int(sys_mpy), int(maxsize), release)
+    try:
+        sys_mpy, maxsize, release = out.split()
+        return target_from(VM, int(sys_mpy), int(maxsize), release)
+    except (ValueError, IndexError):
+        raise BuildError(f"{micropython} did not answer as a MicroPython VM does (it printed {out.strip()[:80]!r}): "
+                         "pass the unix port's executable with --micropython or $MICROPYTHON") from None
 
 
 def mpy_cross_version() -> str:

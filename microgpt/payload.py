@@ -6,11 +6,10 @@ import json
 import zlib
 from pathlib import Path
 
-from . import dataset, mpy, reference
+from . import chip, dataset, mpy, reference
 from .errors import BuildError
 
-REPO = Path(__file__).resolve().parents[1]
-FIRMWARE_DIR = REPO / "firmware"
+FIRMWARE_DIR = chip.FIRMWARE_DIR
 BOOT = "main.py"  # MicroPython boots main.py from source; every other module ships compiled
 
 

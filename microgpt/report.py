@@ -15,6 +15,12 @@ import numpy as np
 from .errors import OutputError
 
 
+def loss_window(steps: int) -> int:
+    """How many trailing steps the loss is averaged over, for the plot, the summary and the
+    progress line alike: one step's loss on one name says little."""
+    return max(1, min(50, steps // 10))
+
+
 @dataclasses.dataclass
 class Report:
     """report.json: one run, whatever the engine (fields of the chip's records: docs/uart-protocol.md)."""
@@ -126,7 +132,7 @@ def _plot_losses(report, png_path):
 
     loss = np.array(losses)
     loss[~np.isfinite(loss)] = np.nan
-    window = max(1, min(50, len(loss) // 10))
+    window = loss_window(len(loss))
     steps = np.arange(1, len(loss) + 1)
 
     fig = Figure(figsize=(8, 4.5), dpi=100, layout="tight")

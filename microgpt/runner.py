@@ -12,6 +12,9 @@ from .report import Report
 from .uart import UartParser
 
 
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
 def run(engine, log_path, display=None, expect_steps=None, keep_weights=None):
     """Prepare `engine` and run it until the trainer ends or fails; return its Report.
 
@@ -38,7 +41,7 @@ def run(engine, log_path, display=None, expect_steps=None, keep_weights=None):
     except MicrogptError as e:
         engine_error = str(e)
     except KeyboardInterrupt:
-        engine_error = "interrupted (Ctrl-C)"
+        engine_error = INTERRUPTED
     finally:
         engine.stop()
         if display:

@@ -24,7 +24,7 @@ def main():
         out = payload.CMODEL_DIR / f"cmodel-{arch}.mpy"
         out.write_bytes(blob)
         built[out.name] = natmod.sha256(blob)
-        print(f"{out.relative_to(payload.REPO)}: {len(blob):,} bytes")
+        print(f"{out}: {len(blob):,} bytes")
     manifest = {"source": SOURCE.name, "source_sha256": natmod.sha256(SOURCE.read_bytes()),
                 "compiler": natmod.compiler_version(), "files": built}
     MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -122,10 +122,11 @@ def test_busy_port(mock, images):
             flash_image(mock, images / "a.bin")
 
 
-def test_flash_mode_run_on_a_board_that_stays_silent(mock, names_path, tmp_path):
-    # Builds the run's image, flashes it, then listens; the mock has no CPU to boot it: silence.
+def test_flash_mode_run_on_a_board_that_stays_silent(mock, names_path, tmp_path, monkeypatch):
+    # Builds the run's image (build/flash.bin), flashes it, then listens; the mock has no CPU to boot it: silence.
+    monkeypatch.chdir(tmp_path)
     report = tmp_path / "run" / "report.json"
-    code, out = device("run", "--mode", "flash", "--port", mock, "--image", tmp_path / "flash.bin",
+    code, out = device("run", "--mode", "flash", "--port", mock,
                        "--firmware", FIRMWARE, "--data", names_path, "--steps", 5, "--timeout", 2,
                        "--report", report, "--quiet")
     assert code == 1 and "Hash of data verified." in out
@@ -133,4 +134,4 @@ def test_flash_mode_run_on_a_board_that_stays_silent(mock, names_path, tmp_path)
     assert rep["engine"] == "serial" and rep["status"] == "error"
     assert "the trainer never started" in rep["error"]
     assert "no output from the chip for 2 s (raise --timeout if the run is just slow)" in rep["error"]
-    assert Path(rep["uart_log"]).exists() and (tmp_path / "flash.bin").stat().st_size == FLASH
+    assert Path(rep["uart_log"]).exists() and (tmp_path / "build" / "flash.bin").stat().st_size == FLASH

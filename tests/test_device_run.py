@@ -152,10 +152,12 @@ def test_silent_board(tmp_path, device_cli):
     assert Path(rep["uart_log"]).exists()
 
 
-def test_missing_port(tmp_path, device_cli):
-    code, out, rep = device_cli("run", "--mode", "upload", "--port", tmp_path / "ttyUSB3", "--steps", 5)
-    assert code != 0 and "ttyUSB3 does not exist: is the board plugged in?" in rep["error"]
-    assert Path(rep["uart_log"]).exists()
+@pytest.mark.parametrize("mode", ["upload", "flash"])
+def test_missing_port_is_refused_before_anything_is_built_or_run(tmp_path, device_cli, mode, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where build/flash.bin and runs/ would go
+    code, out, rep = device_cli("run", "--mode", mode, "--port", tmp_path / "ttyUSB3", "--steps", 5)
+    assert code != 0 and "ttyUSB3 does not exist: is the board plugged in?" in out
+    assert rep is None and not (tmp_path / "run").exists() and not (tmp_path / "build").exists()
 
 
 def test_busy_port(board, device_cli):
@@ -163,8 +165,7 @@ def test_busy_port(board, device_cli):
 
     with open_serial(board.path):
         code, out, rep = device_cli("run", "--mode", "upload", "--port", board.path, "--steps", 5)
-    assert code != 0 and "is busy: another program" in rep["error"]
-    assert Path(rep["uart_log"]).exists()
+    assert code != 0 and "is busy: another program" in out and rep is None
 
 
 def test_pull_without_weights(board, device_cli, tmp_path):

@@ -131,8 +131,9 @@ def test_terminal_without_tty_prints_progress_every_tenth(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     progress = [line for line in out if line.startswith("step ")]
     assert len(progress) == 11  # steps 1, 2, 4, 6, ..., 20: every tenth of the run
-    assert progress[-1] == "step 20/20 ▕████████████████████▏ loss 2.77  4.6 ms/step"
-    assert progress[0] == "step 1/20 ▕█···················▏ loss 3.37  5.3 ms/step"
+    # The loss shown is the running mean over the plot's window (2 steps of 20), not one name's.
+    assert progress[-1] == "step 20/20 ▕████████████████████▏ loss 2.85 (mean of last 2)  4.6 ms/step"
+    assert progress[0] == "step 1/20 ▕█···················▏ loss 3.37 (mean of last 1)  5.3 ms/step"
     assert "MGPT sample 1 ieodnne" in out and not any("MGPT step" in line for line in out)
     assert out[0].startswith("MGPT start") and out[-1].startswith("MGPT end")
 
@@ -142,6 +143,6 @@ def test_terminal_with_tty_redraws_one_line(tmp_path, capsys, monkeypatch):
     run(Replay((LOGS / "esp32_ok.log").read_bytes()), tmp_path / "run.log", display=Terminal())
     out = capsys.readouterr().out
     assert out.count("\rstep ") == 20
-    assert "\rstep 20/20 ▕████████████████████▏ loss 2.77  183.0 ms/step\n" in out
+    assert "\rstep 20/20 ▕████████████████████▏ loss 2.85 (mean of last 2)  183.0 ms/step\n" in out
     assert "\nMGPT sample 1 ieodnne\n" in out and "\r\n" not in out  # progress line ended, CRs not echoed
     assert "rst:0x1 (POWERON_RESET)" in out

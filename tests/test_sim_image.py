@@ -1,5 +1,4 @@
 """`microgpt build` + `microgpt sim run --image`: the VM boots the image's own filesystem."""
-import json
 
 import pytest
 from click.testing import CliRunner
@@ -37,13 +36,25 @@ def test_build_then_run_the_image_in_the_vm_matches_microgpt_py(built, sim_run, 
     assert report["emit"] == "native"
 
 
-def test_a_stale_image_is_rebuilt_before_it_runs(built, sim_run):
+def test_an_image_runs_as_it_is_with_the_runs_options_in_a_copy(built, sim_run, tmp_path, monkeypatch):
     flash = built("--steps", 3)
-    code, out, report = sim_run("--image", flash, "--steps", 4, "--samples", 1, "--firmware", OFFICIAL_FIRMWARE)
+    flash.with_suffix(".json").unlink()  # no manifest, and no firmware to download: the image holds both
+    before = flash.read_bytes()
+    monkeypatch.setenv("MICROGPT_CACHE", str(tmp_path / "empty-cache"))
+    code, out, report = sim_run("--image", flash, "--steps", 4, "--samples", 1)
     assert code == 0, out
-    assert report["steps"] == 4
-    assert json.loads(image.read_vfs(flash)["config.json"])["steps"] == 4
-    assert json.loads(flash.with_suffix(".json").read_text())["run"].startswith("RunConfig(steps=4,")
+    assert report["steps"] == 4 and report["status"] == "ok"
+    assert flash.read_bytes() == before  # never rewritten
+    assert not (tmp_path / "empty-cache").exists()
+
+
+def test_a_file_that_is_not_an_image_is_refused_and_left_alone(sim_run, tmp_path, names_path):
+    names = tmp_path / "names.txt"
+    names.write_bytes(names_path.read_bytes()[:5000])
+    before = names.read_bytes()
+    code, out, report = sim_run("--image", names, "--steps", 2, "--samples", 0, report=tmp_path / "r" / "report.json")
+    assert code != 0 and "is not a flash image made by `microgpt build`" in out
+    assert names.read_bytes() == before and report is None and not (tmp_path / "r").exists()
 
 
 def test_host_sampling_from_pulled_weights_replays_the_chips_names(sim_run, tmp_path):

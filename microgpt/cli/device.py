@@ -5,8 +5,8 @@ import click
 
 from .. import build as builder
 from .. import chip, payload
-from ..ports import FLASH_BAUD, UART_BAUD, find_port
-from .options import BUILD_IMAGE, Group, report_path, run_options, run_to_report
+from ..ports import FLASH_BAUD, UART_BAUD, find_port, open_serial
+from .options import BUILD_IMAGE, Group, run_dir, run_options, run_to_report, timeout_option
 
 port_option = click.option("--port", default=None,
                            help="The board's serial port [default: the one Espressif/USB-serial port plugged in].")
@@ -37,26 +37,31 @@ def flash(port, image, fs_only, baud):
               help="flash: write the image, then capture the boot; upload: the board runs MicroPython already, "
                    "copy the trainer and the run over the raw REPL and start it.")
 @run_options
-@click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=BUILD_IMAGE, show_default=True,
-              help="Flash image (mode flash); built, or rebuilt when stale, first.")
+@click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Flash image (mode flash) to write as it is, with this run's files in its copy "
+                   "[default: build/flash.bin, built or rebuilt when stale].")
 @click.option("--firmware", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Base firmware when the image must be built.")
 @click.option("--baud", type=int, default=UART_BAUD, show_default=True, help="Baud rate of the board's UART.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Report JSON [default: runs/serial-<time>/report.json]; the UART log, loss curve and weights go beside it.")
-@click.option("--timeout", type=float, default=120.0, show_default=True,
-              help="Seconds without UART output (or raw REPL answer) before the board is declared dead.")
+@timeout_option
 @click.option("--quiet", is_flag=True, help="No UART echo or progress.")
 def device_run(port, mode, cfg, docs, image, firmware, baud, report, timeout, quiet):
     """Train on the board; write a JSON report, loss curve, UART log and the trained weights."""
     from ..engines.serial import FlashEngine, UploadEngine
 
     port = port or find_port()
-    if mode == "flash":
-        engine = FlashEngine(port, builder.fresh_image(cfg, docs, image, firmware), baud=baud, silence_s=timeout)
-    else:
-        engine = UploadEngine(port, lambda target: payload.chip_files(cfg, docs, target), baud=baud, silence_s=timeout)
-    run_to_report(engine, cfg, report_path(report, "serial"), quiet)
+    open_serial(port, baud, release_lines=True).close()  # a missing or busy port is refused before anything is built
+    with run_dir(report, "serial") as report:
+        if mode == "upload":
+            engine = UploadEngine(port, lambda target: payload.chip_files(cfg, docs, target), baud=baud, silence_s=timeout)
+        elif image is None:
+            engine = FlashEngine(port, builder.fresh_image(cfg, docs, BUILD_IMAGE, firmware), baud=baud, silence_s=timeout)
+        else:
+            engine = FlashEngine(port, builder.run_copy(image, cfg, docs, report.with_name("run-image.bin")),
+                                 baud=baud, silence_s=timeout)
+        run_to_report(engine, cfg, report, quiet)
 
 
 @device.command()

@@ -1,14 +1,18 @@
 """What several commands share: the options that define a training run, and running an engine
 into a report."""
+import contextlib
 import functools
+import signal
+import tempfile
 import time
 from pathlib import Path
 
 import click
 
 from .. import chip, dataset, payload
-from ..errors import MicrogptError
-from ..runner import run
+from ..errors import MicrogptError, OutputError
+from ..report import loss_window
+from ..runner import INTERRUPTED, run
 from .progress import Terminal
 
 BUILD_IMAGE = Path("build/flash.bin")
@@ -52,25 +56,74 @@ def run_options(f):
     return wrapper
 
 
-def report_path(report: Path | None, engine: str) -> Path:
-    """--report, or runs/<engine>-<time>/report.json."""
-    return report or Path("runs") / f"{engine}-{time.strftime('%Y%m%d-%H%M%S')}" / "report.json"
+timeout_option = click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+    help="Seconds without UART output (or raw REPL answer) before the chip is declared dead.")
+
+
+@contextlib.contextmanager
+def run_dir(report: Path | None, engine: str):
+    """The report's path: --report (which must end in .json: the UART log, loss curve and
+    weights go beside it), or report.json in a new directory runs/<engine>-<time>[-N]. A run
+    that fails before it starts leaves no empty directory behind."""
+    if report is not None:
+        if report.suffix != ".json":
+            raise OutputError(f"{report}: the report is JSON, and its UART log, loss curve and weights go beside it: "
+                              "name the report .json")
+        made = not report.parent.exists()
+    else:
+        stamp, n = f"{engine}-{time.strftime('%Y%m%d-%H%M%S')}", 1
+        while True:  # mkdir is atomic: two runs started in the same second get two directories
+            directory = Path("runs") / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                directory.mkdir(parents=True)
+                break
+            except FileExistsError:
+                n += 1
+            except OSError as e:
+                raise OutputError(f"cannot make the run directory {directory}: {e.strerror}; run where you can "
+                                  "write, or name a report with --report DIR/report.json") from None
+        report, made = directory / "report.json", True
+    try:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=report.parent):
+            pass  # a read-only or full directory is refused now, not after the run
+    except OSError as e:
+        raise OutputError(f"cannot write into {report.parent}: {e.strerror}; name another --report") from None
+    try:
+        yield report
+    except BaseException:
+        if made and report.parent.is_dir() and not any(report.parent.iterdir()):
+            report.parent.rmdir()
+        raise
 
 
 def run_to_report(engine, cfg: payload.RunConfig, report: Path, quiet: bool) -> None:
     """Run `engine` with the UART logged beside `report`, read the trained weights back, write
-    the report and say how it went; a failed run exits non-zero."""
-    report.parent.mkdir(parents=True, exist_ok=True)
-    result = run(engine, report.with_suffix(".uart.log"), display=None if quiet else Terminal(),
-                 expect_steps=cfg.steps, keep_weights=report.with_name(chip.WEIGHTS))
+    the report and say how it went; a failed run exits non-zero and leaves no weights."""
+    weights = report.with_name(chip.WEIGHTS)
+    weights.unlink(missing_ok=True)  # an earlier run's weights must not pass for this one's
+    stop = signal.signal(signal.SIGTERM, _interrupt)  # a killed run still writes its report
+    try:
+        result = run(engine, report.with_suffix(".uart.log"), display=None if quiet else Terminal(),
+                     expect_steps=cfg.steps, keep_weights=weights)
+    finally:
+        signal.signal(signal.SIGTERM, stop)
     result.write(report)
+    if result.error and result.error.endswith(INTERRUPTED):
+        click.echo(f"interrupted: report {report} (UART log: {result.uart_log})", err=True)
+        raise SystemExit(130)  # as a shell reports a Ctrl-C
     _summary(result, report)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _summary(result, report_path):
     losses = [x for x in result.losses if x is not None]
     if result.status == "ok":
-        tail = losses[-100:]
+        tail = losses[-loss_window(len(result.losses)):]
         curve = f"loss {losses[0]:.4f} -> mean of last {len(tail)} {sum(tail) / len(tail):.4f}, " if tail else ""
         click.echo(f"ok: {result.steps} steps, {curve}{result.ms_per_step or 0:.2f} ms/step, "
                    f"peak heap {result.peak_heap_bytes:,} B")

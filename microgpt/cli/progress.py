@@ -1,7 +1,11 @@
 """The terminal display of a run: UART lines echoed, step records drawn as one progress line."""
+import collections
+import math
 import sys
 
 import click
+
+from ..report import loss_window
 
 BAR_WIDTH = 20
 
@@ -15,12 +19,16 @@ class Terminal:
         self.tty = sys.stdout.isatty()
         self.drawn = 0  # length of the progress line on screen (tty), 0 when none is
         self.tenth = -1  # last tenth of the run printed (not a tty)
+        self.recent = collections.deque(maxlen=1)  # the last losses, for their running mean
 
     def show(self, line, records):
         steps = [value for kind, value in records if kind == "step"]
         for kind, value in records:
             if kind == "start":
                 self.total, self.tenth = value["steps"], -1
+                self.recent = collections.deque(maxlen=loss_window(self.total))
+            elif kind == "step":
+                self.recent.extend(x for x in value["loss"] if math.isfinite(x))
         if steps:
             self._progress(steps[-1])
         else:
@@ -39,7 +47,8 @@ class Terminal:
             bar = f"step {n}/{total} ▕{'█' * filled}{'·' * (BAR_WIDTH - filled)}▏"
         else:
             bar = f"step {n}"
-        text = f"{bar} loss {step['loss'][-1]:.2f}  {step['ms']:.1f} ms/step"
+        mean = sum(self.recent) / len(self.recent) if self.recent else math.nan
+        text = f"{bar} loss {mean:.2f} (mean of last {len(self.recent)})  {step['ms']:.1f} ms/step"
         if self.tty:
             click.echo("\r" + text.ljust(self.drawn), nl=False)
             self.drawn = len(text)
