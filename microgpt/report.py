@@ -15,6 +15,11 @@ import numpy as np
 from .errors import OutputError
 
 
+# The smallest VM heap, in bytes, that trains 1,000 steps and samples 20 names, by kernels
+# (`scripts/bench.py --min-heap`: C kernels with native loops, MicroPython kernels as bytecode).
+MIN_HEAP = {"c": 97_473, "python": 106_825}
+
+
 def loss_window(steps: int) -> int:
     """How many trailing steps the loss is averaged over, for the plot, the summary and the
     progress line alike: one step's loss on one name says little."""
@@ -82,7 +87,9 @@ class Report:
         else:
             self.loss_curve = None
             png_path.unlink(missing_ok=True)  # an earlier run's curve must not pass for this one's
-        json_path.write_text(json.dumps(_finite(dataclasses.asdict(self)), indent=2) + "\n")
+        tmp = json_path.with_name(json_path.name + ".tmp")  # whole or not at all, even on a full disk
+        tmp.write_text(json.dumps(_finite(dataclasses.asdict(self)), indent=2) + "\n")
+        tmp.replace(json_path)
 
 
 def _failure(run, uart_log, engine_error):
@@ -99,6 +106,10 @@ def _failure(run, uart_log, engine_error):
             reason += (": the trainer's modules did not fit while loading; if it was built with"
                        " `--emit native`, build with `--emit bytecode` (native code needs the chip's"
                        " small executable RAM)")
+        elif run.error.startswith("MemoryError"):
+            reason += (f": the trainer needs a GC heap of about {MIN_HEAP['c'] // 1000} KB with the C kernels,"
+                       f" {MIN_HEAP['python'] // 1000} KB with the MicroPython ones (1,000 steps and 20 samples);"
+                       " in the VM raise --heap, on a board use ESP32_GENERIC (167 KB) and keep boot.py light")
     elif run.reset_loop:
         reason = (f"reset loop: the chip rebooted {run.boots_without_progress} times without progress (a brownout or"
                   " watchdog is typical: check the USB cable and power supply, and the ROM's rst: reason in the UART log)")

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from conftest import OFFICIAL_FIRMWARE
 from microgpt import chip_speed, payload
+from microgpt.cli import main
 from microgpt.engines import EngineError
 from microgpt.engines.qemu import find_insn_plugin, find_qemu
 
@@ -24,8 +25,6 @@ def qemu():
 @pytest.fixture(scope="module")
 def chip_run(qemu, tmp_path_factory, names_path):
     """50 steps and 20 samples on the emulated ESP32, from an image built as a user builds it."""
-    from microgpt.cli import main
-
     tmp = tmp_path_factory.mktemp("qemu")
     common = ["--steps", "50", "--samples", "20", "--data", str(names_path), "--firmware", str(OFFICIAL_FIRMWARE)]
     built = CliRunner().invoke(main, ["build", *common, "--out", str(tmp / "flash.bin")], catch_exceptions=False)
@@ -44,6 +43,15 @@ def test_the_chip_trains_with_the_c_kernels_like_microgpt_py(chip_run, microgpt_
     assert len(report["samples"]) == 20 and all(re.fullmatch("[a-z]*", s) for s in report["samples"])
 
 
+def test_the_trained_weights_come_back_from_qemus_flash_and_replay_the_chips_names(chip_run):
+    # `microgpt sample` with the chip's weights and seed draws the chip's names (float32 on both).
+    report = chip_run[2]
+    result = CliRunner().invoke(main, ["sample", "--weights", report["weights"], "--count", "20"])
+    assert result.exit_code == 0
+    names = [(line.split(maxsplit=1) + [""])[1] for line in result.output.splitlines()]  # "NN name"
+    assert names == report["samples"]
+
+
 def test_the_chips_heap_peaks_under_100_kb(chip_run):
     assert chip_run[2]["peak_heap_bytes"] <= 100_000
 
@@ -54,5 +62,5 @@ def test_a_training_step_costs_the_chip_under_5m_instructions(qemu, docs):
     if plugin is None:
         pytest.skip("QEMU's instruction-counting plugin (tests/plugin/libinsn.so) is not found ($QEMU_INSN_PLUGIN)")
     speed = chip_speed.instructions_per_step(payload.RunConfig(), docs, OFFICIAL_FIRMWARE, qemu, plugin)
-    assert all(r["kernels"] == "c" for r in speed.reports.values())
+    assert all(r.kernels == "c" for r in speed.reports.values())
     assert 100_000 < speed.per_step <= 5_000_000, speed.per_step

@@ -45,7 +45,7 @@ def run_options(f):
     @click.option("--emit", type=click.Choice(payload.EMITS), default="auto", show_default=True,
                   help="How mpy-cross compiles the trainer's MicroPython loops: auto is native in the VM, bytecode on the ESP32 (little executable RAM).")
     @click.option("--kernels", type=click.Choice(payload.KERNELS), default="auto", show_default=True,
-                  help="The model's arithmetic: c (a native module, ~170x fewer instructions per step on the chip) "
+                  help="The model's arithmetic: c (a native module, ~130x fewer instructions per step on the chip) "
                        "or python; auto is c wherever it is built for the target (the ESP32 and the x64 VM).")
     @functools.wraps(f)
     def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, **kwargs):
