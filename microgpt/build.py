@@ -69,7 +69,8 @@ def run_copy(given: Path, cfg: payload.RunConfig, docs: list[str], out: Path) ->
     except (ImageError, KeyError, ValueError):
         raise ImageError(f"{given} is not a flash image made by `microgpt build` (no partition table or no "
                          "trainer on its vfs partition): build one with `microgpt build --out FILE`") from None
-    cfg = dataclasses.replace(cfg, emit=built["emit"], kernels=built["kernels"])
+    # An image made before the C kernels existed ran the MicroPython ones.
+    cfg = dataclasses.replace(cfg, emit=built.get("emit", cfg.emit), kernels=built.get("kernels", "python"))
     region = image.update_fs(region, payload.run_files(cfg, docs))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
