@@ -11,9 +11,8 @@ adam = cmodel.adam  # (params, grads, m, v, step, unbias), as train.adam
 
 
 class GPT:
-    def __init__(self):
-        self.params = zeros(N_PARAMS)
-        self.grads = zeros(N_PARAMS)
+    def __init__(self, params, grads):
+        self.params, self.grads = params, grads
         self.work = zeros(cmodel.WORK)  # keys, values and scratch of the name in progress
         self.logits = zeros(VOCAB)
         self.dlogits = zeros(VOCAB)  # sampling's scratch, as in model.GPT

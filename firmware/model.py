@@ -24,7 +24,7 @@
 import math
 import micropython
 from base import BLOCK, FC1, FC2, HEAD_DIM, LM_HEAD, N_EMBD, N_HEAD, N_HIDDEN, RMS_EPS, VOCAB, WK, WO
-from base import N_PARAMS, WPE, WQ, WTE, WV, clear, exp_logits, zeros
+from base import WPE, WQ, WTE, WV, clear, exp_logits, zeros
 from kernels import fc2_backward, fc2_forward, linear16_backward, matvec16
 
 _ATT_SCALE = 0.5  # 1 / sqrt(HEAD_DIM)
@@ -54,9 +54,8 @@ def rmsnorm_backward(y, s, dy, dx):
 
 
 class GPT:
-    def __init__(self):
-        self.params = zeros(N_PARAMS)
-        self.grads = zeros(N_PARAMS)
+    def __init__(self, params, grads):
+        self.params, self.grads = params, grads  # N_PARAMS float32 each: the weights and their gradient
         # Kept per position until the name is done (rows of N_EMBD, position-major).
         self.k = zeros(BLOCK * N_EMBD)
         self.v = zeros(BLOCK * N_EMBD)

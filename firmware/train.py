@@ -116,16 +116,17 @@ def main():
     log_every, ckpt_every = cfg["log_every"], cfg["ckpt_every"]
     freq_boot, freq = clock()
 
+    # The four big arrays go first, into a heap that importing the model has not yet fragmented.
+    gc.collect()
+    params, grads, m, v = zeros(N_PARAMS), zeros(N_PARAMS), zeros(N_PARAMS), zeros(N_PARAMS)
     if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
         from cgpt import GPT, adam as update
     else:
         from model import GPT
 
         update = adam
-    gc.collect()  # the big arrays go first, into a heap that imports have not yet fragmented
-    m, v = zeros(N_PARAMS), zeros(N_PARAMS)
-    gpt = GPT()
-    params, grads = gpt.params, gpt.grads
+    gc.collect()
+    gpt = GPT(params, grads)
     rng = Rng(seed)
     names = Names(DATA)
     heap_total = gc.mem_alloc() + gc.mem_free()

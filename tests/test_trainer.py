@@ -11,7 +11,7 @@ NAMES = ["a", "emma", "xavier", "mariaguadalupeconcepcion"]  # 1 letter ... long
 
 def test_firmware_backward_matches_the_numpy_reference(firmware):
     # The firmware's float32 arrays against the reference's float64 math on the same weights.
-    gpt = firmware.model.GPT()
+    gpt = firmware.model.GPT(firmware.model.zeros(reference.N_PARAMS), firmware.model.zeros(reference.N_PARAMS))
     weights = np.random.default_rng(7).normal(0, 0.3, reference.N_PARAMS).astype(np.float32)
     for i, w in enumerate(weights):
         gpt.params[i] = float(w)
