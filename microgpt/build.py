@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import basefw, chip, image, mpy, payload
 from .errors import ImageError, OutputError
+from .fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,7 @@ def run_copy(given: Path, cfg: payload.RunConfig, docs: list[str], out: Path) ->
     cfg = dataclasses.replace(cfg, emit=built.get("emit", cfg.emit), kernels=built.get("kernels", "python"))
     region = image.update_fs(region, payload.run_files(cfg, docs))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data[:offset] + region + data[offset + size:])
-    tmp.replace(out)
-    return out
+    return write_atomic(out, data[:offset] + region + data[offset + size:])
 
 
 def image_files(path: Path, target: mpy.Target, emit: str) -> dict[str, bytes]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import MicrogptError
 
+
 def _firmware_dir() -> Path:
     """firmware/ of the checkout the tool runs from, else the copy a wheel installed."""
     checkout = Path(__file__).resolve().parents[1] / "firmware"

@@ -16,6 +16,7 @@ from esptool.targets import CHIP_DEFS
 from littlefs import LittleFS, LittleFSError, UserContext
 
 from .errors import ImageError, NoPartitionTable
+from .fileio import write_atomic
 
 PARTITION_TABLE_OFFSET = 0x8000  # ESP-IDF's default, used by every MicroPython ESP32 board
 PARTITION_TABLE_MAX = 0xC00
@@ -180,9 +181,7 @@ def build_image(firmware, files: dict[str, bytes], out: Path, flash_size: str | 
                            pad_to_size=f"{size >> 20}MB")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(merged)
-    tmp.replace(out)
+    write_atomic(out, merged)
     return {"image": str(out), "flash_size": size, "firmware": firmware.version,
             "firmware_sha256": firmware.sha256, "vfs_offset": vfs.offset, "vfs_size": vfs.size,
             "files": {name: len(data) for name, data in files.items()}, "bytes_free": free_bytes(fs)}

@@ -56,7 +56,7 @@ def kernels_for(kernels: str, target: mpy.Target) -> str:
         return "c" if cmodel_build(target.arch) else "python"
     if kernels == "c" and not cmodel_build(target.arch):
         raise BuildError(f"the C kernels are not built for {target} ({target.arch or 'no native code'}): "
-                                   "use --kernels python, or build them with scripts/build_cmodel.py")
+                         "use --kernels python, or build them with scripts/build_cmodel.py")
     return kernels
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OutputError
+from .fileio import write_atomic
 
 
 # The smallest VM heap, in bytes, that trains 1,000 steps and samples 20 names, by kernels
@@ -87,9 +88,7 @@ class Report:
         else:
             self.loss_curve = None
             png_path.unlink(missing_ok=True)  # an earlier run's curve must not pass for this one's
-        tmp = json_path.with_name(json_path.name + ".tmp")  # whole or not at all, even on a full disk
-        tmp.write_text(json.dumps(_finite(dataclasses.asdict(self)), indent=2) + "\n")
-        tmp.replace(json_path)
+        write_atomic(json_path, (json.dumps(_finite(dataclasses.asdict(self)), indent=2) + "\n").encode())
 
 
 def _failure(run, uart_log, engine_error):

@@ -3,11 +3,11 @@
 The log is flushed line by line, so whatever arrived survives a crash, a Ctrl-C or an engine
 error; the report says why the run stopped.
 """
-import os
 from pathlib import Path
 
 from .chip import WEIGHTS, check_weights
 from .errors import MicrogptError
+from .fileio import write_atomic
 from .report import Report
 from .uart import UartParser
 
@@ -61,9 +61,6 @@ def _keep(engine, out: Path) -> str | None:
     if data is None:
         return None
     check_weights(data, f"from the {engine.name} run")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
-    return str(out)
+    return str(write_atomic(out, data))
 
 

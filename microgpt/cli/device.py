@@ -5,6 +5,7 @@ import click
 
 from .. import build as builder
 from .. import chip, payload
+from ..fileio import write_atomic
 from ..ports import FLASH_BAUD, UART_BAUD, find_port, open_serial
 from .options import BUILD_IMAGE, Group, run_dir, run_options, run_to_report, timeout_option
 
@@ -79,5 +80,5 @@ def pull(port, out, baud):
         raise click.ClickException(f"{e}: train first with `microgpt device run`") from None
     chip.check_weights(data, "on the board")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
+    write_atomic(out, data)
     click.echo(f"{out}: {chip.N_PARAMS:,} float32 weights")

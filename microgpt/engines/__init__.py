@@ -10,10 +10,13 @@ import abc
 import collections
 import os
 import queue
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from ..errors import EngineError, Silence  # noqa: F401  (the engines' errors, re-exported)
@@ -179,6 +182,14 @@ class ProcessEngine(Engine):
     silence_s: float = 120.0
     deadline_s: float | None = None
     _process: ChildProcess | None = None
+    _tempdir: str | None = None
+
+    def _workdir(self, workdir, prefix: str) -> Path:
+        """Where the engine keeps its flash: `workdir`, or a temp dir that close() removes."""
+        if workdir:
+            return Path(workdir)
+        self._tempdir = tempfile.mkdtemp(prefix=prefix)
+        return Path(self._tempdir)
 
     @abc.abstractmethod
     def command(self) -> list[str]:
@@ -201,3 +212,9 @@ class ProcessEngine(Engine):
         if self._process:
             self._process.kill()
             self._process = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._tempdir:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None

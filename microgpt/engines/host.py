@@ -2,7 +2,6 @@
 partition image exactly as the ESP32 boots it, with the GC heap capped like the board's."""
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -37,8 +36,7 @@ class HostEngine(ProcessEngine):
         self.files = files
         self.micropython = find_micropython(micropython)
         self.heap, self.silence_s, self.deadline_s = heap, silence_s, deadline_s
-        self._tempdir = None if workdir else tempfile.mkdtemp(prefix="microgpt-vm-")
-        self.vfs = Path(workdir or self._tempdir) / "vfs.bin"
+        self.vfs = self._workdir(workdir, "microgpt-vm-") / "vfs.bin"
 
     def prepare(self) -> None:
         target = mpy.vm_target(self.micropython)
@@ -50,9 +48,3 @@ class HostEngine(ProcessEngine):
 
     def read_file(self, name: str) -> bytes | None:
         return image.read_fs(self.vfs.read_bytes()).get(name) if self.vfs.is_file() else None
-
-    def close(self) -> None:
-        self.stop()
-        if self._tempdir:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-            self._tempdir = None

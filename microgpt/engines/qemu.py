@@ -7,7 +7,6 @@ exactly 2, 4, 8 or 16 MB, and with `-nographic` UART0 is the process's stdout.
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -101,10 +100,10 @@ class QemuEngine(ProcessEngine):
         self.silence_s, self.deadline_s = silence_s, timeout_s
         self.watchdog = watchdog
         self.extra_args = list(extra_args)
-        self._tempdir = None if workdir else tempfile.mkdtemp(prefix="microgpt-qemu-")
-        self.flash = Path(workdir or self._tempdir) / "qemu-flash.bin"
+        workdir = self._workdir(workdir, "microgpt-qemu-")
+        self.flash = workdir / "qemu-flash.bin"
         self.insn_plugin = insn_plugin
-        self.insn_log = Path(workdir or self._tempdir) / "qemu-insn.log"
+        self.insn_log = workdir / "qemu-insn.log"
         self.instructions: dict[int, int] = {}  # with insn_plugin: guest instructions per CPU, after stop()
 
     def command(self) -> list[str]:
@@ -126,9 +125,3 @@ class QemuEngine(ProcessEngine):
     def read_file(self, name: str) -> bytes | None:
         """From QEMU's copy of the flash, as the chip left it."""
         return flash_image.read_vfs(self.flash).get(name) if self.flash.is_file() else None
-
-    def close(self) -> None:
-        self.stop()
-        if self._tempdir:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-            self._tempdir = None
