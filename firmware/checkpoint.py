@@ -1,11 +1,11 @@
-# Checkpoints: all a run needs to go on after a reset (step, data position, PRNG state,
-# parameters, Adam's m and v), written so that a reset at any moment leaves a usable file.
+# Checkpoints: all a run needs to go on after a reset (step, data position, parameters, Adam's
+# m and v), written so that a reset at any moment leaves a usable file.
 import binascii
 import os
 import struct
 
-_MAGIC = b"MGC2"  # 2: Adam's m and v stored divided by (1 - beta), as train.adam keeps them
-_HEAD = "<4sIIIII"  # magic, run id, steps, step done, data position, PRNG state
+_MAGIC = b"MGC3"  # 3: no PRNG state (sampling draws from a fresh PRNG); 2: m, v stored divided by (1 - beta)
+_HEAD = "<4sIIII"  # magic, run id, steps, step done, data position
 _HEAD_SIZE = struct.calcsize(_HEAD)
 
 
@@ -13,11 +13,11 @@ class BadCheckpoint(Exception):
     pass
 
 
-def save(path, run_id, steps, step, data_pos, rng_state, arrays):
+def save(path, run_id, steps, step, data_pos, arrays):
     # Write a temp file, then rename: littlefs renames atomically, so a reset leaves the old
     # checkpoint or the new one, never half of one. A CRC over everything catches bad flash.
     tmp = path + ".tmp"
-    head = struct.pack(_HEAD, _MAGIC, run_id, steps, step, data_pos, rng_state)
+    head = struct.pack(_HEAD, _MAGIC, run_id, steps, step, data_pos)
     crc = binascii.crc32(head)
     with open(tmp, "wb") as f:
         f.write(head)
@@ -29,8 +29,9 @@ def save(path, run_id, steps, step, data_pos, rng_state, arrays):
 
 
 def load(path, run_id, steps, arrays):
-    # Fills `arrays` and returns (step, data position, PRNG state); None when there is no
-    # checkpoint; raises BadCheckpoint(reason) when there is one that must not be used.
+    # Fills `arrays` and returns (step, data position); None when there is no checkpoint; raises
+    # BadCheckpoint(reason) when there is one that must not be used. The whole file is checked
+    # before any array is written, so a rejected checkpoint leaves no trace in the run.
     try:
         f = open(path, "rb")
     except OSError:
@@ -39,17 +40,24 @@ def load(path, run_id, steps, arrays):
         head = f.read(_HEAD_SIZE)
         if len(head) < _HEAD_SIZE:
             raise BadCheckpoint("truncated")
-        magic, rid, nsteps, step, pos, state = struct.unpack(_HEAD, head)
+        magic, rid, nsteps, step, pos = struct.unpack(_HEAD, head)
         if magic != _MAGIC:
             raise BadCheckpoint("not-a-checkpoint")
         if rid != run_id or nsteps != steps:
             raise BadCheckpoint("other-run")
         crc = binascii.crc32(head)
-        for a in arrays:
-            if f.readinto(a) != len(a) * 4:
+        chunk = bytearray(256)
+        left = sum(len(a) for a in arrays) * 4
+        while left:
+            n = f.readinto(chunk if left >= len(chunk) else memoryview(chunk)[:left])
+            if not n:
                 raise BadCheckpoint("truncated")
-            crc = binascii.crc32(a, crc)
+            crc = binascii.crc32(memoryview(chunk)[:n], crc)
+            left -= n
         tail = f.read(4)
         if len(tail) < 4 or struct.unpack("<I", tail)[0] != crc:
             raise BadCheckpoint("checksum")
-    return step, pos, state
+        f.seek(_HEAD_SIZE)
+        for a in arrays:
+            f.readinto(a)
+    return step, pos

@@ -1,5 +1,7 @@
-# Boot entry: MicroPython runs main.py at boot. Train, and turn any failure into protocol
-# lines (MGPT error / MGPT tb) so the host learns why the run ended.
+# microgpt boot entry
+# MicroPython runs main.py at power-up; a host that uploaded a run over the raw REPL runs this
+# same text there instead. Train, and turn any failure into protocol lines (MGPT error / MGPT tb)
+# so the host learns why the run ended.
 import io
 import sys
 

@@ -146,7 +146,7 @@ class GPT:
         matvec16(p, LM_HEAD, VOCAB, x4, 0, self.logits, 0)
 
     @micropython.native
-    def backward(self, pos, token, target, scale):
+    def backward(self, token, pos, target, scale):
         # Cross-entropy of this position's logits against target, times `scale` (1/n for the
         # mean over the name); adds this position's gradients. Returns the unscaled loss.
         p, g = self.params, self.grads
@@ -202,7 +202,7 @@ class GPT:
         dx1 = self.dx1
         clear(dx1, N_EMBD)
         linear16_backward(p, g, WQ, N_EMBD, self.x1, 0, dq, 0, dx1, 0)
-        self.to_embeddings(pos, token, dx2, dx1)  # dx2 is also the gradient at x0 (residual)
+        self.to_embeddings(token, pos, dx2, dx1)  # dx2 is also the gradient at x0 (residual)
         return loss
 
     @micropython.native
@@ -217,10 +217,10 @@ class GPT:
             linear16_backward(p, g, WK, N_EMBD, x1, 0, dk, r, dx1, 0)
             linear16_backward(p, g, WV, N_EMBD, x1, 0, dv, r, dx1, 0)
             clear(dx0, N_EMBD)
-            self.to_embeddings(pos, tokens[pos], dx0, dx1)
+            self.to_embeddings(tokens[pos], pos, dx0, dx1)
 
     @micropython.native
-    def to_embeddings(self, pos, token, dx0, dx1):
+    def to_embeddings(self, token, pos, dx0, dx1):
         # Gradients at x0 (dx0) and at x1 = rmsnorm(x0) (dx1), through both RMSNorms, onto the
         # token's and the position's embedding rows; self.x0, self.x1 must hold this position's
         # (see embed). Overwrites dx0.
@@ -243,6 +243,6 @@ class GPT:
         scale = 1.0 / n
         for pos in range(n):
             self.forward(tokens[pos], pos)
-            loss += self.backward(pos, tokens[pos], tokens[pos + 1], scale)
+            loss += self.backward(tokens[pos], pos, tokens[pos + 1], scale)
         self.finish_backward(tokens, n)
         return loss / n

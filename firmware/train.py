@@ -98,6 +98,15 @@ def exists(path):
         return False
 
 
+def report_steps(n, losses, k, lr, ms, heap):
+    # One step record for the last k steps, written piece by piece: no string of them all is built.
+    write = sys.stdout.write
+    write("MGPT step n=%d loss=" % n)
+    for i in range(k):
+        write("%.6f" % losses[i] if i == 0 else ",%.6f" % losses[i])
+    write(" lr=%.6f ms=%.2f heap=%d\n" % (lr, ms, heap))
+
+
 def heap_now():
     gc.collect()
     return gc.mem_alloc()
@@ -127,7 +136,6 @@ def main():
         update = adam
     gc.collect()
     gpt = GPT(params, grads)
-    rng = Rng(seed)
     names = Names(DATA)
     heap_total = gc.mem_alloc() + gc.mem_free()
     print(
@@ -149,7 +157,7 @@ def main():
             print("MGPT ckpt-bad reason=%s" % e)
     start = 0
     if resumed:
-        start, pos, rng.state = resumed
+        start, pos = resumed
         names.seek(pos)
         print("MGPT resume step=%d" % start)
     elif cfg["init"] == "microgpt":
@@ -157,6 +165,7 @@ def main():
             if f.readinto(params) != N_PARAMS * 4:
                 raise ValueError("%s is short: rebuild the run files with the host tool" % INIT)
     else:
+        rng = Rng(seed)
         for i in range(N_PARAMS):
             params[i] = rng.gauss(0.0, INIT_STD)
     # After a reset, m and v came from the checkpoint; otherwise the arrays are still zero.
@@ -164,7 +173,8 @@ def main():
     peak = heap_now()
     allocated = bytes_allocated()
     train_us = group_us = 0
-    group = []  # losses not yet reported
+    group = zeros(min(log_every, steps))  # losses not yet reported: a fixed buffer, nothing grows
+    k = 0
     for step in range(start, steps):
         t0 = time.ticks_us()
         tokens = names.next_tokens()
@@ -176,19 +186,18 @@ def main():
         dt = time.ticks_diff(time.ticks_us(), t0)
         train_us += dt
         group_us += dt
-        group.append("%.6f" % loss)
+        group[k] = loss
+        k += 1
         done = step + 1
         save_now = ckpt_every and done % ckpt_every == 0
         # Report before checkpointing: a reset then never skips a step the host has not seen.
-        if len(group) == log_every or done == steps or save_now:
+        if k == len(group) or done == steps or save_now:
             heap = heap_now()
             peak = max(peak, heap)
-            print("MGPT step n=%d loss=%s lr=%.6f ms=%.2f heap=%d"
-                  % (done, ",".join(group), lr, group_us / 1000 / len(group), heap))
-            group = []
-            group_us = 0
+            report_steps(done, group, k, lr, group_us / 1000 / k, heap)
+            k = group_us = 0
         if save_now:
-            checkpoint.save(CKPT, cfg["run_id"], steps, done, names.tell(), rng.state, (params, m, v))
+            checkpoint.save(CKPT, cfg["run_id"], steps, done, names.tell(), (params, m, v))
             print("MGPT ckpt step=%d" % done)
 
     if allocated is not None:
@@ -199,6 +208,7 @@ def main():
     m = v = gpt.grads = None  # sampling needs only the weights
     from sample import sample
 
+    rng = Rng(seed)  # sampling draws from the seed alone, whatever came before: the host replays it
     for i in range(cfg["samples"]):
         print("MGPT sample %d %s" % (i + 1, sample(gpt, rng, cfg["temperature"])))
     peak = max(peak, heap_now())

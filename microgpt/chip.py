@@ -71,6 +71,12 @@ RMS_EPS = _MODEL["RMS_EPS"]
 LR, BETA1, BETA2, ADAM_EPS, INIT_STD = (_TRAIN[k] for k in ("LR", "BETA1", "BETA2", "EPS", "INIT_STD"))
 # Files on the chip's filesystem (firmware/train.py).
 CONFIG, DATA, INIT, WEIGHTS, CKPT = (_TRAIN[k] for k in ("CONFIG", "DATA", "INIT", "WEIGHTS", "CKPT"))
+# MicroPython runs main.py at power-up; the trainer's boot entry is firmware/main.py, whose
+# first line marks it as ours (a board's own main.py is never touched).
+BOOT = "main.py"
+BOOT_SOURCE = (FIRMWARE_DIR / BOOT).read_bytes()
+BOOT_MARK = b"# microgpt boot entry\n"
+assert BOOT_SOURCE.startswith(BOOT_MARK), f"firmware/{BOOT} must begin with {BOOT_MARK!r}"
 
 # ESP32_GENERIC v1.25.0: the GC heap at boot, and its partition table's vfs partition.
 ESP32_HEAP = 166_592

@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from . import build, payload
+from . import payload
 from .engines.qemu import MICROPYTHON_CPU, QemuEngine
-from .runner import run
+from .run import RunDir, run
 
 SHORT, LONG = 10, 210
 
@@ -25,18 +25,16 @@ class ChipSpeed(NamedTuple):
     reports: dict         # steps -> that run's report
 
 
-def instructions_per_step(cfg: payload.RunConfig, docs: list[str], firmware: Path | None, qemu: str,
+def instructions_per_step(options: payload.RunOptions, docs: list[str], firmware: Path | None, qemu: str,
                           plugin: Path, short: int = SHORT, long: int = LONG) -> ChipSpeed:
-    """Run the image for `cfg` (its steps replaced by `short` and `long`, no samples) in QEMU
-    with the insn plugin, and take the difference. Raises if a run fails."""
+    """Run `options` (its steps replaced by `short` and `long`, no samples) in QEMU with the insn
+    plugin, and take the difference. Raises if a run fails."""
     reports, counts = {}, {}
     for steps in (short, long):
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            build.build(dataclasses.replace(cfg, steps=steps, samples=0), docs, firmware, tmp / "flash.bin")
-            engine = QemuEngine(tmp / "flash.bin", qemu=qemu, insn_plugin=plugin, workdir=tmp)
-            report = run(engine, tmp / "uart.log", expect_steps=steps)
-            if report.status != "ok" or MICROPYTHON_CPU not in engine.instructions:
+        with tempfile.TemporaryDirectory() as tmp, RunDir(Path(tmp) / "report.json").claim() as rundir:
+            engine = QemuEngine(rundir.work, qemu=qemu, firmware=firmware, insn_plugin=plugin)
+            report = run(engine, rundir, dataclasses.replace(options, steps=steps, samples=0), docs)
+            if report.error or MICROPYTHON_CPU not in engine.instructions:
                 raise RuntimeError(f"the {steps}-step QEMU run failed: {report.error or 'no instruction count'}")
             reports[steps] = report
             counts[steps] = engine.instructions[MICROPYTHON_CPU]

@@ -1,18 +1,26 @@
 """The training data: makemore's names.txt, fetched once and hash-checked, read and checked the
 way microgpt.py reads it, and put in microgpt.py's seeded order with its initial weights."""
+import os
 import random
+import stat
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
 from . import download
 from .chip import INIT_STD, N_PARAMS
+from .errors import DatasetError
 
 # Pinned to a commit so the hash below stays true.
 NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/988aa59/names.txt"
 NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
 ALLOWED = "one name per line, lowercase letters a-z only"
+STDIN = "-"  # --data - reads the names from standard input
+# Bounds that tell a names file from something else, checked while reading (never the whole file
+# first): makemore's 32,033 names are 228 KB and 15 letters at most.
+MAX_BYTES = 64 << 20
+MAX_LETTERS = 255
 
 
 def fetch_names(url=NAMES_URL, sha256=NAMES_SHA256):
@@ -20,35 +28,66 @@ def fetch_names(url=NAMES_URL, sha256=NAMES_SHA256):
     return download.fetch(url, sha256, f"names-{sha256[:12]}.txt", DatasetError, "pass a local names file (--data)")
 
 
+def _open(path):
+    if str(path) == STDIN:
+        return sys.stdin.buffer, "standard input"
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise DatasetError(f"no such file: {path}; give an existing names file ({ALLOWED}), "
+                           "or leave the path out to use makemore's names.txt") from None
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e.strerror}") from None
+    info = os.fstat(f.fileno())
+    if stat.S_ISDIR(info.st_mode):
+        f.close()
+        raise DatasetError(f"{path} is a directory; give a names file ({ALLOWED})")
+    if stat.S_ISREG(info.st_mode) and info.st_size > MAX_BYTES:
+        f.close()
+        raise DatasetError(f"{path} is {info.st_size:,} bytes, more than the {MAX_BYTES >> 20} MB a names file may "
+                           "hold (the chip trains on one name per step): use a sample of it")
+    return f, str(path)
+
+
 def load_names(path=None):
-    """The names in `path` (default: the canonical names.txt, fetched once), in file order.
+    """The names in `path` (default: the canonical names.txt, fetched once; "-": standard input),
+    in file order.
 
     Lines are stripped and blank ones skipped — microgpt.py's
     `[l.strip() for l in text.strip().split('\\n') if l.strip()]` — and every name must be a-z.
+    The file is read line by line and refused at the first line that is not a name.
     """
-    path = fetch_names() if path is None else Path(path)
-    if not path.is_file():
-        raise DatasetError(f"no such file: {path}; give an existing names file ({ALLOWED}), "
-                           f"or leave the path out to use makemore's names.txt")
-    raw = path.read_bytes()
+    f, where = _open(fetch_names() if path is None else path)
+    names, size = [], 0
     try:
-        text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is not a name
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DatasetError(f"{path} line {line}: bytes that are not UTF-8 text; the file must hold {ALLOWED}") from None
-    names = []
-    for number, line in enumerate(text.split("\n"), 1):
-        name = line.strip()
-        if not name:
-            continue
-        for index, ch in enumerate(name):
-            if not "a" <= ch <= "z":
-                column = len(line) - len(line.lstrip()) + index + 1
-                raise DatasetError(f"{path} line {number}, column {column}: {ch!r} is not a lowercase letter a-z; "
-                                   f"the file must hold {ALLOWED}")
-        names.append(name)
+        for number, raw in enumerate(f, 1):
+            size += len(raw)
+            if size > MAX_BYTES:
+                raise DatasetError(f"{where} holds more than {MAX_BYTES >> 20} MB of names (the chip trains on one "
+                                   "name per step): use a sample of it")
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a byte-order mark is not a name
+            except UnicodeDecodeError:
+                raise DatasetError(f"{where} line {number}: bytes that are not UTF-8 text; "
+                                   f"the file must hold {ALLOWED}") from None
+            name = line.strip()
+            if not name:
+                continue
+            for index, ch in enumerate(name):
+                if not "a" <= ch <= "z":
+                    column = len(line) - len(line.lstrip()) + index + 1
+                    raise DatasetError(f"{where} line {number}, column {column}: {ch!r} is not a lowercase letter "
+                                       f"a-z; the file must hold {ALLOWED}")
+            if len(name) > MAX_LETTERS:
+                raise DatasetError(f"{where} line {number} holds {len(name):,} letters, not a name (names are at "
+                                   f"most {MAX_LETTERS} letters, and the model reads only the first ones): "
+                                   "the file must hold one name per line")
+            names.append(name)
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
     if not names:
-        raise DatasetError(f"{path} holds no names; the file must hold {ALLOWED}")
+        raise DatasetError(f"{where} holds no names; the file must hold {ALLOWED}")
     return names
 
 

@@ -35,7 +35,11 @@ class FlashError(MicrogptError):
 
 
 class OutputError(MicrogptError):
-    """An output path the run would write is unusable."""
+    """An output path the run would write is unusable, occupied or in use."""
+
+
+class PlanError(MicrogptError):
+    """The run cannot fit the chip (its heap or its flash); the message gives the planner's figures."""
 
 
 class EngineError(MicrogptError):
@@ -44,3 +48,7 @@ class EngineError(MicrogptError):
 
 class Silence(EngineError):
     """Nothing arrived on the UART for too long."""
+
+
+class MissingFile(EngineError):
+    """The file asked for is not on the board."""

@@ -1,22 +1,17 @@
-"""The flash image: ESP32 partition table, the littlefs2 filesystem MicroPython mounts, and one
-merged image of the board's whole flash (official firmware + our filesystem).
+"""The flash image: ESP32 partition table, and the littlefs2 filesystem MicroPython mounts
+(microgpt.basefw puts a firmware and a filesystem together into a board's whole flash).
 
 Offsets and sizes come from the firmware's own partition table, never from constants here: a
 firmware with another layout just works, or is refused with the reason.
 """
-import contextlib
 import hashlib
-import io
 import struct
 from pathlib import Path
 from typing import NamedTuple
 
-from esptool.cmds import merge_bin
-from esptool.targets import CHIP_DEFS
 from littlefs import LittleFS, LittleFSError, UserContext
 
 from .errors import ImageError, NoPartitionTable
-from .fileio import write_atomic
 
 PARTITION_TABLE_OFFSET = 0x8000  # ESP-IDF's default, used by every MicroPython ESP32 board
 PARTITION_TABLE_MAX = 0xC00
@@ -153,38 +148,6 @@ def require_fits(image_size: int, flash_size: int, what: str = "the image") -> N
             f"{what} needs {image_size:,} bytes but the flash holds {flash_size:,} "
             f"({flash_size >> 20} MB): {image_size - flash_size:,} bytes too many; use a board with "
             f"{-(-image_size >> 20)} MB of flash or a firmware built for this flash size")
-
-
-def build_image(firmware, files: dict[str, bytes], out: Path, flash_size: str | None = None) -> dict:
-    """Write `out`: the whole flash of the board (exactly flash_size bytes) = `firmware` (a
-    `basefw.Firmware`) at its offset + a littlefs2 filesystem with `files` at its vfs partition.
-
-    flash_size: esptool's notation ("4MB", "8MB"); default: the size in the firmware's header.
-    """
-    sizes = CHIP_DEFS[firmware.chip].FLASH_SIZES
-    if flash_size and flash_size not in sizes:
-        raise ImageError(f"flash size {flash_size!r} is not one of {', '.join(sizes)}")
-    size = int(flash_size.removesuffix("MB")) << 20 if flash_size else firmware.flash_size
-    vfs = vfs_partition(firmware.partitions)
-    end = max(p.end for p in firmware.partitions)
-    require_fits(end, size, f"the partition table of {firmware.path.name} (ends at {end:#x})")
-    if firmware.offset + len(firmware.data) > vfs.offset:
-        raise ImageError(
-            f"{firmware.path.name} ({len(firmware.data):,} bytes at {firmware.offset:#x}) runs into its "
-            f"vfs partition at {vfs.offset:#x}: not a MicroPython ESP32 firmware image")
-    fs = build_fs(vfs.size, files)
-    # esptool's merge pads the gaps and the tail with 0xFF (erased flash) and, when the flash size
-    # changes, rewrites it in the bootloader header (and its SHA-256 digest).
-    with contextlib.redirect_stdout(io.StringIO()):
-        merged = merge_bin([(firmware.offset, firmware.data), (vfs.offset, fs)], chip=firmware.chip,
-                           flash_size=flash_size if size != firmware.flash_size else "keep",
-                           pad_to_size=f"{size >> 20}MB")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, merged)
-    return {"image": str(out), "flash_size": size, "firmware": firmware.version,
-            "firmware_sha256": firmware.sha256, "vfs_offset": vfs.offset, "vfs_size": vfs.size,
-            "files": {name: len(data) for name, data in files.items()}, "bytes_free": free_bytes(fs)}
 
 
 def vfs_region(image: bytes | Path) -> tuple[int, int]:

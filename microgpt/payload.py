@@ -1,20 +1,29 @@
-"""What a run puts on the chip's filesystem: the trainer, its configuration, the names in
-training order and, with init "microgpt", microgpt.py's initial weights (file names and formats:
-firmware/train.py and docs/uart-protocol.md)."""
+"""What goes on the chip, decided once: `build(options, docs, target)` turns a run's options into
+a `Payload` that holds every file of the chip's filesystem (the trainer compiled for the target,
+the C module for its arch, config.json, the names in training order, the initial weights).
+Engines receive the Payload and only place it: a VM's filesystem, QEMU's flash, a board's flash
+or its raw REPL. config.json is written here and read by the chip alone (file formats:
+docs/chip-files.md)."""
 import dataclasses
 import json
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import chip, dataset, mpy, reference
 from .errors import BuildError
 
-FIRMWARE_DIR = chip.FIRMWARE_DIR
-BOOT = "main.py"  # MicroPython boots main.py from source; every other module ships compiled
+EMITS = ("auto", "native", "bytecode")
+KERNELS = ("auto", "c", "python")
+INITS = ("microgpt", "device")
+NATIVE = "@micropython.native"
+CMODEL_DIR = chip.FIRMWARE_DIR / "cmodel"  # cmodel.c and its committed builds, cmodel-<arch>.mpy
+CMODEL = "cmodel.mpy"  # its name on the chip's filesystem
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class RunOptions:
+    """What a user asks of a training run (the options of build, sim run and device run)."""
     steps: int = 1000
     seed: int = 42
     init: str = "microgpt"  # "microgpt": microgpt.py's weights from the host; "device": drawn on the chip
@@ -26,21 +35,25 @@ class RunConfig:
     temperature: float = reference.TEMPERATURE
 
     def __post_init__(self):
-        if self.steps < 1 or self.samples < 0 or self.log_every < 1 or self.ckpt_every < 0:
+        if self.steps < 1 or self.samples < 0 or not 1 <= self.log_every or self.ckpt_every < 0:
             raise ValueError("steps and log_every must be >= 1; samples and ckpt_every >= 0")
-        if self.init not in ("microgpt", "device"):
-            raise ValueError(f"init must be 'microgpt' or 'device', not {self.init!r}")
-        if self.emit not in EMITS:
-            raise ValueError(f"emit must be one of {', '.join(EMITS)}, not {self.emit!r}")
-        if self.kernels not in KERNELS:
-            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, not {self.kernels!r}")
+        for name, allowed in (("init", INITS), ("emit", EMITS), ("kernels", KERNELS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
 
 
-EMITS = ("auto", "native", "bytecode")
-NATIVE = "@micropython.native"
-KERNELS = ("auto", "c", "python")
-CMODEL_DIR = FIRMWARE_DIR / "cmodel"  # cmodel.c and its committed builds, cmodel-<arch>.mpy
-CMODEL = "cmodel.mpy"  # its name on the chip's filesystem
+@dataclasses.dataclass(frozen=True)
+class Payload:
+    """Everything on the chip's filesystem for one run, made for one target."""
+    options: RunOptions  # as resolved for the target: emit and kernels are never "auto" here
+    target: mpy.Target
+    files: Mapping[str, bytes]
+    run_id: int  # a checkpoint resumes only the run that wrote it
+
+    @property
+    def boot(self) -> bytes:
+        """main.py: what MicroPython runs at power-up, and what a host runs to start an uploaded run."""
+        return self.files[chip.BOOT]
 
 
 def cmodel_build(arch: str | None) -> Path | None:
@@ -73,54 +86,44 @@ def emit_for(emit: str, target: mpy.Target) -> str:
     return emit
 
 
-def compile_trainer_module(src: Path, target: mpy.Target, emit: str) -> bytes:
+def _module(src: Path, target: mpy.Target, emit: str) -> bytes:
     """A firmware module as .mpy for `target`. With emit "native" the hot loops marked
     @micropython.native become machine code for target's arch; with "bytecode" the marks are
-    blanked (the plain-bytecode path; lines kept, so tracebacks point at the source)."""
+    blanked (lines kept, so tracebacks point at the source)."""
     text = src.read_text()
-    emit = emit_for(emit, target)
     if emit == "bytecode":
         text = "\n".join("" if line.strip() == NATIVE else line for line in text.split("\n"))
     return mpy.compile_source(text, src.name, target)
 
 
-def trainer_module(name: str, target: mpy.Target, emit: str) -> bytes:
-    """The file `name` of the chip's trainer (a module's .mpy) as it is for `target`."""
-    if name == CMODEL:
+def _trainer(target: mpy.Target, emit: str, kernels: str) -> dict[str, bytes]:
+    """firmware/*.py for `target`: main.py as source (MicroPython boots it), the other modules as
+    .mpy; with kernels "c" also the C module built for target's arch."""
+    files = {}
+    for src in sorted(chip.FIRMWARE_DIR.glob("*.py")):
+        files[src.name if src.name == chip.BOOT else src.stem + ".mpy"] = (
+            src.read_bytes() if src.name == chip.BOOT else _module(src, target, emit))
+    if kernels == "c":
         blob = cmodel_build(target.arch).read_bytes()
         mpy.check_compatible(blob, target, CMODEL)
-        return blob
-    return compile_trainer_module(FIRMWARE_DIR / (name[:-4] + ".py"), target, emit)
-
-
-def trainer_files(target: mpy.Target, emit: str, kernels: str = "python") -> dict[str, bytes]:
-    """firmware/*.py for `target`: main.py as source, the other modules as .mpy; with kernels
-    "c" also the C module built for target's arch."""
-    files = {}
-    for src in sorted(FIRMWARE_DIR.glob("*.py")):
-        if src.name == BOOT:
-            files[BOOT] = src.read_bytes()
-        else:
-            files[src.stem + ".mpy"] = trainer_module(src.stem + ".mpy", target, emit)
-    if kernels == "c":
-        files[CMODEL] = trainer_module(CMODEL, target, emit)
+        files[CMODEL] = blob
     return files
 
 
-def run_files(cfg: RunConfig, docs: list[str]) -> dict[str, bytes]:
-    """config.json, names.txt (microgpt.py's shuffled order for cfg.seed) and init.bin."""
-    ordered, init = dataset.microgpt_order(docs, cfg.seed)
-    files = {"names.txt": ("\n".join(ordered) + "\n").encode()}
-    if cfg.init == "microgpt":
-        files["init.bin"] = init.astype("<f4").tobytes()
-    # A checkpoint resumes only the run that wrote it: same data, weights, steps and seed.
-    run_id = zlib.crc32(f"{cfg.steps} {cfg.seed} {cfg.init}".encode() + files["names.txt"] + files.get("init.bin", b""))
-    config = dataclasses.asdict(cfg) | {"docs": len(ordered), "run_id": run_id}
-    files["config.json"] = json.dumps(config, sort_keys=True).encode()
-    return files
-
-
-def chip_files(cfg: RunConfig, docs: list[str], target: mpy.Target) -> dict[str, bytes]:
-    """Everything the chip's filesystem needs for this run (its config names the emit and kernels used)."""
-    cfg = dataclasses.replace(cfg, emit=emit_for(cfg.emit, target), kernels=kernels_for(cfg.kernels, target))
-    return trainer_files(target, cfg.emit, cfg.kernels) | run_files(cfg, docs)
+def build(options: RunOptions, docs: list[str], target: mpy.Target) -> Payload:
+    """The payload of a run of `options` on `docs` for `target`."""
+    options = dataclasses.replace(options, emit=emit_for(options.emit, target),
+                                  kernels=kernels_for(options.kernels, target))
+    files = _trainer(target, options.emit, options.kernels)
+    # Step s trains on name s % count, so a run of fewer steps than names needs only its first
+    # `steps`; and microgpt.py trains on a name's first block_size letters, never further.
+    ordered, init = dataset.microgpt_order(docs, options.seed)
+    names = [name[:chip.BLOCK] for name in ordered[:options.steps]]
+    files[chip.DATA] = ("\n".join(names) + "\n").encode()
+    if options.init == "microgpt":
+        files[chip.INIT] = init.astype("<f4").tobytes()
+    run_id = zlib.crc32(f"{options.steps} {options.seed} {options.init}".encode() + files[chip.DATA]
+                        + files.get(chip.INIT, b""))
+    config = dataclasses.asdict(options) | {"docs": len(names), "run_id": run_id}
+    files[chip.CONFIG] = json.dumps(config, sort_keys=True).encode()
+    return Payload(options, target, files, run_id)

@@ -5,7 +5,7 @@ import errno
 import serial
 from serial.tools import list_ports
 
-from microgpt.engines import EngineError
+from .errors import EngineError
 
 # USB vendor IDs of the chips that put ESP32 boards on USB: the ESP32's own USB (S2/S3/C3...)
 # and the USB-serial bridges found on dev kits.

@@ -1,146 +1,353 @@
-"""MicroPython's raw REPL over a serial port: enter it, run code, copy files, stream a long run.
+"""MicroPython's raw REPL on a serial port, in one class on pyserial: enter it, run code, stream a
+long run, stop it, and move files at the speed of the line.
 
-Built on mpremote's SerialTransport, which speaks the raw REPL (Ctrl-A, raw-paste flow control,
-the two \\x04 markers) as mpremote does on every board. This class adds what a training run needs
-and mpremote lacks: reading a running program's output incrementally (mpremote's `follow` blocks
-until the program ends), and errors that name the fix instead of mpremote's bare
-"could not enter raw repl".
+The protocol (MicroPython's docs, reference/repl.rst, "raw mode and raw-paste mode"): Ctrl-C stops
+a running program; Ctrl-A enters the raw REPL, which answers "raw REPL; CTRL-B to exit\\r\\n>".
+Code goes in raw-paste mode (Ctrl-E A Ctrl-A; the board answers "R\\x01" and a 16-bit window, and
+sends \\x01 each time the host may send another window; Ctrl-D ends the code and the board echoes
+it). The program's output follows, then \\x04, its error output (a traceback), \\x04, and ">".
+
+Files go through small programs the board runs (see _HELPERS): uploads as base64 in windows the
+board acknowledges one by one, so they never overrun the board's input buffer (259 bytes on the
+ESP32) and never carry the Ctrl-C byte (so Ctrl-C always stops a transfer); downloads as raw
+bytes after their length. Both are checked with CRC-32; a transfer that fails removes its partial
+file (and `sync` rewrites any file whose CRC differs, so a cut one is never used).
 """
 import ast
-import contextlib
-import errno
-import io
+import base64
+import struct
+import time
+import zlib
 
-from mpremote.transport import TransportError, TransportExecError
-from mpremote.transport_serial import SerialTransport
+from .errors import EngineError, MissingFile
+from .ports import UART_BAUD, open_serial, watch_link
 
-from microgpt.engines import EngineError
-from microgpt.ports import UART_BAUD, link_lost, open_serial, watch_link
-
-READ_TIMEOUT_S = 1.0  # mpremote reads ptys with a blocking read(1): this bounds it
+BANNER = b"raw REPL; CTRL-B to exit\r\n"
 ENTER_TIMEOUT_S = 10
-CHUNK = 1024  # bytes per exec when copying files (mpremote's 256 costs 4x the round trips)
+READ_TIMEOUT_S = 0.1  # each serial read; the loops above it keep their own deadlines
+WINDOW = 128  # base64 characters per acknowledged window of an upload
+IN_FLIGHT = 2  # windows sent ahead of their acknowledgement: 256 bytes, within the ESP32's input buffer
 # Ports whose Ctrl-D exits the process instead of soft-resetting (MicroPython's unix/windows VM).
 VM_PLATFORMS = ("linux", "darwin", "win32")
+# The ESP32 ROM's SYNC request (esptool's serial protocol): a board in download mode answers it.
+_ROM_SYNC = b"\xc0\x00\x08\x24\x00\x00\x00\x00\x00\x07\x07\x12\x20" + b"\x55" * 32 + b"\xc0"
 
-
-class MissingFile(EngineError):
-    """The file asked for is not on the board."""
+# Run on the board once per session (a soft reset forgets them): _mgput receives a file, _mgget
+# sends one, _mgsums says which files the board already holds (size, CRC-32).
+_HELPERS = """
+import sys, os, binascii
+def _mgput(path, size, window):
+    f = open(path, 'wb')
+    crc = 0
+    buf = bytearray(window)
+    left = 4 * ((size + 2) // 3)
+    try:
+        while left:
+            m = memoryview(buf)[:min(left, window)]
+            got = 0
+            while got < len(m):
+                got += sys.stdin.buffer.readinto(m[got:])
+            data = binascii.a2b_base64(m)
+            f.write(data)
+            crc = binascii.crc32(data, crc)
+            left -= len(m)
+            sys.stdout.write('.')
+        f.close()
+    except BaseException:
+        f.close()
+        os.remove(path)
+        raise
+    print(crc)
+def _mgget(path):
+    f = open(path, 'rb')
+    size = f.seek(0, 2)
+    f.seek(0)
+    print(size)
+    buf = bytearray(512)
+    crc = 0
+    while True:
+        n = f.readinto(buf)
+        if not n:
+            break
+        m = memoryview(buf)[:n]
+        sys.stdout.buffer.write(m)
+        crc = binascii.crc32(m, crc)
+    f.close()
+    print(crc)
+def _mgsums(paths):
+    out = []
+    buf = bytearray(512)
+    for p in paths:
+        try:
+            f = open(p, 'rb')
+        except OSError:
+            out.append(None)
+            continue
+        crc = size = 0
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            crc = binascii.crc32(memoryview(buf)[:n], crc)
+            size += n
+        f.close()
+        out.append((size, crc))
+    return out
+"""
 
 
 class RawRepl:
-    def __init__(self, port: str, baud: int = UART_BAUD, answer_s: float = ENTER_TIMEOUT_S):
-        self.port, self.baud, self.answer_s = port, baud, answer_s
+    """A MicroPython board on `port` in its raw REPL. `answer_s`: how long it may take to open the
+    REPL; `silence_s`: how long a command may go without a byte from the board (writing flash can
+    keep it busy for seconds)."""
+
+    def __init__(self, port: str, baud: int = UART_BAUD, answer_s: float = ENTER_TIMEOUT_S, silence_s: float = 120.0):
+        self.port, self.baud, self.answer_s, self.silence_s = port, baud, answer_s, silence_s
+        self.serial = open_serial(port, baud, timeout=READ_TIMEOUT_S)
+        self.running = False  # a program started with start() has not ended
+        self._eot = 0  # end-of-output markers seen for the running program
+        self._helpers = False
         try:
-            self.transport = SerialTransport(port, baudrate=baud, exclusive=True, timeout=READ_TIMEOUT_S)
-        except TransportError:
-            open_serial(port, baud).close()  # mpremote drops the reason: reopen once to raise it
-            raise EngineError(f"cannot open serial port {port}") from None
-        self._eot = 2  # raw REPL end-of-output markers seen for the running program (2 = none running)
-        try:
-            self._enter(soft_reset=False)
+            self.enter()
             self.platform = self.eval("__import__('sys').platform")
         except BaseException:
-            self.transport.serial.close()
+            self.serial.close()
             raise
 
-    def _enter(self, soft_reset: bool):
-        said = io.StringIO()  # mpremote prints what the board said before raising: keep it for our message
-        with self._link(), contextlib.redirect_stdout(said):
-            try:
-                self.transport.enter_raw_repl(soft_reset=soft_reset, timeout_overall=self.answer_s)
-            except TransportError:
-                answer = said.getvalue().strip()
-                if answer in ("", "b''"):
-                    raise EngineError(
-                        f"no answer from {self.port} within {self.answer_s:g} s: is the board powered and "
-                        f"running MicroPython at {self.baud} baud? Flash it with `microgpt device flash`.") from None
-                raise EngineError(
-                    f"{self.port} refused the raw REPL (no 'raw REPL; CTRL-B to exit' banner); it answered "
-                    f"{answer[-200:]}. Is MicroPython running there? Flash it with `microgpt device flash`.") from None
+    # ---- the line ----
 
-    @contextlib.contextmanager
-    def _link(self):
-        """A dropped port, or a board that stopped answering, as one clear error."""
+    def _write(self, data: bytes) -> None:
         with watch_link(self.port):
-            try:
-                yield
-            except TransportError as e:
-                if isinstance(e, TransportExecError):
-                    raise
-                raise EngineError(f"the board on {self.port} stopped answering the raw REPL ({e})") from None
+            self.serial.write(data)
+
+    def _read(self, n: int = 0) -> bytes:
+        """What arrived (up to n bytes; 0: all waiting), after at most one read timeout."""
+        with watch_link(self.port):
+            return self.serial.read(n or max(1, self.serial.in_waiting))
+
+    def _read_until(self, marker: bytes | tuple[bytes, ...], what: str) -> bytes:
+        """Bytes up to and including the first `marker` (or any of several); raises if the board
+        falls silent for silence_s."""
+        markers = marker if isinstance(marker, tuple) else (marker,)
+        data = b""
+        last = time.monotonic()
+        while not data.endswith(markers):
+            chunk = self._read(1)
+            if chunk:
+                data += chunk
+                last = time.monotonic()
+            elif time.monotonic() - last > self.silence_s:
+                raise EngineError(f"the board on {self.port} stopped answering ({what}; it said {data[-120:]!r})")
+        return data
+
+    def _read_exact(self, n: int, what: str) -> bytes:
+        data = b""
+        last = time.monotonic()
+        while len(data) < n:
+            chunk = self._read(n - len(data))
+            if chunk:
+                data += chunk
+                last = time.monotonic()
+            elif time.monotonic() - last > self.silence_s:
+                raise EngineError(f"the board on {self.port} stopped answering ({what}, {len(data)} of {n} bytes)")
+        return data
+
+    # ---- the REPL ----
+
+    def enter(self) -> None:
+        """Stop whatever runs and open the raw REPL, or say what is on the port instead."""
+        self._write(b"\r\x03\x03")  # Ctrl-C twice: stop a running program
+        time.sleep(0.05)
+        said = self._read()
+        self._write(b"\r\x01")  # Ctrl-A: raw REPL
+        deadline = time.monotonic() + self.answer_s
+        while not said.endswith(BANNER + b">"):
+            chunk = self._read()
+            said += chunk
+            if chunk and said.endswith(b">>> "):  # the friendly REPL came up after our Ctrl-A (a board still booting)
+                self._write(b"\r\x01")
+            if time.monotonic() > deadline:
+                raise EngineError(self._not_micropython(said))
+        self.running = False
+        self._helpers = False  # after a reset the board has forgotten them; installing again is cheap
+
+    def _not_micropython(self, said: bytes) -> str:
+        fix = "Flash MicroPython with `microgpt device flash`."
+        if not said:
+            self._write(_ROM_SYNC)
+            time.sleep(0.3)
+            if self._read().startswith(b"\xc0\x01\x08"):
+                return (f"the board on {self.port} is in its ROM bootloader's download mode (BOOT held at reset), "
+                        f"not running MicroPython: reset it without holding BOOT. {fix}")
+            return (f"no answer from {self.port} within {self.answer_s:g} s: is the board powered and running "
+                    f"MicroPython at {self.baud} baud? {fix}")
+        return (f"{self.port} refused the raw REPL (no 'raw REPL; CTRL-B to exit' banner); it answered "
+                f"{said[-200:]!r}. Is MicroPython running there? {fix}")
+
+    def _submit(self, code: str) -> None:
+        """Send `code` in raw-paste mode (the board paces it); its output follows."""
+        self._write(b"\x05A\x01")
+        answer = self._read_exact(2, "raw-paste mode")
+        if answer != b"R\x01":
+            raise EngineError(f"the board on {self.port} has no raw-paste mode (it answered {answer!r}): "
+                              "use MicroPython v1.23 or newer")
+        window = remaining = struct.unpack("<H", self._read_exact(2, "raw-paste window"))[0]
+        data = code.encode()
+        while data:
+            while remaining == 0 or self.serial.in_waiting:
+                flow = self._read_exact(1, "raw-paste flow control")
+                if flow == b"\x01":
+                    remaining += window
+                elif flow == b"\x04":  # the board ended the paste early
+                    self._write(b"\x04")
+                    break
+                else:
+                    raise EngineError(f"unexpected {flow!r} from {self.port} while sending code")
+            self._write(data[:remaining])
+            remaining, data = remaining - len(data[:remaining]), data[remaining:]
+        self._write(b"\x04")
+        self._read_until(b"\x04", "end of code")
+
+    def _finish(self, what: str) -> bytes:
+        """After a command: its output; its error output raises EngineError naming the error."""
+        out = self._read_until(b"\x04", what)[:-1]
+        err = self._read_until(b"\x04", what)[:-1]
+        self._read_until(b">", what)
+        if err:
+            last = err.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+            raise EngineError(f"the board failed running {what}: {last[0]}")
+        return out
 
     def exec(self, code: str) -> bytes:
         """Run `code` to completion and return what it printed; an exception on the board is an EngineError."""
-        with self._link():
-            try:
-                return self.transport.exec(code)
-            except TransportExecError as e:
-                last = e.error_output.strip().splitlines()[-1:] or ["?"]
-                raise EngineError(f"the board failed running {code.splitlines()[0]!r}: {last[0]}") from None
+        self._submit(code)
+        return self._finish(repr(code.splitlines()[0] if code.strip() else code))
 
     def eval(self, expression: str):
         return ast.literal_eval(self.exec(f"print(repr({expression}))").decode())
 
+    def soft_reset(self) -> None:
+        """Restart MicroPython for a clean heap (boot.py runs, main.py does not). On the VM Ctrl-D
+        would end the process instead, and a fresh VM process is clean already, so there it is skipped."""
+        if self.platform not in VM_PLATFORMS:
+            self._write(b"\x04")
+            self._read_until(b"soft reboot\r\n", "soft reset")
+            self._read_until(BANNER + b">", "soft reset")
+            self._helpers = False
+
+    def start(self, code: str) -> None:
+        """Start `code` and return at once; read its output with read()."""
+        self._submit(code)
+        self.running, self._eot = True, 0
+
+    def read(self) -> bytes | None:
+        """What the running program printed since the last call (b"" if nothing within the read
+        timeout); None once it has ended. Its output and its error output (a traceback) are both
+        returned; the markers and the prompt after them are not."""
+        if not self.running:
+            return None
+        parts = self._read().split(b"\x04")
+        ends = 2 - self._eot  # markers still to come: the parts before them are the program's
+        data = b"".join(parts[:ends])
+        self._eot += len(parts) - 1
+        if self._eot >= 2:
+            self.running = False
+            if b">" not in b"".join(parts[ends:]):  # the prompt that follows the second marker
+                self._read_until(b">", "end of the program")
+            return data or None
+        return data
+
+    def stop(self, wait_s: float | None = None) -> None:
+        """Stop the running program (Ctrl-C), as a user would, and wait (`wait_s`, default answer_s)
+        until the board is back at its prompt."""
+        if not self.running:
+            return
+        self._write(b"\x03")
+        deadline = time.monotonic() + (self.answer_s if wait_s is None else wait_s)
+        while self.running and time.monotonic() < deadline:
+            self.read()
+        if self.running:
+            raise EngineError(f"the board on {self.port} did not stop its program on Ctrl-C")
+
+    def close(self) -> None:
+        """Stop a program still running, leave the board at its friendly REPL, and free the port."""
+        if not self.serial.is_open:
+            return
+        try:
+            self.stop(wait_s=2)
+            self._write(b"\r\x02")  # Ctrl-B: friendly REPL
+        except EngineError:
+            pass  # the board or its port is gone: nothing left to leave tidy
+        finally:
+            self.serial.close()
+
+    # ---- files ----
+
+    def _install_helpers(self) -> None:
+        if not self._helpers:
+            self.exec(_HELPERS)
+            self._helpers = True
+
     def write_file(self, path: str, data: bytes) -> None:
-        with self._link():
-            try:
-                self.transport.fs_writefile(path, data, chunk_size=CHUNK)
-            except OSError as e:
-                if link_lost(e):
-                    raise
-                hint = ": the board's filesystem is full" if e.errno == errno.ENOSPC else ""
-                raise EngineError(f"cannot write {path} ({len(data)} bytes) on the board ({e}){hint}") from None
+        self._install_helpers()
+        text = base64.b64encode(data)
+        windows = [text[i:i + WINDOW] for i in range(0, len(text), WINDOW)]
+        what = f"writing {path}"
+        self._submit(f"_mgput({path!r}, {len(data)}, {WINDOW})")
+        sent = acked = 0
+        while acked < len(windows):
+            while sent < len(windows) and sent - acked < IN_FLIGHT:
+                self._write(windows[sent])
+                sent += 1
+            ack = self._read_exact(1, what)
+            if ack != b".":  # the receiver failed: its traceback follows, then the prompt
+                said = (ack + self._read_until(b"\x04>", what)).decode(errors="replace")
+                self.enter()  # windows still in flight went to the prompt: start it afresh
+                full = ": the board's filesystem is full" if "ENOSPC" in said or "28]" in said else ""
+                error = said.strip("\x04>").strip().splitlines()[-1:] or ["?"]
+                raise EngineError(f"cannot write {path} ({len(data):,} bytes) on the board: {error[0]}{full}")
+            acked += 1
+        crc = int(self._finish(what))
+        if crc != zlib.crc32(data):
+            raise EngineError(f"{path} arrived damaged on the board (CRC-32 {crc:08x}, sent {zlib.crc32(data):08x}): "
+                              "check the cable, or lower --baud")
 
     def read_file(self, path: str) -> bytes:
-        with self._link():
-            try:
-                return bytes(self.transport.fs_readfile(path, chunk_size=CHUNK))
-            except OSError as e:
-                if link_lost(e):
-                    raise
-                if e.errno == errno.ENOENT:
-                    raise MissingFile(f"there is no {path} on the board") from None
-                raise EngineError(f"cannot read {path} from the board ({e})") from None
+        self._install_helpers()
+        self._submit(f"_mgget({path!r})")
+        what = f"reading {path}"
+        head = self._read_until((b"\n", b"\x04"), what)
+        if head.endswith(b"\x04"):  # the board raised before it sent the length
+            error = self._read_until(b"\x04", what)[:-1].decode(errors="replace")
+            self._read_until(b">", what)
+            if "ENOENT" in error:
+                raise MissingFile(f"there is no {path} on the board")
+            raise EngineError(f"cannot read {path} from the board: {error.strip().splitlines()[-1:]}")
+        data = self._read_exact(int(head), what)
+        crc = int(self._finish(what))
+        if crc != zlib.crc32(data):
+            raise EngineError(f"{path} arrived damaged from the board (CRC-32 mismatch): check the cable, or lower --baud")
+        return data
+
+    def sync(self, files: dict[str, bytes], progress=None) -> list[str]:
+        """Write the files the board does not already hold byte for byte; returns those written."""
+        self._install_helpers()
+        held = self.eval(f"_mgsums({list(files)!r})") if files else []
+        written = []
+        for (path, data), sums in zip(files.items(), held):
+            if sums != (len(data), zlib.crc32(data)):
+                if progress:
+                    progress(path, len(data))
+                self.write_file(path, data)
+                written.append(path)
+        return written
 
     def remove(self, *paths: str) -> None:
         """Delete these files where they exist."""
         self.exec(f"import os\nfor p in {paths!r}:\n try:\n  os.remove(p)\n except OSError:\n  pass")
 
-    def soft_reset(self) -> None:
-        """Restart MicroPython for a clean heap. On the VM Ctrl-D would end the process instead,
-        and a fresh VM process is clean already, so there it is skipped."""
-        if self.platform not in VM_PLATFORMS:
-            self._enter(soft_reset=True)
-
-    def start(self, code: str) -> None:
-        """Start `code` and return at once; read its output with read()."""
-        with self._link():
-            self.transport.exec_raw_no_follow(code)
-        self._eot = 0
-
-    def read(self) -> bytes | None:
-        """What the running program printed since the last call (b"" if nothing within the read
-        timeout); None once it has ended. The raw REPL ends its stdout, then its stderr (an uncaught
-        traceback), with \\x04 each; both are returned, the markers and the prompt after them are not."""
-        if self._eot >= 2:
-            return None
-        ser = self.transport.serial
-        with self._link():
-            chunk = ser.read(max(1, ser.in_waiting))
-        parts = chunk.split(b"\x04")
-        data = b"".join(parts[: 2 - self._eot])
-        self._eot += len(parts) - 1
-        if self._eot >= 2:
-            self._enter(soft_reset=False)  # the bulk read may have eaten the next prompt: ask for a new one
-            return data or None
-        return data
-
-    def close(self) -> None:
-        """Leave the board at its friendly REPL (unless a program still runs) and free the port."""
-        if not self.transport.serial.is_open:
-            return
-        with contextlib.suppress(OSError):
-            if self._eot >= 2:
-                self.transport.exit_raw_repl()
-            self.transport.close()
+    def remove_own(self, path: str, mark: bytes) -> bool:
+        """Delete `path` if it begins with `mark` (a file this tool wrote); True if it did."""
+        code = (f"import os\ntry:\n f = open({path!r}, 'rb')\n own = f.read({len(mark)}) == {mark!r}\n f.close()\n"
+                f"except OSError:\n own = False\nif own:\n os.remove({path!r})\nprint(own)")
+        return self.exec(code).strip() == b"True"

@@ -264,12 +264,3 @@ class RunState:
     checkpoints_rejected: list
     bad_records: int
 
-
-def parse_lines(lines, engine="log", uart_log=None):
-    """Parse a whole log (an iterable of raw lines, e.g. an open binary file) into a Report."""
-    from .report import Report
-
-    parser = UartParser()
-    for line in lines:
-        parser.feed(line)
-    return Report.of(parser.state(), engine, uart_log)

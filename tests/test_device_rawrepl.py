@@ -5,7 +5,8 @@ import time
 import pytest
 from vm_pty import VmPort
 
-from microgpt.engines import EngineError, Silence, split_lines
+from microgpt.engines import split_lines
+from microgpt.errors import EngineError, Silence
 from microgpt.rawrepl import RawRepl
 
 
@@ -75,7 +76,7 @@ def test_a_peer_that_is_not_micropython_refuses_the_raw_repl(tmp_path):
     with VmPort(tmp_path) as port:
         port.start(["cat"])  # echoes what it gets: alive, but no raw REPL banner
         with pytest.raises(EngineError, match=r"refused the raw REPL \(no 'raw REPL; CTRL-B to exit' banner\); "
-                                              r"it answered b'\\r\\x03\\r\\x01'.*device flash"):
+                                              r"it answered b'\\r\\x03\\x03\\r\\x01'.*device flash"):
             RawRepl(port.path, answer_s=1)
 
 

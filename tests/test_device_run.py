@@ -9,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 from vm_pty import VmPort
 
-from microgpt import payload, runner
+from microgpt import payload
 from microgpt.cli.device import device
 from microgpt.engines import Engine
 from microgpt.engines.serial import UploadEngine
 from microgpt.reference import N_PARAMS
+from microgpt.run import RunDir, run
 
 
 @pytest.fixture
@@ -73,8 +74,11 @@ class ResetAt(Engine):
     def fault(self):
         self.board.reset()
 
-    def prepare(self):
-        self.engine.prepare()
+    def target(self):
+        return self.engine.target()
+
+    def place(self, placed):
+        self.engine.place(placed)
 
     def stop(self):
         self.engine.stop()
@@ -86,18 +90,25 @@ class ResetAt(Engine):
         self.engine.close()
 
 
+def run_on(engine, report, options, docs):
+    rundir = RunDir(report)
+    with rundir.claim():
+        return run(engine, rundir, options, docs)
+
+
 def test_a_reset_mid_run_resumes_to_bit_identical_weights(tmp_path, docs):
-    cfg = payload.RunConfig(steps=100, samples=3, ckpt_every=10)
-    files = lambda target: payload.chip_files(cfg, docs, target)  # noqa: E731
+    # The board resets under the run and comes back at its REPL (an upload leaves no boot entry):
+    # the host sees MicroPython's banner, starts the trainer again, and it resumes from its checkpoint.
+    options = payload.RunOptions(steps=100, samples=3, ckpt_every=10)
     reports = {}
     for name, reset_at in (("whole", None), ("reset", 15)):
         with VmPort(tmp_path / name) as board:
-            engine = UploadEngine(board.start().path, files, silence_s=60)
+            engine = UploadEngine(board.start().path, silence_s=60)
             if reset_at:
                 engine = ResetAt(engine, board, reset_at)
-            reports[name] = runner.run(engine, tmp_path / f"{name}.uart.log", expect_steps=cfg.steps)
-    whole, reset = reports["whole"], reports["reset"]
-    assert whole.status == reset.status == "ok", reset.error
+            reports[name] = run_on(engine, tmp_path / f"{name}.json", options, docs)
+    whole, reset = reports["whole"].run, reports["reset"].run
+    assert reports["whole"].status == reports["reset"].status == "ok", reports["reset"].error
     # The reset comes once the host has seen step 15; the chip may have run on to a later checkpoint
     # (the UART's buffers hold some steps), never to the end.
     assert reset.boots == 2 and reset.resumed_from in range(10, 100, 10)
@@ -114,17 +125,15 @@ class UnplugAt(ResetAt):
 
 
 def test_cable_pulled_mid_run(board, docs, tmp_path):
-    cfg = payload.RunConfig(steps=50, samples=0)
-    engine = UploadEngine(board.path, lambda target: payload.chip_files(cfg, docs, target))
-    log = tmp_path / "uart.log"
-    rep = runner.run(UnplugAt(engine, board, 7), log, expect_steps=cfg.steps)
+    engine = UploadEngine(board.path)
+    rep = run_on(UnplugAt(engine, board, 7), tmp_path / "r.json", payload.RunOptions(steps=50, samples=0), docs)
     assert rep.status == "error"
     # The cable goes once the host has seen step 7; what the chip had already sent may follow.
     last = int(re.match(r"the run stopped after step (\d+) of 50: no MGPT end line — serial connection to /dev/pts/",
                         rep.error).group(1))
     assert 7 <= last < 50
     assert "lost" in rep.error and "check the USB cable" in rep.error
-    assert log.read_bytes().count(b"MGPT step ") == last  # what arrived is on disk
+    assert (tmp_path / "r.uart.log").read_bytes().count(b"MGPT step ") == last  # what arrived is on disk
 
 
 def test_memory_error_on_the_chip(tmp_path, device_cli):
@@ -138,7 +147,7 @@ def test_memory_error_on_the_chip(tmp_path, device_cli):
 def test_raw_repl_refused(tmp_path, device_cli):
     with VmPort(tmp_path / "board") as port:
         port.start(["cat"])  # something on the port that is not MicroPython
-        code, out, rep = device_cli("run", "--mode", "upload", "--port", port.path, "--steps", 5, "--timeout", 2)
+        code, out, rep = device_cli("run", "--mode", "upload", "--port", port.path, "--steps", 5, "--silence", 2)
     assert code != 0
     assert "refused the raw REPL (no 'raw REPL; CTRL-B to exit' banner)" in rep["error"]
     assert "device flash" in rep["error"]
@@ -147,7 +156,7 @@ def test_raw_repl_refused(tmp_path, device_cli):
 
 def test_silent_board(tmp_path, device_cli):
     with VmPort(tmp_path / "board") as port:  # powered off: nothing answers
-        code, out, rep = device_cli("run", "--mode", "upload", "--port", port.path, "--steps", 5, "--timeout", 1)
+        code, out, rep = device_cli("run", "--mode", "upload", "--port", port.path, "--steps", 5, "--silence", 1)
     assert code != 0 and "no answer from /dev/pts/" in rep["error"] and "within 1 s" in rep["error"]
     assert Path(rep["uart_log"]).exists()
 
@@ -184,6 +193,6 @@ def test_upload_starts_a_new_run(board, device_cli):
     code, out, first = device_cli(*args)
     assert code == 0, out
     assert first["checkpoints"] == [3, 6] and (board.cwd / "ckpt.bin").exists()
-    code, out, again = device_cli(*args)
+    code, out, again = device_cli(*args, report=board.cwd.parent / "again" / "report.json")
     assert code == 0, out
     assert again["resumed_from"] is None and again["losses"] == first["losses"]

@@ -101,7 +101,8 @@ def files(tmp_path_factory, names_path):
 @pytest.fixture(scope="module")
 def built(firmware, files, tmp_path_factory):
     out = tmp_path_factory.mktemp("build") / "flash.bin"
-    return out, image.build_image(firmware, files, out)
+    out.write_bytes(firmware.flash(files))
+    return out
 
 
 def test_identifies_the_official_release(firmware):
@@ -114,32 +115,43 @@ def test_identifies_the_official_release(firmware):
 
 
 def test_image_is_the_whole_flash_with_the_official_firmware_untouched(built, firmware):
-    out, info = built
-    data = out.read_bytes()
-    assert len(data) == info["flash_size"] == 4 * MiB
+    data = built.read_bytes()
+    assert len(data) == 4 * MiB
     assert data[:0x1000] == b"\xff" * 0x1000  # erased flash before the bootloader
     assert data[0x1000:0x1000 + len(firmware.data)] == firmware.data
     assert set(data[0x1000 + len(firmware.data):0x200000]) == {0xFF}
     assert image.read_partition_table(data) == firmware.partitions
-    assert (info["vfs_offset"], info["vfs_size"]) == image.vfs_region(out) == (0x200000, 0x200000)
-    assert info["firmware"] == "v1.25.0" and 0 < info["bytes_free"] < 0x200000
+    assert image.vfs_region(built) == (0x200000, 0x200000)
+    assert 0 < image.free_bytes(data[0x200000:]) < 0x200000
+
+
+def test_a_whole_flash_image_is_identified_as_one_and_keeps_its_files(built, firmware, files):
+    whole = basefw.identify(built)
+    assert (whole.offset, whole.version, whole.flash_size, whole.partitions) == (0, "v1.25.0", 4 * MiB,
+                                                                                  firmware.partitions)
+    # A run on it writes its files over the image's own, which stay (--image); a firmware starts afresh.
+    again = whole.flash({"config.json": b"{}", "extra.txt": b"mine"}, keep=True)
+    kept = image.read_vfs(again)
+    assert kept["extra.txt"] == b"mine" and kept["config.json"] == b"{}" and kept["names.txt"] == files["names.txt"]
+    assert again[:0x200000] == built.read_bytes()[:0x200000]
+    assert image.read_vfs(whole.flash({"a": b"1"})) == {"a": b"1"}
+    erased = firmware.flash(None)  # a new board: MicroPython formats the partition at first boot
+    assert erased[:0x200000] == built.read_bytes()[:0x200000] and set(erased[0x200000:]) == {0xFF}
 
 
 def test_esptool_validates_bootloader_and_app(built, firmware, tmp_path):
-    data = built[0].read_bytes()
+    data = built.read_bytes()
     app = next(p for p in firmware.partitions if p.type == image.APP)
     assert_valid(esptool_image_info(data[app.offset:app.end], tmp_path / "app.bin"))
     assert_valid(esptool_image_info(data[0x1000:0x8000], tmp_path / "bootloader.bin"))
 
 
 def test_filesystem_reads_back_byte_for_byte(built, files):
-    out, info = built
-    assert image.read_vfs(out) == files
-    assert info["files"] == {name: len(data) for name, data in files.items()}
+    assert image.read_vfs(built) == files
 
 
 def test_vm_mounts_the_image_filesystem(built, files, tmp_path):
-    data = built[0].read_bytes()
+    data = built.read_bytes()
     offset, size = image.vfs_region(data)
     region = tmp_path / "vfs.bin"
     region.write_bytes(data[offset:offset + size])
@@ -174,15 +186,6 @@ def test_vm_imports_mpy_from_a_filesystem_we_built(tmp_path):
     assert (r.returncode, r.stdout) == (0, "/flash/probe.mpy 42\n"), r.stderr
 
 
-def test_larger_flash_rewrites_the_bootloader_header(firmware, tmp_path):
-    out = tmp_path / "flash8.bin"
-    info = image.build_image(firmware, {"main.py": b"print(1)\n"}, out, flash_size="8MB")
-    data = out.read_bytes()
-    assert len(data) == info["flash_size"] == 8 * MiB
-    assert data[0x1003] >> 4 == 0x3  # 8MB in the ESP32 header encoding
-    assert_valid(esptool_image_info(data[0x1000:0x8000], tmp_path / "bootloader.bin"))
-
-
 # --- refusals -----------------------------------------------------------------------------------
 
 def refusal(fn, *args, **kwargs) -> str:
@@ -199,10 +202,17 @@ def patched(tmp_path: Path, at: int, new: bytes) -> Path:
     return path
 
 
+@pytest.mark.parametrize("content, kind", [
+    (b"", "empty"), (b"emma\nolivia\n" * 100, "text, not firmware"), (bytes(range(100)), "100 bytes of something else")])
+def test_refuses_what_is_not_an_image_saying_what_it_is_and_what_to_pass(tmp_path, content, kind):
+    path = tmp_path / "given.bin"
+    path.write_bytes(content)
+    message = refusal(basefw.identify, path)
+    assert f"given.bin is not an ESP32 firmware or flash image ({kind})" in message
+    assert "micropython.org/download/ESP32_GENERIC" in message and "microgpt build" in message
+
+
 def test_refuses_what_is_not_an_esp32_micropython_firmware(tmp_path):
-    text = tmp_path / "notes.txt"
-    text.write_text("hello")
-    assert "not an ESP32 firmware image" in refusal(basefw.identify, text)
     assert "not an ESP32 firmware image" in refusal(basefw.identify, FIRMWARE_DIR / "ESP8266_GENERIC-20250415-v1.25.0.bin")
     assert "cannot read the firmware" in refusal(basefw.identify, tmp_path / "missing.bin")
     # The app alone (what an ESP-IDF build leaves in build/micropython.bin) has no partition table.
@@ -228,6 +238,17 @@ def test_refuses_a_truncated_firmware(tmp_path):
     assert "(app at 0x10000) is corrupt" in refusal(basefw.identify, cut)
 
 
+def test_refuses_a_truncated_or_damaged_whole_image(built, tmp_path):
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(built.read_bytes()[:2 * MiB])
+    assert "is 2,097,152 bytes, but a whole-flash image for its 4 MB flash is 4,194,304" in refusal(basefw.identify, cut)
+    bad_app = bytearray(built.read_bytes())
+    bad_app[0x10000 + 0x2000] ^= 0x01
+    damaged = tmp_path / "damaged.bin"
+    damaged.write_bytes(bytes(bad_app))
+    assert "(app at 0x10000) is corrupt" in refusal(basefw.identify, damaged)
+
+
 def test_refuses_files_that_do_not_fit_and_says_by_how_much():
     size = 16 * image.BLOCK_SIZE
     files = {"a.bin": bytes(100 * 1024), "b.txt": b"x" * 3000}
@@ -238,15 +259,12 @@ def test_refuses_files_that_do_not_fit_and_says_by_how_much():
     refusal(image.build_fs, size + short - image.BLOCK_SIZE, files)  # ... and needed
 
 
-def test_refuses_a_dataset_larger_than_the_vfs_partition(firmware, tmp_path, names_path):
-    message = refusal(image.build_image, firmware, {"names.txt": names_path.read_bytes() * 10}, tmp_path / "f.bin")
+def test_refuses_a_dataset_larger_than_the_vfs_partition(firmware, names_path):
+    message = refusal(firmware.flash, {"names.txt": names_path.read_bytes() * 10})
     assert "vfs partition holds 2,097,152" in message and "bytes too many" in message
-    assert not (tmp_path / "f.bin").exists()
 
 
-def test_refuses_an_image_larger_than_the_flash(firmware, tmp_path):
-    assert "flash holds 2,097,152" in refusal(image.build_image, firmware, {}, tmp_path / "f.bin", flash_size="2MB")
-    assert "3MB" in refusal(image.build_image, firmware, {}, tmp_path / "f.bin", flash_size="3MB")
+def test_refuses_an_image_larger_than_the_flash():
     assert "2,097,152 bytes too many" in refusal(image.require_fits, 4 * MiB, 2 * MiB)
 
 

@@ -1,7 +1,7 @@
 """The QEMU engine: its command line, where it finds qemu-system-xtensa, its errors, and a real
 child process streaming a UART transcript through it.
 
-Espressif's QEMU is not installed here, so a stand-in `qemu-system-xtensa` (a Python script)
+A stand-in `qemu-system-xtensa` (a Python script)
 plays its part on the process boundary: it records its argv, writes to the flash drive it was
 given, prints a transcript from sim/ on stdout in arbitrary chunks, then idles at the "REPL",
 exits, or keeps chattering, as asked.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from microgpt.engines import EngineError, Silence
 from microgpt.engines.qemu import BINARY, NO_WATCHDOG, QemuEngine, find_qemu
-from microgpt.uart import parse_lines
+from microgpt.errors import EngineError, Silence
+from microgpt.report import from_log
 
 SIM = Path(__file__).resolve().parents[1] / "sim"
 MiB = 1 << 20
@@ -68,13 +68,13 @@ def alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "build" / "flash.bin"
-    path.parent.mkdir()
-    with open(path, "wb") as f:
+def engine_with_flash(tmp_path, **kwargs) -> QemuEngine:
+    """A QEMU engine whose flash is in place (a blank 4 MB file: the stand-in boots nothing)."""
+    engine = QemuEngine(tmp_path / "run", **kwargs)
+    engine.flash.parent.mkdir(parents=True, exist_ok=True)
+    with open(engine.flash, "wb") as f:
         f.truncate(4 * MiB)
-    return path
+    return engine
 
 
 @pytest.fixture
@@ -85,16 +85,15 @@ def no_qemu(tmp_path, monkeypatch):
     monkeypatch.setenv("IDF_TOOLS_PATH", str(tmp_path / "idf-tools"))
 
 
-def test_command_is_espressifs_documented_invocation(tmp_path, image, no_qemu):
+def test_command_is_espressifs_documented_invocation(tmp_path, no_qemu):
     qemu = simulator(tmp_path / "bin", BINARY)
-    with QemuEngine(image, qemu=qemu, workdir=tmp_path / "run") as engine:
+    with QemuEngine(tmp_path / "run", qemu=qemu) as engine:
         flash = tmp_path / "run" / "qemu-flash.bin"
         assert engine.command() == [str(qemu), "-nographic", "-machine", "esp32",
-                                    "-drive", f"file={flash},if=mtd,format=raw"]
-    with QemuEngine(image, qemu=qemu, watchdog=False, extra_args=["-icount", "3"]) as engine:
-        assert engine.command()[6:] == [
-            "-global", "driver=timer.esp32.timg,property=wdt_disable,value=true", "-icount", "3"]
-        assert NO_WATCHDOG == engine.command()[6:8]
+                                    "-drive", f"file={flash},if=mtd,format=raw", *NO_WATCHDOG]
+        assert NO_WATCHDOG == ["-global", "driver=timer.esp32.timg,property=wdt_disable,value=true"]
+    with QemuEngine(tmp_path / "run", qemu=qemu, watchdog=True, extra_args=["-icount", "3"]) as engine:
+        assert engine.command()[6:] == ["-icount", "3"]
 
 
 def test_binary_lookup_order(tmp_path, monkeypatch, no_qemu):
@@ -119,9 +118,9 @@ def test_binary_lookup_order(tmp_path, monkeypatch, no_qemu):
     assert find_qemu() == str(default)
 
 
-def test_missing_binary_says_how_to_install(tmp_path, image, no_qemu):
+def test_missing_binary_says_how_to_install(tmp_path, no_qemu):
     with pytest.raises(EngineError) as e:
-        QemuEngine(image)
+        QemuEngine(tmp_path / "run")
     message = str(e.value)
     for hint in ("idf_tools.py install qemu-xtensa", "https://github.com/espressif/qemu/releases",
                  "QEMU_XTENSA", "--qemu PATH"):
@@ -130,80 +129,64 @@ def test_missing_binary_says_how_to_install(tmp_path, image, no_qemu):
         find_qemu(tmp_path / "nowhere" / BINARY)
 
 
-@pytest.mark.parametrize("size", [4 * MiB + 1, 1_702_240, 32 * MiB])
-def test_image_must_be_a_whole_flash(tmp_path, no_qemu, size):
-    image = tmp_path / "flash.bin"
-    with open(image, "wb") as f:
-        f.truncate(size)
-    with pytest.raises(EngineError, match=rf"is {size:,} bytes; Espressif's QEMU needs exactly 2, 4, 8 or 16 MB"):
-        QemuEngine(image, qemu=simulator(tmp_path / "bin", BINARY))
-    with pytest.raises(EngineError, match="microgpt build"):
-        QemuEngine(tmp_path / "missing.bin")
+def test_the_tool_is_checked_before_any_firmware_is_looked_at(tmp_path, no_qemu, monkeypatch):
+    # No QEMU: refused at once, before the (missing) firmware is read or the pinned one downloaded.
+    monkeypatch.setenv("MICROGPT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(EngineError, match="was not found"):
+        QemuEngine(tmp_path / "run", firmware=tmp_path / "no-such-firmware.bin")
+    assert not (tmp_path / "cache").exists()
 
 
-def test_streams_a_run_then_kills_qemu(tmp_path, image, monkeypatch):
+def test_streams_a_run_then_kills_qemu(tmp_path, monkeypatch):
     transcript = (SIM / "qemu-esp32-train.uart").read_bytes()
     monkeypatch.setenv("FAKE_UART", str(SIM / "qemu-esp32-train.uart"))
     qemu = simulator(tmp_path / "bin", BINARY)
-    engine = QemuEngine(image, qemu=qemu, silence_s=0.5, workdir=tmp_path / "run")
+    engine = engine_with_flash(tmp_path, qemu=qemu, silence_s=0.5)
     lines = []
     with pytest.raises(Silence, match="no output from the chip for 0.5 s"), engine:
-        engine.prepare()
         for line in engine.lines():
             lines.append(line)
     call = call_of(qemu)
     assert not alive(call["pid"])  # killed on close
     assert [str(qemu)] + call["argv"] == engine.command()
     assert lines == transcript.split(b"\n")[:-1]  # a real capture: every line as QEMU printed it
+    # QEMU's flash stays in the run's work directory with what the chip wrote (a cut run resumes from it).
     assert engine.flash.read_bytes()[0x3F0000:0x3F0013] == b"written by the chip"
-    assert image.read_bytes() == bytes(4 * MiB)  # the built image is never written
 
-    report = parse_lines(lines, engine="qemu")
-    assert report.status == "ok" and report.steps == 30 and report.params == 4192
-    assert report.losses[:2] == [3.365967, 3.424273] and None not in report.losses
-    assert report.samples == ["hoon", "wnonl", "q", "fmo", "qx"]
-    assert report.platform == "esp32" and report.freq_mhz == 240
-    assert report.peak_heap_bytes == 83616 and report.bad_records == 0  # records per docs/uart-protocol.md
-    assert report.kernels == "c" and report.config["freq_boot_mhz"] == 160
-
-
-def test_run_copy_lives_in_a_temp_dir_removed_on_close(tmp_path, image, monkeypatch):
-    monkeypatch.setenv("FAKE_AFTER", "0")
-    engine = QemuEngine(image, qemu=simulator(tmp_path / "bin", BINARY))
-    with engine:
-        engine.prepare()
-        assert list(engine.lines()) == []
-        assert engine.flash.is_file()
-    assert not engine.flash.parent.exists()
+    report = from_log(lines, engine="qemu")
+    run, summary = report.run, report.to_json()
+    assert report.status == "ok" and run.steps == 30 and summary["params"] == 4192
+    assert run.losses[:2] == [3.365967, 3.424273] and None not in run.losses
+    assert run.samples == ["hoon", "wnonl", "q", "fmo", "qx"]
+    assert summary["platform"] == "esp32" and summary["freq_mhz"] == 240
+    assert summary["peak_heap_bytes"] == 83616 and run.bad_records == 0  # records per docs/uart-protocol.md
+    assert summary["kernels"] == "c" and run.config["freq_boot_mhz"] == 160
 
 
-def test_watchdog_reset_loop_is_reported(tmp_path, image, monkeypatch):
+def test_watchdog_reset_loop_is_reported(tmp_path, monkeypatch):
     # QEMU exiting (here with 0) simply ends the lines; the parser judges the run.
     monkeypatch.setenv("FAKE_UART", str(SIM / "qemu-esp32-wdt-reset-loop.uart"))
     monkeypatch.setenv("FAKE_AFTER", "0")
-    with QemuEngine(image, qemu=simulator(tmp_path / "bin", BINARY)) as engine:
-        engine.prepare()
+    with engine_with_flash(tmp_path, qemu=simulator(tmp_path / "bin", BINARY)) as engine:
         lines = list(engine.lines())
     assert sum(b"rst:0x8 (TG1WDT_SYS_RESET)" in line for line in lines) == 4
-    report = parse_lines(lines, engine="qemu")
+    report = from_log(lines, engine="qemu")
     assert report.status == "error" and report.error.startswith("reset loop")
-    assert report.boots == 4 and report.steps == 10 and report.bad_records == 1
+    assert report.run.boots == 4 and report.run.steps == 10 and report.run.bad_records == 1
 
 
-def test_qemu_failing_reports_its_stderr(tmp_path, image, monkeypatch):
+def test_qemu_failing_reports_its_stderr(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_STDERR", 'qemu-system-xtensa: -drive file=x,if=mtd: Failed to get "write" lock\n')
     monkeypatch.setenv("FAKE_AFTER", "1")
-    with QemuEngine(image, qemu=simulator(tmp_path / "bin", BINARY)) as engine:
-        engine.prepare()
+    with engine_with_flash(tmp_path, qemu=simulator(tmp_path / "bin", BINARY)) as engine:
         with pytest.raises(EngineError, match=r'(?s)QEMU exited with code 1:\n.*Failed to get "write" lock'):
             list(engine.lines())
 
 
-def test_deadline_stops_a_run_that_never_ends(tmp_path, image, monkeypatch):
+def test_deadline_stops_a_run_that_never_ends(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_AFTER", "chatter")
     qemu = simulator(tmp_path / "bin", BINARY)
-    with QemuEngine(image, qemu=qemu, silence_s=5, timeout_s=0.5) as engine:
-        engine.prepare()
+    with engine_with_flash(tmp_path, qemu=qemu, silence_s=5, deadline_s=0.5) as engine:
         with pytest.raises(Silence, match="did not finish within 0.5 s"):
             list(engine.lines())
     assert not alive(call_of(qemu)["pid"])

@@ -1,6 +1,7 @@
 """The real target: the built image in Espressif's QEMU (`qemu-system-xtensa -machine esp32`)
-with the official v1.25.0 firmware. Skipped where QEMU is not installed (--qemu is the CLI's;
-here $QEMU_XTENSA or PATH); the instruction count also needs QEMU's libinsn.so plugin."""
+with the official v1.25.0 firmware. Skipped where QEMU is not installed ($QEMU_XTENSA or PATH),
+failed instead under MICROGPT_REAL_TARGETS=strict (conftest); the instruction count also needs
+QEMU's libinsn.so plugin."""
 import json
 import re
 
@@ -10,16 +11,6 @@ from click.testing import CliRunner
 from conftest import OFFICIAL_FIRMWARE
 from microgpt import chip_speed, payload
 from microgpt.cli import main
-from microgpt.engines import EngineError
-from microgpt.engines.qemu import find_insn_plugin, find_qemu
-
-
-@pytest.fixture(scope="module")
-def qemu():
-    try:
-        return find_qemu()
-    except EngineError:
-        pytest.skip("Espressif's qemu-system-xtensa is not installed ($QEMU_XTENSA or PATH)")
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +20,8 @@ def chip_run(qemu, tmp_path_factory, names_path):
     common = ["--steps", "50", "--samples", "20", "--data", str(names_path), "--firmware", str(OFFICIAL_FIRMWARE)]
     built = CliRunner().invoke(main, ["build", *common, "--out", str(tmp / "flash.bin")], catch_exceptions=False)
     assert built.exit_code == 0, built.output
+    common.remove("--firmware")
+    common.remove(str(OFFICIAL_FIRMWARE))
     result = CliRunner().invoke(main, ["sim", "run", "--engine", "qemu", "--qemu", qemu, "--image", str(tmp / "flash.bin"),
                                        *common, "--report", str(tmp / "report.json"), "--quiet"], catch_exceptions=False)
     return result.exit_code, result.output, json.loads((tmp / "report.json").read_text())
@@ -57,10 +50,7 @@ def test_the_chips_heap_peaks_under_100_kb(chip_run):
 
 
 @pytest.mark.slow
-def test_a_training_step_costs_the_chip_under_5m_instructions(qemu, docs):
-    plugin = find_insn_plugin(qemu=qemu)
-    if plugin is None:
-        pytest.skip("QEMU's instruction-counting plugin (tests/plugin/libinsn.so) is not found ($QEMU_INSN_PLUGIN)")
-    speed = chip_speed.instructions_per_step(payload.RunConfig(), docs, OFFICIAL_FIRMWARE, qemu, plugin)
-    assert all(r.kernels == "c" for r in speed.reports.values())
+def test_a_training_step_costs_the_chip_under_5m_instructions(qemu, insn_plugin, docs):
+    speed = chip_speed.instructions_per_step(payload.RunOptions(), docs, OFFICIAL_FIRMWARE, qemu, insn_plugin)
+    assert all(r.to_json()["kernels"] == "c" for r in speed.reports.values())
     assert 100_000 < speed.per_step <= 5_000_000, speed.per_step

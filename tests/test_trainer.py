@@ -122,3 +122,44 @@ def test_bad_data_is_refused_naming_line_and_character(sim_run, tmp_path):
     result = CliRunner().invoke(main, ["sim", "run", "--data", str(bad), "--steps", "1"])
     assert result.exit_code != 0
     assert "line 3" in result.output and "ë" in result.output
+
+
+@pytest.mark.parametrize("log_every", [100, 1000])
+def test_any_log_every_trains_1000_steps_within_the_chips_heap(sim_run, log_every):
+    # The losses of a record wait in a fixed float32 buffer, not as strings that grow.
+    code, out, report = sim_run("--steps", 1000, "--samples", 20, "--log-every", log_every)
+    assert code == 0, out
+    assert len(report["losses"]) == 1000 and None not in report["losses"] and len(report["samples"]) == 20
+    assert report["peak_heap_bytes"] <= 100_000
+    assert open(report["uart_log"]).read().count("MGPT step ") == 1000 // log_every
+
+
+def test_a_checkpoint_that_fails_its_check_leaves_no_trace(tmp_path, docs):
+    # A checkpoint of this very run whose CRC fails: its Adam state (all ones here) must not leak
+    # into the fresh start: every loss equals a run that never saw it.
+    import binascii
+    import struct
+
+    from microgpt import image, payload
+    from microgpt.engines.host import HostEngine
+    from microgpt.run import RunDir, run
+
+    class WithCheckpoint(HostEngine):
+        def place(self, placed):
+            super().place(placed)
+            head = struct.pack("<4sIIII", b"MGC3", placed.run_id, placed.options.steps, 3, 0)
+            arrays = placed.files["init.bin"] + struct.pack("<f", 1.0) * (2 * reference.N_PARAMS)
+            crc = binascii.crc32(head + arrays) ^ 1  # damaged
+            bad = {"ckpt.bin": head + arrays + struct.pack("<I", crc)}
+            self.flash.write_bytes(image.update_fs(self.flash.read_bytes(), bad))
+
+    options = payload.RunOptions(steps=6, samples=2, ckpt_every=3)
+    reports = {}
+    for name, engine in (("fresh", HostEngine), ("poisoned", WithCheckpoint)):
+        rundir = RunDir(tmp_path / f"{name}.json")
+        with rundir.claim():
+            reports[name] = run(engine(rundir.work), rundir, options, docs)
+    fresh, poisoned = reports["fresh"].run, reports["poisoned"].run
+    assert poisoned.checkpoints_rejected == ["checksum"] and poisoned.resumed_from is None
+    assert poisoned.losses == fresh.losses and poisoned.samples == fresh.samples
+    assert poisoned.losses[1] == pytest.approx(3.424273, abs=1e-6)

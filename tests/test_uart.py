@@ -1,25 +1,39 @@
 """The UART parser: sample logs as engines capture them, edge cases, and fuzzing."""
-import dataclasses
 import json
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from microgpt.report import Report
-from microgpt.uart import UartParser, parse_lines
+from microgpt.report import Report, diagnose, from_log
+from microgpt.uart import UartParser
 
 LOGS = Path(__file__).parent / "data" / "uart"
 REPORT_KEYS = {
-    "engine", "status", "error", "steps", "params", "losses", "samples", "ms_per_step", "peak_heap_bytes",
-    "uart_log", "config", "boots", "resumed_from", "checkpoints", "checkpoints_rejected", "lr_final",
-    "heap_total", "platform", "emit", "kernels", "freq_mhz", "ms_train", "peak_src", "alloc_per_step", "bad_records",
+    "engine", "status", "error", "interrupted", "steps", "params", "losses", "samples", "loss_mean", "loss_window",
+    "ms_per_step", "peak_heap_bytes", "uart_log", "config", "boots", "resumed_from", "checkpoints",
+    "checkpoints_rejected", "lr_final", "heap_total", "platform", "emit", "kernels", "freq_mhz", "ms_train",
+    "peak_src", "alloc_per_step", "bad_records", "weights", "loss_curve",
 }
 START = ("MGPT start v=1 params=4192 steps={steps} seed=42 init=microgpt docs=32033 log_every={every} ckpt_every=0"
          " samples=2 temp=0.5 lr=0.01 platform=linux impl=1.29.0 emit=bytecode freq_mhz=none"
          " freq_boot_mhz=none heap_total=166592")
 END = "MGPT end steps={steps} ms_train=50 ms_per_step=5.0 peak_heap=70000 alloc_per_step=none heap_total=166592"
+
+
+def flat(report):
+    """The report as report.json has it, but with the parser's own losses (a nan stays nan)."""
+    return SimpleNamespace(**{**report.to_json(), "losses": report.run.losses, "report": report})
+
+
+def parse_lines(lines, uart_log=None):
+    return flat(from_log(lines, uart_log=uart_log))
+
+
+def report_of(state, engine="x", uart_log=None, engine_error=None):
+    return flat(Report(engine, diagnose(state, uart_log, engine_error), None, state, uart_log))
 
 
 def parse(name, **kw):
@@ -39,7 +53,7 @@ def end(steps=10):
 
 
 def check_report(report):
-    assert REPORT_KEYS <= dataclasses.asdict(report).keys()
+    assert REPORT_KEYS == report.report.to_json().keys()
     assert report.status in ("ok", "error")
     assert (report.status == "ok") == (report.error is None)
     assert report.error is None or isinstance(report.error, str) and report.error
@@ -48,7 +62,7 @@ def check_report(report):
     assert all(x is None or isinstance(x, float) for x in report.losses)
     assert all(isinstance(s, str) for s in report.samples)
     assert isinstance(report.bad_records, int) and report.bad_records >= 0
-    json.dumps(dataclasses.asdict(report))  # only JSON types
+    json.dumps(report.report.to_json(), allow_nan=False)  # only JSON types, strict
 
 
 # --- sample logs -------------------------------------------------------------------------
@@ -156,7 +170,7 @@ def test_never_started_names_the_fix():
 
 def test_engine_error_is_the_reason_when_nothing_started():
     parser = UartParser()
-    r = Report.of(parser.state(), "qemu", "q.log", engine_error="qemu-system-xtensa not found: install it")
+    r = report_of(parser.state(), "qemu", "q.log", engine_error="qemu-system-xtensa not found: install it")
     assert r.error == "the trainer never started: no MGPT start line — qemu-system-xtensa not found: install it"
 
 
@@ -164,10 +178,10 @@ def test_engine_error_after_steps_and_after_end():
     parser = UartParser()
     for line in [start(10), step(1, 3.3), step(2, 3.2)]:
         parser.feed(line)
-    r = Report.of(parser.state(), "serial", "s.log", engine_error="no output from the chip for 30 s")
+    r = report_of(parser.state(), "serial", "s.log", engine_error="no output from the chip for 30 s")
     assert r.error == "the run stopped after step 2 of 10: no MGPT end line — no output from the chip for 30 s"
     parser.feed(end(2).replace("steps=2", "steps=10"))
-    assert Report.of(parser.state(), "serial", "s.log", engine_error="port vanished").status == "ok"
+    assert report_of(parser.state(), "serial", "s.log", engine_error="port vanished").status == "ok"
 
 
 def test_restart_without_resume_restarts_the_losses():
@@ -207,7 +221,7 @@ def test_rom_reset_before_start_is_one_boot():
     for line in ROM + [start()] + ROM + [start()]:
         parser.feed(line)
     assert parser.boots == 2 and not parser.finished
-    assert Report.of(parser.state(), "x", None).error == "the run stopped after step 0 of 10: no MGPT end line"
+    assert report_of(parser.state(), "x", None).error == "the run stopped after step 0 of 10: no MGPT end line"
 
 
 def test_records_inside_garbage_lone_cr_and_glued_records():
@@ -215,7 +229,7 @@ def test_records_inside_garbage_lone_cr_and_glued_records():
     parser = UartParser()
     assert [kind for kind, _ in parser.feed(line)] == ["start", "step", "step"]
     parser.feed(end(2) + "\r\n")
-    r = Report.of(parser.state(), "x", None)
+    r = report_of(parser.state(), "x", None)
     assert r.status == "ok" and r.losses == [3.0, 2.0] and r.bad_records == 0
 
 
@@ -270,7 +284,7 @@ def test_finished_after_end_or_after_the_traceback():
         assert not parser.finished
     parser.feed(BANNER[0])
     assert parser.finished
-    assert Report.of(parser.state(), "x", None).error == 'ValueError: bad (traceback: File "train.py", line 3)'
+    assert report_of(parser.state(), "x", None).error == 'ValueError: bad (traceback: File "train.py", line 3)'
     parser = UartParser()
     parser.feed(start(1))
     parser.feed(end(1))
@@ -281,7 +295,7 @@ def test_a_chip_running_another_configuration_is_stale():
     parser = UartParser(expect_steps=50)
     parser.feed(start(1000))
     assert parser.finished
-    assert "1000-step configuration but 50 steps were asked" in Report.of(parser.state(), "serial", None).error
+    assert "1000-step configuration but 50 steps were asked" in report_of(parser.state(), "serial", None).error
     assert parse_lines([start(1), step(1, 3.0), end(1)]).status == "ok"
 
 
@@ -372,4 +386,4 @@ def test_fuzz_protocol_soup(steps, every, lines, expect_steps):
     for line in [start(steps, every)] + lines:
         parser.feed(line)
         parser.finished
-    check_report(Report.of(parser.state(), "fuzz", None, engine_error="timeout"))
+    check_report(report_of(parser.state(), "fuzz", None, engine_error="timeout"))

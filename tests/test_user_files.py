@@ -1,22 +1,31 @@
-"""A user's files and mistakes: outputs are checked before a run starts, runs never share a
-directory, a failed run leaves nothing that looks like a result, and bad input is refused in
-one line that names the fix."""
+"""A user's files: outputs are checked before a run starts, two runs never share working files, an
+earlier run is never replaced unless asked, a full or read-only disk is one line naming the path,
+an interrupted run keeps its report and can be resumed to the same result."""
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from microgpt import dataset
+from conftest import OFFICIAL_FIRMWARE as FIRMWARE
 from microgpt.cli import main
-from microgpt.cli.options import run_dir
+from microgpt.run import RunDir
+
+CLI = [sys.executable, "-c", "from microgpt.cli import main; main()"]
+
+
+def sim(names_path, report, *args):
+    return [*CLI, "sim", "run", "--data", str(names_path), "--report", str(report), "--quiet", *map(str, args)]
 
 
 @pytest.mark.parametrize("name", ["weights.bin", "report.png", "report.uart.log"])
-def test_a_report_path_that_would_overwrite_an_output_is_refused_before_the_run(sim_run, tmp_path, name):
+def test_a_report_path_that_is_not_json_is_refused_before_the_run(sim_run, tmp_path, name):
     out = tmp_path / "out"
     code, text, _ = sim_run("--steps", 2, "--samples", 0, report=out / name)
     assert code != 0 and "name the report .json" in text
@@ -32,69 +41,163 @@ def test_build_refuses_an_image_named_like_its_manifest(names_path, tmp_path):
 def test_two_runs_in_the_same_second_get_two_directories(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("time.strftime", lambda fmt: "20261201-120000")
-    with run_dir(None, "host") as first, run_dir(None, "host") as second:
-        assert first.parent != second.parent and first.parent.is_dir() and second.parent.is_dir()
-    assert [first.parent.name, second.parent.name] == ["host-20261201-120000", "host-20261201-120000-2"]
+    first, second = RunDir.new("host"), RunDir.new("host")
+    assert first.report.parent != second.report.parent
+    assert [first.report.parent.name, second.report.parent.name] == ["host-20261201-120000", "host-20261201-120000-2"]
 
 
 def test_a_run_that_fails_before_it_starts_leaves_no_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(RuntimeError), run_dir(None, "host"):
+    with pytest.raises(RuntimeError), RunDir.new("host").claim():
         raise RuntimeError("the engine could not start")
     assert list((tmp_path / "runs").iterdir()) == []
 
 
-def test_a_failed_rerun_leaves_no_weights_of_the_earlier_run(sim_run, tmp_path):
+def test_every_file_of_a_run_is_named_after_its_report_with_absolute_paths(sim_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, report = sim_run("--steps", 3, "--samples", 0, report=Path("runs") / "mine.json")
+    assert code == 0, out
+    here = tmp_path / "runs"
+    assert report["uart_log"] == str(here / "mine.uart.log") and report["weights"] == str(here / "mine.weights.bin")
+    assert report["loss_curve"] == str(here / "mine.png")
+    assert sorted(p.name for p in here.iterdir()) == ["mine.json", "mine.png", "mine.uart.log", "mine.weights.bin"]
+
+
+def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, tmp_path):
     report = tmp_path / "run" / "report.json"
     code, out, ok = sim_run("--steps", 3, "--samples", 0, report=report)
-    assert code == 0 and ok["weights"] == str(report.with_name("weights.bin"))
-    code, out, failed = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, report=report)  # MemoryError
+    assert code == 0, out
+    before = {p.name: p.read_bytes() for p in report.parent.iterdir()}
+    # A failing rerun into the same path is refused before it runs: the trained weights stay.
+    code, out, _ = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, report=report)
+    assert code != 0 and "holds an earlier run" in out and "--overwrite" in out
+    assert {p.name: p.read_bytes() for p in report.parent.iterdir()} == before
+    # Told to replace it, the failed run leaves no weights that could pass for its own.
+    code, out, failed = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, "--overwrite", report=report)
     assert code != 0 and failed["status"] == "error" and failed["weights"] is None
-    assert not report.with_name("weights.bin").exists()
+    assert not report.with_name("report.weights.bin").exists()
 
 
-@pytest.mark.parametrize("timeout", ["0", "-1"])
-def test_a_timeout_must_be_positive(names_path, timeout):
-    result = CliRunner().invoke(main, ["sim", "run", "--data", str(names_path), "--timeout", timeout])
-    assert result.exit_code == 2 and "--timeout" in result.output
+def test_runs_aimed_at_one_report_never_mix(names_path, tmp_path):
+    # Four runs with different seeds started at once at one report path: one runs, the others are
+    # refused at once; the report, log and weights left are all the winner's.
+    report = tmp_path / "c" / "report.json"
+    procs = [subprocess.Popen(sim(names_path, report, "--steps", 40, "--samples", 3, "--seed", seed),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (1, 2, 3, 4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes.count(0) == 1, outs
+    refused = [out for code, out in zip(codes, outs) if code]
+    assert all("in use by another run" in out or "holds an earlier run" in out for out in refused), refused
+    winner = json.loads(report.read_text())
+    seed = winner["config"]["seed"]
+    assert winner["status"] == "ok" and (seed, 0) in zip((1, 2, 3, 4), codes)
+    log = report.with_suffix(".uart.log").read_text()
+    assert f"seed={seed} " in log and log.count("MGPT start") == 1
+    replay = CliRunner().invoke(main, ["sample", "--weights", winner["weights"], "--count", "3", "--seed", str(seed)])
+    assert [line[3:] for line in replay.output.splitlines()] == winner["samples"]
 
 
-def test_a_program_that_is_not_micropython_is_named(sim_run, tmp_path):
-    code, out, report = sim_run("--steps", 2, "--micropython", "/bin/true", report=tmp_path / "r" / "report.json")
-    assert code != 0 and "/bin/true did not answer as a MicroPython VM does" in out
-    assert "Traceback" not in out
-
-
-def test_a_names_file_with_a_byte_order_mark_reads_as_without(tmp_path):
-    path = tmp_path / "names.txt"
-    path.write_bytes(b"\xef\xbb\xbfemma\nolivia\n")
-    assert dataset.load_names(path) == ["emma", "olivia"]
-
-
-def test_version():
-    result = CliRunner().invoke(main, ["--version"])
-    assert result.exit_code == 0 and result.output.startswith("microgpt, version ")
-
-
-def test_an_output_directory_that_cannot_be_written_is_one_line(sim_run, tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a directory")
-    code, out, _ = sim_run("--steps", 2, report=blocker / "report.json")
-    assert code != 0 and f"cannot write into {blocker}" in out and "Traceback" not in out
-
-
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
-def test_an_interrupted_run_exits_130_and_keeps_its_report(names_path, tmp_path, sig, code):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_path, sig):
     report = tmp_path / "run" / "report.json"
-    argv = [sys.executable, "-c", "from microgpt.cli import main; main()", "sim", "run", "--data", str(names_path),
-            "--kernels", "python", "--steps", "1000", "--samples", "0", "--report", str(report), "--quiet"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 1000, "--samples", 0),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log = report.with_suffix(".uart.log")
     deadline = time.monotonic() + 60
     while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == code, out
+    assert proc.returncode == 128 + sig, out  # as a shell reports a process ended by that signal
     saved = json.loads(report.read_text())
-    assert saved["status"] == "error" and saved["error"].endswith("interrupted (Ctrl-C)") and saved["steps"] >= 1
+    name = signal.Signals(sig).name
+    assert saved["status"] == "error" and saved["interrupted"] == name and saved["error"].endswith(f"({name})")
+    assert f"interrupted by {name}" in out and saved["steps"] >= 1
+
+
+def test_a_cut_run_resumes_to_the_same_result_as_an_uninterrupted_one(names_path, tmp_path, sim_run):
+    args = ("--steps", 300, "--samples", 5, "--ckpt-every", 50, "--kernels", "python")
+    code, out, whole = sim_run(*args, report=tmp_path / "whole" / "report.json")
+    assert code == 0, out
+    report = tmp_path / "cut" / "report.json"
+    proc = subprocess.Popen(sim(names_path, report, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = report.with_suffix(".uart.log")
+    deadline = time.monotonic() + 120
+    while b"MGPT ckpt step=100" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "continue it with --resume" in out, out
+    cut = json.loads(report.read_text())
+    assert cut["status"] == "error" and 100 <= cut["steps"] < 300
+    # Run options do not go with --resume: the run keeps its own.
+    refused = CliRunner().invoke(main, ["sim", "run", "--resume", str(report.parent), "--steps", "5"])
+    assert refused.exit_code == 2 and "--steps does not go with --resume" in refused.output
+    result = CliRunner().invoke(main, ["sim", "run", "--resume", str(report.parent), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    resumed = json.loads(report.read_text())
+    assert resumed["status"] == "ok" and resumed["resumed_from"] in range(100, 300, 50)
+    assert resumed["losses"] == whole["losses"] and resumed["samples"] == whole["samples"]
+    assert Path(resumed["weights"]).read_bytes() == Path(whole["weights"]).read_bytes()
+    assert not report.with_suffix(".work").exists()  # finished: nothing left to resume
+    again = CliRunner().invoke(main, ["sim", "run", "--resume", str(report.parent)])
+    assert again.exit_code != 0 and "no run to resume" in again.output
+
+
+# --- full and read-only disks: run the real CLI in a mount namespace with a small tmpfs ---------
+
+def in_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`script` (sh) in a user and mount namespace of its own, where it may mount a tmpfs."""
+    if not shutil.which("unshare"):
+        pytest.skip("unshare (util-linux) is not installed: no mount namespace for a full or read-only disk")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"user namespaces are not allowed here: {probe.stderr.decode().strip()}")
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-ec", script], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def one_line_error(result) -> str:
+    err = (result.stdout + result.stderr).strip()
+    assert result.returncode != 0 and "Traceback" not in err, err
+    return err.splitlines()[-1]
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_leaves_no_partial_file(names_path, tmp_path):
+    (tmp_path / "full").mkdir()
+    result = in_namespace(
+        f'mount -t tmpfs -o size=1m tmpfs full\n'
+        f'"$PYTHON" -c "from microgpt.cli import main; main()" sim run --data {names_path} --steps 3 --samples 0 '
+        f'--report full/report.json --quiet || true\n'
+        f'ls -A full > listing.txt\n'
+        f'"$PYTHON" -c "from microgpt.cli import main; main()" build --data {names_path} --steps 3 '
+        f'--firmware {FIRMWARE} --out full/flash.bin\n', tmp_path)
+    line = one_line_error(result)
+    assert "cannot write" in line and "full/flash.bin" in line and "no space left" in line, line
+    sim_error = [ln for ln in (result.stdout + result.stderr).splitlines() if "no space left" in ln][0]
+    assert "full/report.work/vfs.bin" in sim_error and "Traceback" not in result.stderr
+    assert (tmp_path / "listing.txt").read_text().split() == [], "a partial or temporary file was left"
+
+
+def test_a_read_only_directory_is_one_line_naming_the_path(names_path, tmp_path):
+    (tmp_path / "ro").mkdir()
+    result = in_namespace(
+        f'mount -t tmpfs -o ro tmpfs ro\n'
+        f'cd ro\n'
+        f'"$PYTHON" -c "from microgpt.cli import main; main()" sim run --data {names_path} --steps 3 --quiet || true\n'
+        f'"$PYTHON" -c "from microgpt.cli import main; main()" build --data {names_path} --steps 3 '
+        f'--firmware {FIRMWARE} --out out/flash.bin\n', tmp_path)
+    line = one_line_error(result)
+    assert "cannot write" in line and "out" in line and "read-only" in line, line
+    assert "runs" in result.stdout + result.stderr and "read-only" in (result.stdout + result.stderr).splitlines()[0]
+
+
+def test_a_report_path_that_is_not_utf8_is_refused_in_one_line(names_path, tmp_path):
+    odd = os.fsencode(str(tmp_path)) + b"/caf\xe9/report.json"
+    proc = subprocess.run([os.fsencode(sys.executable), b"-c", b"from microgpt.cli import main; main()", b"sim",
+                           b"run", b"--data", os.fsencode(str(names_path)), b"--steps", b"2", b"--report", odd],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "must be UTF-8" in proc.stderr, proc.stderr
+

@@ -1,8 +1,10 @@
 """`pip install .` (a wheel, not a checkout) carries the firmware and the C kernels: installed
-into a fresh virtual environment, the tool builds the trainer's files and trains from them."""
+into a fresh virtual environment, the tool builds the trainer's files and trains from them, from
+a directory that is not the checkout."""
 import json
 import subprocess
 import sys
+import sysconfig
 import venv
 
 import pytest
@@ -17,8 +19,14 @@ def test_the_installed_wheel_trains_with_its_own_firmware(tmp_path, names_path):
                    check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("microgpt_esp32-*.whl")
     env = tmp_path / "venv"
-    venv.create(env, system_site_packages=True, with_pip=True)  # dependencies from this machine
+    venv.create(env, with_pip=True)
     python = env / "bin" / "python"
+    # The dependencies come from this interpreter's site-packages (whether that is a venv or not),
+    # listed as plain paths: their .pth files, this checkout's editable install among them, stay out.
+    here = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "venv" / site.removeprefix(str(env) + "/") / "deps.pth").write_text("\n".join(sorted(here)) + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)],
                    check=True, capture_output=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"  # not the checkout: nothing can be read from it by accident

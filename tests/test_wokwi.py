@@ -1,10 +1,10 @@
-"""The Wokwi engine and project files: token and firmware checks, the wokwi-cli command line, a
-stand-in wokwi-cli process, and the wokwi-client SDK path against a local stand-in of Wokwi's
-simulation API (same websocket protocol, so the real SDK code runs end to end)."""
+"""The Wokwi engine and project files: token and tool checks, the project it writes for each run
+(from any directory, for any image), the wokwi-cli command line, a stand-in wokwi-cli process, and
+the wokwi-client SDK path against a local stand-in of Wokwi's simulation API (same websocket
+protocol, so the real SDK code runs end to end)."""
 import asyncio
 import base64
 import json
-import shutil
 import threading
 import tomllib
 from pathlib import Path
@@ -13,40 +13,41 @@ import pytest
 import websockets
 import yaml
 
-from microgpt.engines import EngineError, Silence
-from microgpt.engines.wokwi import WokwiEngine
-from microgpt.uart import parse_lines
-from test_qemu import MiB, call_of, simulator
+from conftest import OFFICIAL_FIRMWARE
+from microgpt import mpy, payload
+from microgpt.engines.wokwi import FLASH, WokwiEngine, diagram, wokwi_toml
+from microgpt.errors import EngineError, Silence
+from microgpt.report import from_log
+from test_qemu import call_of, simulator
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSCRIPT = REPO / "sim" / "wokwi-esp32-train.uart"
+TINY = payload.Payload(payload.RunOptions(), mpy.firmware_target("v1.25.0"), {"main.py": b"print('MGPT start')\n"}, 0)
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A copy of the repository's Wokwi project with a built (blank) 4 MB image, as the working
-    directory; a token; no wokwi-cli."""
-    for name in ("wokwi.toml", "diagram.json"):
-        shutil.copy(REPO / name, tmp_path / name)
-    (tmp_path / "build").mkdir()
-    with open(tmp_path / "build" / "flash.bin", "wb") as f:
-        f.truncate(4 * MiB)
+def env(tmp_path, monkeypatch):
+    """A token, no wokwi-cli on PATH, and a working directory that is not the repository."""
     monkeypatch.setenv("WOKWI_CLI_TOKEN", "test-token")
     monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-IMAGE = Path("build/flash.bin")  # what `microgpt sim run --engine wokwi` passes by default
+def placed(tmp_path, **kwargs) -> WokwiEngine:
+    """An engine whose run (a tiny payload on the official firmware) is placed in its workdir."""
+    engine = WokwiEngine(tmp_path / "run", firmware=OFFICIAL_FIRMWARE, **kwargs)
+    engine.place(TINY)
+    return engine
 
 
-def test_project_files_describe_a_devkit_with_serial_monitor():
-    config = tomllib.loads((REPO / "wokwi.toml").read_text())["wokwi"]
-    assert config == {"version": 1, "firmware": "build/flash.bin", "elf": "build/flash.bin"}
-    diagram = json.loads((REPO / "diagram.json").read_text())
-    (board,) = diagram["parts"]
+def test_the_repositorys_project_is_the_one_the_engine_writes():
+    # wokwi-cli . from a checkout simulates build/flash.bin with the same board and wiring.
+    assert tomllib.loads((REPO / "wokwi.toml").read_text()) == tomllib.loads(wokwi_toml("build/flash.bin"))
+    assert json.loads((REPO / "diagram.json").read_text()) == diagram(4)
+    (board,) = diagram(4)["parts"]
     assert board["type"] == "board-esp32-devkit-c-v4" and board["attrs"]["flashSize"] == "4"
-    wires = {(a, b) for a, b, *_ in diagram["connections"]}
+    wires = {(a, b) for a, b, *_ in diagram(4)["connections"]}
     assert wires == {(f"{board['id']}:TX", "$serialMonitor:RX"), (f"{board['id']}:RX", "$serialMonitor:TX")}
     # The rules wokwi-cli's TestScenario.validate() applies, with the step kinds it registers.
     scenario = yaml.safe_load((REPO / "sim" / "train.test.yaml").read_text())
@@ -54,66 +55,61 @@ def test_project_files_describe_a_devkit_with_serial_monitor():
     assert scenario["steps"] == [{"wait-serial": "MGPT start"}, {"wait-serial": "MGPT end"}]
 
 
-def test_token_is_required(project, monkeypatch):
+def test_each_run_is_a_project_of_its_own_in_any_directory(env, tmp_path):
+    engine = placed(tmp_path)
+    work = tmp_path / "run"
+    assert tomllib.loads((work / "wokwi.toml").read_text())["wokwi"] == {"version": 1, "firmware": FLASH, "elf": FLASH}
+    assert json.loads((work / "diagram.json").read_text()) == diagram(4)
+    assert (work / FLASH).stat().st_size == 4 << 20 and engine.command()[-1] == str(work)
+
+
+def test_token_is_required(env, monkeypatch):
     monkeypatch.delenv("WOKWI_CLI_TOKEN")
     with pytest.raises(EngineError, match=r"https://wokwi.com/dashboard/ci and set WOKWI_CLI_TOKEN"):
-        WokwiEngine(IMAGE)
+        WokwiEngine(env / "run")
 
 
-def test_project_image_and_cli_must_exist(project, tmp_path):
+def test_tools_are_checked_before_any_firmware(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROGPT_CACHE", str(tmp_path / "cache"))
     with pytest.raises(EngineError, match="nowhere/wokwi-cli: no such wokwi-cli executable"):
-        WokwiEngine(IMAGE, wokwi_cli=tmp_path / "nowhere" / "wokwi-cli")
-    other = project / "other.bin"
-    other.write_bytes(bytes(4 * MiB))
-    with pytest.raises(EngineError, match=r"wokwi.toml simulates build/flash.bin, not .*other.bin"):
-        WokwiEngine(other)
-    assert WokwiEngine(project / IMAGE).image == project / IMAGE  # the same file, however named
-    (project / IMAGE).unlink()
-    with pytest.raises(EngineError, match=r"flash image build/flash.bin not found; build it with `microgpt build`"):
-        WokwiEngine(IMAGE)
-    with pytest.raises(EngineError, match="elsewhere/wokwi.toml not found"):
-        WokwiEngine(IMAGE, project=tmp_path / "elsewhere")
+        WokwiEngine(env / "run", wokwi_cli=str(tmp_path / "nowhere" / "wokwi-cli"), firmware=tmp_path / "missing.bin")
+    assert not (tmp_path / "cache").exists()
 
 
-def test_wokwi_cli_command(project, monkeypatch):
-    cli = simulator(project / "bin", "wokwi-cli")
+def test_wokwi_cli_command(env, monkeypatch):
+    cli = simulator(env / "bin", "wokwi-cli")
     monkeypatch.setenv("PATH", str(cli.parent))
-    engine = WokwiEngine(IMAGE, timeout_s=90, expect_text="MGPT end", fail_text="MGPT error",
-                         serial_log=project / "serial.log")
+    engine = WokwiEngine(env / "run", sim_time_s=90, expect_text="MGPT end", fail_text="MGPT error")
     assert engine.command() == [
         str(cli), "--quiet", "--timeout", "90000", "--timeout-exit-code", "42",
-        "--expect-text", "MGPT end", "--fail-text", "MGPT error",
-        "--serial-log-file", str(project / "serial.log"), ".",
-    ]
-    assert WokwiEngine(project / IMAGE, project=project, timeout_s=2.5).command() == [
-        str(cli), "--quiet", "--timeout", "2500", "--timeout-exit-code", "42", str(project)]
+        "--expect-text", "MGPT end", "--fail-text", "MGPT error", str(env / "run")]
 
 
-def test_wokwi_cli_run_streams_the_serial_monitor(project, monkeypatch):
-    cli = simulator(project / "bin", "wokwi-cli")
+def test_wokwi_cli_run_streams_the_serial_monitor(env, monkeypatch):
+    cli = simulator(env / "bin", "wokwi-cli")
     monkeypatch.setenv("PATH", str(cli.parent))
     monkeypatch.setenv("FAKE_UART", str(TRANSCRIPT))
     monkeypatch.setenv("FAKE_AFTER", "0")  # success, as when wokwi-cli sees its --expect-text
-    with WokwiEngine(IMAGE, token="from-argument", expect_text="MGPT end") as engine:
+    with WokwiEngine(env / "run", token="from-argument", expect_text="MGPT end") as engine:
         lines = list(engine.lines())
     assert call_of(cli)["argv"] == engine.command()[1:]
     assert call_of(cli)["token"] == "from-argument"
     assert lines[-1] == b">>> "  # the partial last line, yielded at end of stream
-    report = parse_lines(lines, engine="wokwi")
-    assert report.status == "ok" and report.steps == 20 and report.checkpoints == [10, 20]
-    assert report.samples == ["jrvi", "odio", "cicoxa"] and report.bad_records == 0
+    report = from_log(lines, engine="wokwi")
+    assert report.status == "ok" and report.run.steps == 20 and report.run.checkpoints == [10, 20]
+    assert report.run.samples == ["jrvi", "odio", "cicoxa"] and report.run.bad_records == 0
 
 
 @pytest.mark.parametrize("code, stderr, error, message", [
-    (42, "Timeout: simulation did not finish in 1000ms\n", Silence, r"within 1 s of simulated time \(raise --timeout\)"),
+    (42, "Timeout: simulation did not finish in 1000ms\n", Silence, r"within 1 s of simulated time"),
     (1, 'Error: Unexpected text found: "MGPT error"\nTEST FAILED.\n', EngineError,
      r'(?s)wokwi-cli exited with code 1:\nError: Unexpected text found: "MGPT error"\nTEST FAILED.'),
 ])
-def test_wokwi_cli_failures(project, monkeypatch, code, stderr, error, message):
-    monkeypatch.setenv("PATH", str(simulator(project / "bin", "wokwi-cli").parent))
+def test_wokwi_cli_failures(env, monkeypatch, code, stderr, error, message):
+    monkeypatch.setenv("PATH", str(simulator(env / "bin", "wokwi-cli").parent))
     monkeypatch.setenv("FAKE_STDERR", stderr)
     monkeypatch.setenv("FAKE_AFTER", str(code))
-    with WokwiEngine(IMAGE, timeout_s=1) as engine:
+    with WokwiEngine(env / "run", sim_time_s=1) as engine:
         with pytest.raises(error, match=message):
             list(engine.lines())
 
@@ -175,24 +171,25 @@ def api(monkeypatch):
         server.stop()
 
 
-def test_sdk_run_without_wokwi_cli(project, api):
+def test_sdk_run_without_wokwi_cli(env, api):
     server = api(uart=TRANSCRIPT.read_bytes())
-    with WokwiEngine(IMAGE, expect_text="MGPT end", silence_s=10) as engine:
+    with placed(env, expect_text="MGPT end", silence_s=10) as engine:
         assert engine.cli is None
         lines = list(engine.lines())
     assert lines[-1].startswith(b"MGPT end steps=20")  # stops at the expected text, like wokwi-cli
-    assert parse_lines(lines, engine="wokwi").status == "ok"
+    assert from_log(lines, engine="wokwi").status == "ok"
     assert server.headers["Authorization"] == "Bearer test-token"
-    assert server.uploads == {"diagram.json": (project / "diagram.json").read_text(), "firmware.bin": bytes(4 * MiB)}
+    work = env / "run"
+    assert server.uploads == {"diagram.json": (work / "diagram.json").read_text(), FLASH: (work / FLASH).read_bytes()}
     start = dict(server.commands)["sim:start"]
-    assert start["firmware"] == start["elf"] == "firmware.bin" and start["pause"] is True
+    assert start["firmware"] == start["elf"] == FLASH and start["pause"] is True
     order = [command for command, _ in server.commands]
     assert order.index("serial-monitor:listen") < order.index("sim:start") < order.index("sim:resume")
 
 
-def test_sdk_timeout_is_simulated_time(project, api):
+def test_sdk_time_limit_is_simulated_time(env, api):
     server = api(uart=TRANSCRIPT.read_bytes()[:900], pause_after_uart=True)
-    with WokwiEngine(IMAGE, timeout_s=2, silence_s=10) as engine:
+    with placed(env, sim_time_s=2, silence_s=10) as engine:
         lines = []
         with pytest.raises(Silence, match="within 2 s of simulated time"):
             for line in engine.lines():
@@ -201,15 +198,15 @@ def test_sdk_timeout_is_simulated_time(project, api):
     assert dict(server.commands)["sim:resume"]["pauseAfter"] == 2_000_000_000
 
 
-def test_sdk_fail_text(project, api):
+def test_sdk_fail_text(env, api):
     api(uart=TRANSCRIPT.read_bytes())
-    with WokwiEngine(IMAGE, fail_text="MGPT ckpt", silence_s=10) as engine:
+    with placed(env, fail_text="MGPT ckpt", silence_s=10) as engine:
         with pytest.raises(EngineError, match='fail text "MGPT ckpt" found'):
             list(engine.lines())
 
 
-def test_sdk_unreachable_api(project, monkeypatch):
+def test_sdk_unreachable_api(env, monkeypatch):
     monkeypatch.setenv("WOKWI_CLI_SERVER", "ws://127.0.0.1:9")  # nothing listens on the discard port
-    with WokwiEngine(IMAGE, silence_s=10) as engine:
+    with placed(env, silence_s=10) as engine:
         with pytest.raises(EngineError, match=r"Wokwi simulation API \((ConnectionRefused|OS)Error\)"):
             list(engine.lines())

@@ -59,9 +59,11 @@ class VmPort:
             self.proc.wait()
 
     def reset(self):
-        """A board reset: the VM restarts, boots main.py, then offers its REPL, as a board does."""
+        """A board reset: the VM restarts, boots main.py if the board has one, then offers its REPL
+        (with MicroPython's banner), as a board does."""
         self.kill()
-        return self.start(self.micropython + ["-i", "main.py"])
+        boot = ["-i", "main.py"] if (self.cwd / "main.py").exists() else []
+        return self.start(self.micropython + boot)
 
     def unplug(self):
         """Close the port's far end: the host's next read fails as when a cable is pulled."""

@@ -24,6 +24,7 @@ _log.setLevel(logging.INFO)
 @click.version_option(importlib.metadata.version("microgpt-esp32"), prog_name="microgpt")
 def main():
     """microgpt on the ESP32: train Karpathy's 4,192-parameter GPT on the chip, in MicroPython."""
+    _log.setLevel(logging.INFO)  # a --quiet run lowers it for itself
 
 
 main.add_command(build.build)

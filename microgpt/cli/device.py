@@ -1,78 +1,99 @@
-"""`microgpt device`: a real ESP32 on USB. Flash the image, train on the board, pull the weights."""
+"""`microgpt device`: an ESP32 on a serial port (or the virtual one, `microgpt sim board`). Flash
+an image, train on the board, pull the weights."""
 from pathlib import Path
 
 import click
 
-from .. import build as builder
-from .. import chip, payload
+from .. import chip
 from ..fileio import write_atomic
-from ..ports import FLASH_BAUD, UART_BAUD, find_port, open_serial
-from .options import BUILD_IMAGE, Group, run_dir, run_options, run_to_report, timeout_option
+from ..ports import FLASH_BAUD, UART_BAUD, find_port
+from ..run import RunDir
+from .options import BUILD_IMAGE, Group, launch, refuse_others, report_options, resume_dir, run_options
 
 port_option = click.option("--port", default=None,
                            help="The board's serial port [default: the one Espressif/USB-serial port plugged in].")
+baud_option = click.option("--baud", type=click.IntRange(300, 5_000_000), default=UART_BAUD, show_default=True,
+                           help="Baud rate of the board's UART.")
+# The options of each way to start a run (FlashEngine.OPTIONS, UploadEngine.OPTIONS): none is dropped.
+MODE_OPTIONS = ("image", "firmware", "flash_baud")
 
 
 @click.group(cls=Group)
 def device():
-    """A real ESP32 on a serial port: flash it, train on it, pull the weights."""
+    """An ESP32 on a serial port: flash it, train on it, pull the weights."""
 
 
 @device.command()
 @port_option
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=BUILD_IMAGE, show_default=True,
-              help="Flash image made by `microgpt build`.")
+              help="Whole-flash image made by `microgpt build` (written at 0), or a MicroPython firmware file "
+                   "(written at 0x1000, as micropython.org says).")
 @click.option("--fs-only", is_flag=True,
               help="Write only the vfs partition (the run's files): the board must already hold this image's firmware.")
-@click.option("--baud", type=int, default=FLASH_BAUD, show_default=True, help="Baud rate while flashing.")
-def flash(port, image, fs_only, baud):
-    """Write the image with esptool (compressed, verified), then hard-reset the board."""
+@click.option("--force", is_flag=True,
+              help="For experts: write the file at 0 as it is, even if it is not a MicroPython ESP32 image.")
+@click.option("--baud", type=click.IntRange(9600, 5_000_000), default=FLASH_BAUD, show_default=True,
+              help="Baud rate while flashing.")
+def flash(port, image, fs_only, force, baud):
+    """Write the image with esptool (checked first, compressed, verified), then hard-reset the board."""
     from ..flash import flash_image
 
-    flash_image(port or find_port(), image, baud=baud, fs_only=fs_only)
+    flash_image(port or find_port(), image, baud=baud, fs_only=fs_only, force=force)
 
 
 @device.command("run")
 @port_option
 @click.option("--mode", type=click.Choice(["flash", "upload"]), default="flash", show_default=True,
-              help="flash: write the image, then capture the boot; upload: the board runs MicroPython already, "
-                   "copy the trainer and the run over the raw REPL and start it.")
+              help="flash: write the run's whole flash with esptool, then capture the boot; upload: the board runs "
+                   "MicroPython already, copy the trainer and the run over the raw REPL and start it.")
 @run_options
 @click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Flash image (mode flash) to write as it is, with this run's files in its copy "
-                   "[default: build/flash.bin, built or rebuilt when stale].")
+              help="Mode flash: start from this whole-flash image, the run's files written over its filesystem "
+                   "(the file itself is never written).")
 @click.option("--firmware", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Base firmware when the image must be built.")
-@click.option("--baud", type=int, default=UART_BAUD, show_default=True, help="Baud rate of the board's UART.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Report JSON [default: runs/serial-<time>/report.json]; the UART log, loss curve and weights go beside it.")
-@timeout_option
-@click.option("--quiet", is_flag=True, help="No UART echo or progress.")
-def device_run(port, mode, cfg, docs, image, firmware, baud, report, timeout, quiet):
-    """Train on the board; write a JSON report, loss curve, UART log and the trained weights."""
+              help="Mode flash: MicroPython firmware to build the run's flash on [default: the pinned official v1.25.0].")
+@click.option("--flash-baud", type=click.IntRange(9600, 5_000_000), default=FLASH_BAUD, show_default=True,
+              help="Mode flash: baud rate while flashing.")
+@baud_option
+@report_options("serial")
+@click.pass_context
+def device_run(ctx, port, mode, options, data, image, firmware, flash_baud, baud, report, overwrite, resume, silence,
+               quiet):
+    """Train on the board; write a JSON report, loss curve, UART log and the trained weights.
+    With --resume, continue a run cut by a power cut or a lost cable from its last checkpoint."""
     from ..engines.serial import FlashEngine, UploadEngine
 
     port = port or find_port()
-    open_serial(port, baud, release_lines=True).close()  # a missing or busy port is refused before anything is built
-    with run_dir(report, "serial") as report:
+    if resume:
+        rundir = resume_dir(ctx, resume, "mode")
+        refuse_others(ctx, "a resumed run (the board holds it)", (), MODE_OPTIONS)
+        with rundir.claim(resume=True):
+            if rundir.record()["engine"] != "serial":
+                raise click.UsageError(f"{rundir.report} ran on {rundir.record()['engine']}, not on a board: "
+                                       "continue it with `microgpt sim run --resume`")
+            launch(UploadEngine(port, baud=baud, silence_s=silence), rundir, None, None, quiet)
+        return
+    cls = FlashEngine if mode == "flash" else UploadEngine
+    refuse_others(ctx, f"--mode {mode}", cls.OPTIONS, MODE_OPTIONS)
+    rundir = RunDir(report) if report else RunDir.new("serial")
+    with rundir.claim(overwrite=overwrite):
         if mode == "upload":
-            engine = UploadEngine(port, lambda target: payload.chip_files(cfg, docs, target), baud=baud, silence_s=timeout)
-        elif image is None:
-            engine = FlashEngine(port, builder.fresh_image(cfg, docs, BUILD_IMAGE, firmware), baud=baud, silence_s=timeout)
+            engine = UploadEngine(port, baud=baud, silence_s=silence)
         else:
-            engine = FlashEngine(port, builder.run_copy(image, cfg, docs, report.with_name("run-image.bin")),
-                                 baud=baud, silence_s=timeout)
-        run_to_report(engine, cfg, report, quiet)
+            engine = FlashEngine(port, rundir.work, image=image, firmware=firmware, flash_baud=flash_baud, baud=baud,
+                                 silence_s=silence)
+        launch(engine, rundir, options, data, quiet)
 
 
 @device.command()
 @port_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path(chip.WEIGHTS), show_default=True)
-@click.option("--baud", type=int, default=UART_BAUD, show_default=True, help="Baud rate of the board's UART.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path(chip.WEIGHTS), show_default=True,
+              help="Where the weights go.")
+@baud_option
 def pull(port, out, baud):
     """Copy the trained weights (weights.bin) from the board's filesystem."""
     from ..engines.serial import read_board_file
-    from ..rawrepl import MissingFile
+    from ..errors import MissingFile
 
     try:
         data = read_board_file(port or find_port(), baud, chip.WEIGHTS)

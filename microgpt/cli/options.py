@@ -1,134 +1,167 @@
-"""What several commands share: the options that define a training run, and running an engine
+"""What several commands share: the options that define a training run, the options of a run's
+report, checks that every option given is one the chosen engine takes, and running an engine
 into a report."""
-import contextlib
 import functools
+import logging
+import math
 import signal
-import tempfile
-import time
 from pathlib import Path
 
 import click
 
-from .. import chip, dataset, payload
-from ..errors import MicrogptError, OutputError
-from ..report import loss_window
-from ..runner import INTERRUPTED, run
+from .. import dataset, payload
+from ..errors import MicrogptError
+from ..fileio import output_error
+from ..report import loss_mean
+from ..run import RunDir, run
 from .progress import Terminal
 
 BUILD_IMAGE = Path("build/flash.bin")
 
 
 class Group(click.Group):
-    """A command group whose commands' library errors exit with their message."""
+    """A command group whose commands' library errors exit with their one-line message."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except MicrogptError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            if e.filename is None or e.errno is None:
+                raise
+            raise click.ClickException(str(output_error(e, e.filename))) from None
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is a number (not nan or inf), within [low, high] when given; low open if asked."""
+    name = "float"
+
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            self.fail(f"{value} is not {'>' if self.low_open else '>='} {self.low:g}", param, ctx)
+        if self.high is not None and number > self.high:
+            self.fail(f"{value} is not <= {self.high:g}", param, ctx)
+        return number
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Did the user give option `name` (not its default)?"""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source not in (click.core.ParameterSource.DEFAULT,
+                                                 click.core.ParameterSource.DEFAULT_MAP)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def refuse_others(ctx: click.Context, who: str, takes: tuple[str, ...], candidates: tuple[str, ...]) -> None:
+    """Every option in `candidates` that was given must be one `who` takes: none is silently dropped."""
+    for name in candidates:
+        if given(ctx, name) and name not in takes:
+            accepted = ", ".join(flag(n) for n in takes) or "none of these"
+            raise click.UsageError(f"{flag(name)} does not apply to {who} (it takes {accepted}): drop it")
+
+
+RUN_OPTIONS = ("steps", "data", "init", "seed", "samples", "log_every", "ckpt_every", "emit", "kernels")
 
 
 def run_options(f):
-    """The options that define a training run, shared by build, sim run and device run;
-    they reach the command as `cfg` (a payload.RunConfig) and `docs` (the names)."""
+    """The options that define a training run, shared by build, sim run and device run; they
+    reach the command as `options` (a payload.RunOptions) and `data` (the names file, or None)."""
 
     @click.option("--steps", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Training steps.")
-    @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Names file, one a-z name per line [default: makemore's names.txt, downloaded once].")
-    @click.option("--init", type=click.Choice(["microgpt", "device"]), default="microgpt", show_default=True,
+    @click.option("--data", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
+                  help="Names file, one a-z name per line ('-': standard input) [default: makemore's names.txt, "
+                       "downloaded once].")
+    @click.option("--init", type=click.Choice(payload.INITS), default="microgpt", show_default=True,
                   help="microgpt: the host makes microgpt.py's initial weights and ships them; device: drawn on the chip.")
-    @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the data order, the weights and sampling.")
-    @click.option("--samples", type=click.IntRange(min=0), default=20, show_default=True, help="Names to sample after training.")
-    @click.option("--log-every", type=click.IntRange(min=1), default=1, show_default=True, help="Steps per UART step record.")
+    @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
+                  help="Seed of the data order, the weights and sampling.")
+    @click.option("--samples", type=click.IntRange(0, 10_000), default=20, show_default=True,
+                  help="Names to sample after training.")
+    @click.option("--log-every", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Steps per UART step record (at most --steps).")
     @click.option("--ckpt-every", type=click.IntRange(min=0), default=0, show_default=True,
                   help="Checkpoint to flash every N steps, so a reset resumes the run (0: never).")
     @click.option("--emit", type=click.Choice(payload.EMITS), default="auto", show_default=True,
-                  help="How mpy-cross compiles the trainer's MicroPython loops: auto is native in the VM, bytecode on the ESP32 (little executable RAM).")
+                  help="How mpy-cross compiles the trainer's MicroPython loops: auto is native in the VM, bytecode "
+                       "on the ESP32 (little executable RAM).")
     @click.option("--kernels", type=click.Choice(payload.KERNELS), default="auto", show_default=True,
                   help="The model's arithmetic: c (a native module, ~130x fewer instructions per step on the chip) "
                        "or python; auto is c wherever it is built for the target (the ESP32 and the x64 VM).")
     @functools.wraps(f)
     def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, **kwargs):
-        cfg = payload.RunConfig(steps=steps, seed=seed, init=init, samples=samples, log_every=log_every,
-                                ckpt_every=ckpt_every, emit=emit, kernels=kernels)
-        return f(cfg=cfg, docs=dataset.load_names(data), **kwargs)
+        options = payload.RunOptions(steps=steps, seed=seed, init=init, samples=samples,
+                                     log_every=min(log_every, steps), ckpt_every=ckpt_every, emit=emit, kernels=kernels)
+        return f(options=options, data=data, **kwargs)
 
     return wrapper
 
 
-timeout_option = click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
-    help="Seconds without UART output (or raw REPL answer) before the chip is declared dead.")
+def report_options(engine: str):
+    """--report, --overwrite, --resume, --silence and --quiet: where a run writes, and how it is watched."""
+    def decorate(f):
+        for option in reversed([
+            click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                         help=f"Report JSON [default: runs/{engine}-<time>/report.json]; the UART log, loss curve and "
+                              "weights go beside it, named after it."),
+            click.option("--overwrite", is_flag=True, help="Replace an earlier run's files at --report."),
+            click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
+                         help="Continue a cut run (its directory or report) from its last checkpoint; takes no run "
+                              "options: the run's own are kept."),
+            click.option("--silence", type=FiniteFloat(0, 86_400, low_open=True), default=120.0, show_default=True,
+                         help="Seconds without UART output (or an answer from the board) before the chip is "
+                              "declared dead."),
+            click.option("--quiet", is_flag=True, help="No UART echo or progress."),
+        ]):
+            f = option(f)
+        return f
+    return decorate
 
 
-@contextlib.contextmanager
-def run_dir(report: Path | None, engine: str):
-    """The report's path: --report (which must end in .json: the UART log, loss curve and
-    weights go beside it), or report.json in a new directory runs/<engine>-<time>[-N]. A run
-    that fails before it starts leaves no empty directory behind."""
-    if report is not None:
-        if report.suffix != ".json":
-            raise OutputError(f"{report}: the report is JSON, and its UART log, loss curve and weights go beside it: "
-                              "name the report .json")
-        made = not report.parent.exists()
-    else:
-        stamp, n = f"{engine}-{time.strftime('%Y%m%d-%H%M%S')}", 1
-        while True:  # mkdir is atomic: two runs started in the same second get two directories
-            directory = Path("runs") / (stamp if n == 1 else f"{stamp}-{n}")
-            try:
-                directory.mkdir(parents=True)
-                break
-            except FileExistsError:
-                n += 1
-            except OSError as e:
-                raise OutputError(f"cannot make the run directory {directory}: {e.strerror}; run where you can "
-                                  "write, or name a report with --report DIR/report.json") from None
-        report, made = directory / "report.json", True
-    try:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=report.parent):
-            pass  # a read-only or full directory is refused now, not after the run
-    except OSError as e:
-        raise OutputError(f"cannot write into {report.parent}: {e.strerror}; name another --report") from None
-    try:
-        yield report
-    except BaseException:
-        if made and report.parent.is_dir() and not any(report.parent.iterdir()):
-            report.parent.rmdir()
-        raise
+def resume_dir(ctx: click.Context, resume: Path, *also: str) -> RunDir:
+    """The run to continue: --resume DIR (its report.json) or --resume REPORT.json; run options
+    (and `also`) are its own."""
+    for name in RUN_OPTIONS + ("report", "overwrite") + also:
+        if given(ctx, name):
+            raise click.UsageError(f"{flag(name)} does not go with --resume: a resumed run keeps its own options")
+    return RunDir(resume / "report.json" if resume.is_dir() else resume)
 
 
-def run_to_report(engine, cfg: payload.RunConfig, report: Path, quiet: bool) -> None:
-    """Run `engine` with the UART logged beside `report`, read the trained weights back, write
-    the report and say how it went; a failed run exits non-zero and leaves no weights."""
-    weights = report.with_name(chip.WEIGHTS)
-    weights.unlink(missing_ok=True)  # an earlier run's weights must not pass for this one's
-    stop = signal.signal(signal.SIGTERM, _interrupt)  # a killed run still writes its report
-    try:
-        result = run(engine, report.with_suffix(".uart.log"), display=None if quiet else Terminal(),
-                     expect_steps=cfg.steps, keep_weights=weights)
-    finally:
-        signal.signal(signal.SIGTERM, stop)
-    result.write(report)
-    if result.error and result.error.endswith(INTERRUPTED):
-        click.echo(f"interrupted: report {report} (UART log: {result.uart_log})", err=True)
-        raise SystemExit(130)  # as a shell reports a Ctrl-C
-    _summary(result, report)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _summary(result, report_path):
-    losses = [x for x in result.losses if x is not None]
-    if result.status == "ok":
-        tail = losses[-loss_window(len(result.losses)):]
-        curve = f"loss {losses[0]:.4f} -> mean of last {len(tail)} {sum(tail) / len(tail):.4f}, " if tail else ""
-        click.echo(f"ok: {result.steps} steps, {curve}{result.ms_per_step or 0:.2f} ms/step, "
-                   f"peak heap {result.peak_heap_bytes:,} B")
-        if result.samples:
-            click.echo("samples: " + " ".join(result.samples))
-    click.echo(f"report: {report_path}  (UART log: {result.uart_log})")
-    if result.status != "ok":
-        raise click.ClickException(f"run failed: {result.error}")
+def launch(engine, rundir: RunDir, options, data, quiet: bool) -> None:
+    """Run `engine` (a new run of `options` on the names in `data`, or with options None the
+    run rundir holds, resumed), say how it went, and exit non-zero if it failed."""
+    if quiet:
+        logging.getLogger("microgpt").setLevel(logging.WARNING)  # no "copying ..." either
+    docs = dataset.load_names(data) if options is not None else None
+    report = run(engine, rundir, options, docs, display=None if quiet else Terminal())
+    state = report.run
+    if not report.error:
+        known = [x for x in state.losses if x is not None and math.isfinite(x)]
+        mean, window = loss_mean(state.losses)
+        curve = f"loss {known[0]:.4f} -> mean of last {window} {mean:.4f}, " if known and mean is not None else ""
+        peak = report.to_json()["peak_heap_bytes"]
+        click.echo(f"ok: {state.steps} steps, {curve}{state.ms_per_step or 0:.2f} ms/step"
+                   + (f", peak heap {peak:,} B" if peak is not None else ""))
+        if state.samples:
+            click.echo("samples: " + " ".join(state.samples))
+    click.echo(f"report: {rundir.report}  (UART log: {rundir.uart_log})", err=bool(report.error))
+    if report.error and state.checkpoints and rundir.work.is_dir():
+        where = rundir.report.parent if rundir.report.name == "report.json" else rundir.report
+        click.echo(f"its last checkpoint is step {state.checkpoints[-1]}: continue it with --resume {where}", err=True)
+    if report.interrupted:
+        click.echo(f"interrupted by {report.interrupted}", err=True)
+        raise SystemExit(128 + getattr(signal, report.interrupted, signal.SIGINT))  # as a shell reports it
+    if report.error:
+        raise click.ClickException(f"run failed: {report.error}")

@@ -2,6 +2,7 @@
 import collections
 import math
 import sys
+import time
 
 import click
 
@@ -20,12 +21,13 @@ class Terminal:
         self.drawn = 0  # length of the progress line on screen (tty), 0 when none is
         self.tenth = -1  # last tenth of the run printed (not a tty)
         self.recent = collections.deque(maxlen=1)  # the last losses, for their running mean
+        self.first = None  # (step, time) of the first step record: the pace for the time left
 
     def show(self, line, records):
         steps = [value for kind, value in records if kind == "step"]
         for kind, value in records:
             if kind == "start":
-                self.total, self.tenth = value["steps"], -1
+                self.total, self.tenth, self.first = value["steps"], -1, None
                 self.recent = collections.deque(maxlen=loss_window(self.total))
             elif kind == "step":
                 self.recent.extend(x for x in value["loss"] if math.isfinite(x))
@@ -42,6 +44,9 @@ class Terminal:
 
     def _progress(self, step):
         n, total = step["n"], self.total
+        now = time.monotonic()
+        if self.first is None or n <= self.first[0]:
+            self.first = (n, now)
         if total:
             filled = round(BAR_WIDTH * min(n, total) / total)
             bar = f"step {n}/{total} ▕{'█' * filled}{'·' * (BAR_WIDTH - filled)}▏"
@@ -49,6 +54,9 @@ class Terminal:
             bar = f"step {n}"
         mean = sum(self.recent) / len(self.recent) if self.recent else math.nan
         text = f"{bar} loss {mean:.2f} (mean of last {len(self.recent)})  {step['ms']:.1f} ms/step"
+        done, since = n - self.first[0], now - self.first[1]
+        if total and done > 0 and n < total:
+            text += f"  {_duration((total - n) * since / done)} left"
         if self.tty:
             click.echo("\r" + text.ljust(self.drawn), nl=False)
             self.drawn = len(text)
@@ -62,6 +70,11 @@ class Terminal:
         if self.drawn:
             click.echo()
             self.drawn = 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 
 
 # Garbled bytes must not drive the terminal (escape sequences, carriage returns, bells).

@@ -2,28 +2,35 @@
 from pathlib import Path
 
 import click
+import numpy as np
 
-from .. import reference
+from .. import chip, reference
 from ..errors import MicrogptError
+from .options import FiniteFloat
 
 
 @click.command("sample")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Trained weights: weights.bin from `device pull` or beside a run's report.")
-@click.option("--count", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=reference.TEMPERATURE, show_default=True)
+              help="Trained weights: from `device pull`, or <report>.weights.bin beside a run's report.")
+@click.option("--count", type=click.IntRange(min=1), default=20, show_default=True, help="Names to sample.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
+              help="Seed of the draws: a run's --seed gives that run's samples.")
+@click.option("--temperature", type=FiniteFloat(0, 100, low_open=True), default=reference.TEMPERATURE,
+              show_default=True, help="Softmax temperature: lower is safer, higher more inventive.")
 def sample_names(weights, count, seed, temperature):
-    """Sample names on the host from trained weights, with the numpy reference and the chip's
-    own PRNG: the chip's sampling rule and draws, so the same seed gives the chip's names."""
-    import numpy as np
-
-    from ..chip import firmware_module
-
-    params = np.fromfile(weights, dtype="<f4").astype(np.float64)
-    if params.shape != (reference.N_PARAMS,):
-        raise MicrogptError(f"{weights} holds {params.size * 4:,} bytes, not {reference.N_PARAMS} float32 weights "
-                          f"({reference.N_PARAMS * 4:,} bytes): pull it again with `microgpt device pull`")
-    rng = firmware_module("rng").Rng(seed)
+    """Sample names on the host from trained weights, with the chip's sampling rule and its PRNG:
+    a run's weights and --seed (and temperature) give exactly the names the chip sampled after
+    training, whatever its --init (the chip draws its samples from a PRNG seeded afresh)."""
+    data = weights.read_bytes()
+    try:
+        chip.check_weights(data, str(weights))
+    except MicrogptError as e:
+        raise click.ClickException(f"{e} (or pull it again with `microgpt device pull`)") from None
+    params = np.frombuffer(data, dtype="<f4").astype(np.float64)
+    if not np.isfinite(params).all():
+        bad = int((~np.isfinite(params)).sum())
+        raise click.ClickException(f"{weights} holds {bad:,} weights that are not numbers (nan or inf): the run "
+                                   "diverged; train again (a lower learning rate or another seed)")
+    rng = chip.firmware_module("rng").Rng(seed)
     for i in range(count):
         click.echo(f"{i + 1:2d} {reference.sample(params, rng.uniform, temperature)}")

@@ -1,11 +1,27 @@
-"""`microgpt sim run`: the trainer without a board, in the MicroPython VM, QEMU or Wokwi."""
+"""`microgpt sim`: the trainer without a board, in the MicroPython VM, QEMU or Wokwi (`sim run`),
+and Espressif's QEMU as a board on a serial port for the board commands (`sim board`)."""
 from pathlib import Path
 
 import click
 
-from .. import build as builder
-from .. import chip, payload
-from .options import BUILD_IMAGE, Group, run_dir, run_options, run_to_report, timeout_option
+from .. import basefw, chip
+from ..engines.host import MAX_HEAP, MIN_HEAP
+from ..errors import MicrogptError
+from ..run import RunDir
+from .options import Group, launch, refuse_others, report_options, resume_dir, run_options
+
+# The engine options of `sim run`: each engine takes its own (Engine.OPTIONS) and refuses the others'.
+ENGINE_OPTIONS = ("heap", "micropython", "qemu", "image", "firmware")
+
+
+def _engine_class(name: str):
+    if name == "host":
+        from ..engines.host import HostEngine as engine
+    elif name == "qemu":
+        from ..engines.qemu import QemuEngine as engine
+    else:
+        from ..engines.wokwi import WokwiEngine as engine
+    return engine
 
 
 @click.group(cls=Group)
@@ -17,58 +33,77 @@ def sim():
 @click.option("--engine", type=click.Choice(["host", "qemu", "wokwi"]), default="host", show_default=True,
               help="host: the MicroPython VM; qemu: Espressif's QEMU; wokwi: the Wokwi simulator (needs WOKWI_CLI_TOKEN).")
 @run_options
-@click.option("--heap", type=click.IntRange(min=16384), default=chip.ESP32_HEAP, show_default=True,
+@click.option("--heap", type=click.IntRange(MIN_HEAP, MAX_HEAP), default=chip.ESP32_HEAP, show_default=True,
               help="GC heap of the VM in bytes (host engine); the default is ESP32_GENERIC's.")
-@click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Flash image to run as it is (its copy in the run directory gets this run's options) [default: "
-                   "build/flash.bin for qemu and wokwi, built or rebuilt when stale; the run's files for host].")
-@click.option("--firmware", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Base firmware when the image must be built.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Report JSON [default: runs/<engine>-<time>/report.json]; the UART log, loss curve and weights go beside it.")
-@timeout_option
 @click.option("--micropython", default=None, help="MicroPython VM executable (host engine).")
 @click.option("--qemu", default=None, help="qemu-system-xtensa executable (qemu engine).")
-@click.option("--quiet", is_flag=True, help="No UART echo or progress.")
-def sim_run(engine, cfg, docs, heap, image, firmware, report, timeout, micropython, qemu, quiet):
-    """Train in the MicroPython VM, QEMU or Wokwi; write a JSON report, loss curve and UART log."""
-    with run_dir(report, engine) as report:
-        make = ENGINES[engine]
-        eng = make(cfg, docs, image, firmware, report.parent, timeout, heap=heap, micropython=micropython, qemu=qemu)
-        run_to_report(eng, cfg, report, quiet)
+@click.option("--image", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Start from this whole-flash image (e.g. build/flash.bin) instead of a new board: its firmware, and "
+                   "its filesystem with the run's trainer and files written over it (never the file itself).")
+@click.option("--firmware", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="MicroPython firmware to build the run's flash on (qemu, wokwi) [default: the pinned official v1.25.0, "
+                   "downloaded once].")
+@report_options("<engine>")
+@click.pass_context
+def sim_run(ctx, engine, options, data, heap, micropython, qemu, image, firmware, report, overwrite, resume, silence,
+            quiet):
+    """Train in the MicroPython VM, QEMU or Wokwi; write a JSON report, loss curve, UART log and weights."""
+    if resume:
+        rundir = resume_dir(ctx, resume, "engine")
+        with rundir.claim(resume=True):
+            record = rundir.record()
+            if record["engine"] not in ("host", "qemu"):
+                raise click.UsageError(f"{rundir.report} ran on {record['engine']}, which keeps no flash between runs"
+                                       + (": continue it with `microgpt device run --resume`"
+                                          if record["engine"] == "serial" else ""))
+            cls = _engine_class(record["engine"])
+            refuse_others(ctx, f"the resumed {record['engine']} run", (), ENGINE_OPTIONS)
+            launch(cls(rundir.work, silence_s=silence, **record["settings"]), rundir, None, None, quiet)
+        return
+    cls = _engine_class(engine)
+    refuse_others(ctx, f"the {engine} engine", cls.OPTIONS, ENGINE_OPTIONS)
+    given = {"heap": heap, "micropython": micropython, "qemu": qemu, "image": image, "firmware": firmware}
+    settings = {name: given[name] for name in cls.OPTIONS}
+    rundir = RunDir(report) if report else RunDir.new(engine)
+    with rundir.claim(overwrite=overwrite):
+        launch(cls(rundir.work, silence_s=silence, **settings), rundir, options, data, quiet)
 
 
-def _flash(cfg, docs, image, firmware, workdir):
-    """The image a simulator runs: a copy of --image holding this run's files, or build/flash.bin
-    (the tool's own), built or rebuilt when stale."""
-    if image is None:
-        return builder.fresh_image(cfg, docs, BUILD_IMAGE, firmware)
-    return builder.run_copy(image, cfg, docs, workdir / "run-image.bin")
+@sim.command("board")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A whole-flash image to start the new board from (e.g. build/flash.bin) [default: the official "
+                   "MicroPython firmware with an empty filesystem, as a new board comes].")
+@click.option("--flash", type=click.Path(dir_okay=False, path_type=Path), default=Path("board.bin"), show_default=True,
+              help="The board's flash, kept in this file: the same file again is a power cycle.")
+@click.option("--new", is_flag=True, help="Start a new board even if --flash holds one (its contents are lost).")
+@click.option("--qemu", default=None, help="qemu-system-xtensa executable [default: $QEMU_XTENSA, PATH].")
+@click.option("--tcp", type=click.IntRange(1, 65535), default=None,
+              help="Offer UART0 on this TCP port (socket://127.0.0.1:PORT) instead of a pseudo-terminal.")
+def board(image, flash, new, qemu, tcp):
+    """A virtual ESP32: Espressif's QEMU running MicroPython, with UART0 on a serial port for
+    `microgpt device run/pull`, mpremote or a terminal. Runs until Ctrl-C."""
+    from ..engines.qemu import VirtualBoard, find_qemu
 
-
-# One factory per engine: what it runs and its own options; each keeps its flash in the run directory.
-def _host(cfg, docs, image, firmware, workdir, timeout, *, heap, micropython, **_):
-    from ..engines.host import HostEngine
-
-    if image is None:
-        files = lambda target: payload.chip_files(cfg, docs, target)  # noqa: E731
+    find_qemu(qemu)  # the tool first: no flash is made for a board that cannot start
+    if flash.exists() and not new:
+        if image is not None:
+            raise click.UsageError(f"{flash} holds a board already: drop --image to power it up again, or pass --new "
+                                   "to replace it")
+        what = "powered up again"
     else:
-        flash = builder.run_copy(image, cfg, docs, workdir / "run-image.bin")
-        files = lambda target: builder.image_files(flash, target, cfg.emit)  # noqa: E731
-    return HostEngine(files, heap=heap, micropython=micropython, silence_s=timeout, workdir=workdir)
-
-
-def _qemu(cfg, docs, image, firmware, workdir, timeout, *, qemu, **_):
-    from ..engines.qemu import QemuEngine
-
-    return QemuEngine(_flash(cfg, docs, image, firmware, workdir), qemu=qemu, silence_s=timeout, workdir=workdir)
-
-
-def _wokwi(cfg, docs, image, firmware, workdir, timeout, **_):
-    from ..engines.wokwi import WokwiEngine
-
-    # wokwi.toml names the image Wokwi simulates, so --image runs as it is, without a copy.
-    return WokwiEngine(image or builder.fresh_image(cfg, docs, BUILD_IMAGE, firmware), silence_s=timeout)
-
-
-ENGINES = {"host": _host, "qemu": _qemu, "wokwi": _wokwi}
+        VirtualBoard.make_flash(flash, basefw.resolve(image))
+        what = f"new, from {image}" if image else "new: MicroPython v1.25.0 with an empty filesystem"
+    virtual = VirtualBoard(flash, qemu=qemu, tcp=tcp)
+    port = virtual.start()
+    click.echo(f"virtual ESP32 (Espressif's QEMU) on {port}\n"
+               f"  flash: {flash.resolve()} ({what}; kept: start it again with the same --flash for a power cycle)\n"
+               f"  try:   microgpt device run --mode upload --port {port} --steps 100\n"
+               "Ctrl-C powers it off.")
+    try:
+        code = virtual.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        virtual.stop()
+    if code:
+        raise MicrogptError(f"QEMU ended with code {code}")

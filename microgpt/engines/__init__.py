@@ -1,39 +1,57 @@
 """Engines run the trainer somewhere (MicroPython VM, QEMU, Wokwi, a board) and yield its UART.
 
-Every engine is one small module with one class implementing `Engine`: `lines()` yields what
-the chip printed, one line at a time, as raw bytes without the trailing b"\\n" (a "\\r" may
-remain; the parser copes). An engine raises `EngineError` (or `Silence`) with a message that
-names the fix when it cannot start or stops hearing the chip; the runner records it in the
-report. Engines never parse the protocol: that is `microgpt.uart`'s job.
+The pipeline (microgpt.run) decides what goes on the chip once, as a `payload.Payload`; an
+engine only places it and runs it:
+
+    engine = QemuEngine(...)            # checks its tools (QEMU, a token, a port) before anything is built
+    target = engine.target()            # what the chip imports (.mpy version, arch)
+    engine.place(payload.build(options, docs, target))
+    for line in engine.lines(): ...     # the UART, one raw line at a time
+    engine.stop(); engine.read_file("weights.bin"); engine.close()
+
+`lines()` yields bytes without the trailing b"\\n" (a "\\r" may remain; the parser copes). An engine
+raises `EngineError` (or `Silence`) with a message that names the fix when it cannot start or stops
+hearing the chip; the pipeline records it in the report. Engines never parse the protocol: that is
+`microgpt.uart`'s job. An engine whose target keeps its flash in `workdir` can run again from it
+without `place` (a resumed run).
 """
 import abc
 import collections
 import os
 import queue
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ..errors import EngineError, Silence  # noqa: F401  (the engines' errors, re-exported)
+from .. import mpy
+from ..errors import EngineError, Silence
+from ..payload import Payload
 
 
 class Engine(abc.ABC):
-    """A place the trainer runs. The runner calls prepare(), reads lines(), then stop(); after
-    a successful run read_file() brings back what the trainer wrote; close() cleans up."""
-
     name = "engine"
+    # The engine's own command-line options (beyond the run options every engine takes): a
+    # command refuses any other engine's option instead of dropping it.
+    OPTIONS: tuple[str, ...] = ()
 
-    def prepare(self) -> None:
-        """Put the run on the target: its flash, its filesystem, or its REPL."""
+    @abc.abstractmethod
+    def target(self) -> mpy.Target:
+        """What the chip imports; may start or connect to it."""
+
+    @abc.abstractmethod
+    def place(self, payload: Payload) -> None:
+        """Put the payload on the target: its flash, its filesystem, or over its REPL."""
 
     @abc.abstractmethod
     def lines(self) -> Iterator[bytes]:
-        """Yield UART lines as they arrive (bytes, newline stripped)."""
+        """Run the trainer and yield UART lines as they arrive (bytes, newline stripped)."""
+
+    def settings(self) -> dict:
+        """What it takes to build this engine again on the same workdir (a resumed run), as JSON."""
+        return {}
 
     def stop(self) -> None:
         """End the target's processes and release its ports; safe to call twice."""
@@ -44,7 +62,7 @@ class Engine(abc.ABC):
         return None
 
     def close(self) -> None:
-        """stop(), then remove what the engine made (temp dirs); safe to call twice."""
+        """stop(), and let go of everything; safe to call twice."""
         self.stop()
 
     def __enter__(self):
@@ -54,12 +72,13 @@ class Engine(abc.ABC):
         self.close()
 
 
-def split_lines(read: Callable[[], bytes], silence_s: float, deadline_s: float | None = None) -> Iterator[bytes]:
+def split_lines(read: Callable[[], bytes | None], silence_s: float, deadline_s: float | None = None) -> Iterator[bytes]:
     """Turn a byte stream into lines.
 
     `read()` returns the bytes available now (b"" when none arrived within its own short
     timeout) or None at end of stream. Raises Silence after `silence_s` seconds without a
-    byte, or when `deadline_s` (total) passes; yields a trailing partial line at end of stream.
+    byte, or when `deadline_s` (wall-clock seconds since the start) passes; yields a trailing
+    partial line at end of stream.
     """
     buf = b""
     start = last = time.monotonic()
@@ -75,10 +94,10 @@ def split_lines(read: Callable[[], bytes], silence_s: float, deadline_s: float |
             yield from complete
         elif now - last > silence_s:
             yield from _rest(buf)
-            raise Silence(f"no output from the chip for {silence_s:g} s (raise --timeout if the run is just slow)")
+            raise Silence(f"no output from the chip for {silence_s:g} s (raise --silence if the run is just slow)")
         if deadline_s is not None and now - start > deadline_s:
             yield from _rest(buf)
-            raise Silence(f"the run did not finish within {deadline_s:g} s (raise --timeout)")
+            raise Silence(f"the run did not finish within {deadline_s:g} s")
     yield from _rest(buf)
 
 
@@ -150,11 +169,13 @@ class ChildProcess:
 
     def failure(self, what: str) -> str:
         tail = "\n".join(self._stderr) or "(nothing on stderr)"
-        return f"{what} exited with code {self._proc.returncode}:\n{tail}"
+        code = self._proc.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return f"{what} {how}:\n{tail}"
 
     def kill(self) -> None:
         if self._proc.poll() is None:
-            self._signal(signal.SIGTERM)  # lets QEMU flush the flash file
+            self._signal(signal.SIGTERM)  # lets QEMU exit cleanly (its plugins write their counts)
             try:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -176,20 +197,17 @@ class ChildProcess:
 
 
 class ProcessEngine(Engine):
-    """An engine that is a program whose stdout is the chip's UART: the VM, QEMU, wokwi-cli."""
+    """An engine that is a program whose stdout is the chip's UART: the VM, QEMU, wokwi-cli. Its
+    flash (or filesystem) is a file in `workdir`."""
 
     what = "the program"  # in error messages
     silence_s: float = 120.0
     deadline_s: float | None = None
     _process: ChildProcess | None = None
-    _tempdir: str | None = None
 
-    def _workdir(self, workdir, prefix: str) -> Path:
-        """Where the engine keeps its flash: `workdir`, or a temp dir that close() removes."""
-        if workdir:
-            return Path(workdir)
-        self._tempdir = tempfile.mkdtemp(prefix=prefix)
-        return Path(self._tempdir)
+    def __init__(self, workdir: str | os.PathLike, silence_s: float, deadline_s: float | None):
+        self.workdir = Path(workdir)
+        self.silence_s, self.deadline_s = silence_s, deadline_s
 
     @abc.abstractmethod
     def command(self) -> list[str]:
@@ -212,9 +230,3 @@ class ProcessEngine(Engine):
         if self._process:
             self._process.kill()
             self._process = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._tempdir:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-            self._tempdir = None

@@ -3,12 +3,16 @@ partition image exactly as the ESP32 boots it, with the GC heap capped like the 
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
 
-from .. import chip, image, mpy
-from . import EngineError, ProcessEngine
+from .. import basefw, chip, image, mpy
+from ..errors import EngineError
+from ..fileio import write_atomic
+from ..payload import Payload
+from . import ProcessEngine
 
 BOOT = Path(__file__).with_name("host_boot.py")
+FLASH = "vfs.bin"  # the VM's flash: the ESP32's vfs partition as a file
+MIN_HEAP, MAX_HEAP = 16 << 10, 1 << 30
 
 
 def find_micropython(path: str | None = None) -> str:
@@ -22,29 +26,39 @@ def find_micropython(path: str | None = None) -> str:
 
 
 class HostEngine(ProcessEngine):
-    """`files(target)`: the chip's files made for what the VM imports (its target, asked of the
-    VM), e.g. `lambda target: payload.chip_files(cfg, docs, target)`. They go on a littlefs
-    image of the ESP32's vfs partition, `vfs.bin` in `workdir` (a temp dir when None), which
-    the VM boots from and writes to as the board writes its flash."""
+    """The VM boots `workdir`/vfs.bin, a littlefs image of the ESP32's vfs partition holding the
+    payload (made for what the VM imports, its target, asked of the VM), and writes to it as the
+    board writes its flash. With `image` (a whole-flash image) the filesystem starts as that
+    image's own, the payload written over it."""
 
     name = "host"
     what = "the MicroPython VM"
+    OPTIONS = ("heap", "micropython", "image")
 
-    def __init__(self, files: Callable[[mpy.Target], dict[str, bytes]], heap: int = chip.ESP32_HEAP,
-                 micropython: str | None = None, silence_s: float = 120, deadline_s: float | None = None,
-                 workdir: str | os.PathLike | None = None):
-        self.files = files
+    def __init__(self, workdir, *, heap: int = chip.ESP32_HEAP, micropython: str | None = None,
+                 image: str | os.PathLike | None = None, silence_s: float = 120.0, deadline_s: float | None = None):
+        super().__init__(workdir, silence_s, deadline_s)
+        if not MIN_HEAP <= heap <= MAX_HEAP:
+            raise EngineError(f"a VM heap of {heap:,} bytes is outside {MIN_HEAP:,}..{MAX_HEAP:,} "
+                              f"(the ESP32's is {chip.ESP32_HEAP:,})")
+        self.heap = heap
         self.micropython = find_micropython(micropython)
-        self.heap, self.silence_s, self.deadline_s = heap, silence_s, deadline_s
-        self.vfs = self._workdir(workdir, "microgpt-vm-") / "vfs.bin"
+        self.image = basefw.identify(image) if image is not None else None
+        self.flash = self.workdir / FLASH
 
-    def prepare(self) -> None:
-        target = mpy.vm_target(self.micropython)
-        self.vfs.parent.mkdir(parents=True, exist_ok=True)
-        self.vfs.write_bytes(image.build_fs(chip.VFS_SIZE, self.files(target)))
+    def settings(self) -> dict:
+        return {"heap": self.heap, "micropython": self.micropython}
+
+    def target(self) -> mpy.Target:
+        return mpy.vm_target(self.micropython)
+
+    def place(self, payload: Payload) -> None:
+        files = dict(payload.files)
+        fs = self.image.filesystem(files, keep=True) if self.image else image.build_fs(chip.VFS_SIZE, files)
+        write_atomic(self.flash, fs)
 
     def command(self) -> list[str]:
-        return [self.micropython, "-X", f"heapsize={self.heap}", str(BOOT), str(self.vfs)]
+        return [self.micropython, "-X", f"heapsize={self.heap}", str(BOOT), str(self.flash)]
 
     def read_file(self, name: str) -> bytes | None:
-        return image.read_fs(self.vfs.read_bytes()).get(name) if self.vfs.is_file() else None
+        return image.read_fs(self.flash.read_bytes()).get(name) if self.flash.is_file() else None

@@ -1,20 +1,32 @@
-"""Run the flash image in Espressif's QEMU (`qemu-system-xtensa -machine esp32`) and stream UART0.
+"""Espressif's QEMU (`qemu-system-xtensa -machine esp32`): the `qemu` engine, which boots the run's
+flash and reads UART0 on QEMU's stdout, and the virtual board (`microgpt sim board`), which offers
+UART0 on a serial port for the board commands.
 
 Follows Espressif's QEMU guide (github.com/espressif/esp-toolchain-docs, qemu/esp32/README.md):
 the ROM first-stage bootloader is built into QEMU, the flash image is an `if=mtd` raw drive of
-exactly 2, 4, 8 or 16 MB, and with `-nographic` UART0 is the process's stdout.
+exactly 2, 4, 8 or 16 MB, and with `-nographic` UART0 is the process's stdout unless `-serial`
+sends it elsewhere.
 """
+import collections
 import os
 import re
 import shutil
+import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
-from .. import image as flash_image
-from . import EngineError, ProcessEngine
+from .. import basefw, image, mpy
+from ..errors import EngineError
+from ..fileio import write_atomic
+from ..payload import Payload
+from . import ProcessEngine
 
 BINARY = "qemu-system-xtensa"
-FLASH_SIZES = tuple(mb * 1024 * 1024 for mb in (2, 4, 8, 16))  # the only sizes QEMU's esp32 flash accepts
+FLASH = "qemu-flash.bin"
+FLASH_SIZES = tuple(mb << 20 for mb in (2, 4, 8, 16))  # the only sizes QEMU's esp32 flash accepts
 INSTALL_HELP = (
     f"{BINARY} (Espressif's QEMU fork) was not found. Install it with ESP-IDF:\n"
     "    python $IDF_PATH/tools/idf_tools.py install qemu-xtensa\n"
@@ -22,31 +34,15 @@ INSTALL_HELP = (
     "(Linux also needs: sudo apt-get install -y libgcrypt20 libglib2.0-0 libpixman-1-0 libsdl2-2.0-0 libslirp0),\n"
     f"then put it on PATH, set QEMU_XTENSA=/path/to/{BINARY}, or pass --qemu PATH."
 )
-# Documented switch that stops QEMU emulating the Timer Group watchdogs (TG0's is armed at reset).
+# Documented switch that stops QEMU emulating the Timer Group watchdogs (TG0's is armed at reset,
+# TG1's is ESP-IDF's interrupt watchdog). Off by default: QEMU's timers follow the host's clock, so
+# on a busy host, and in flash operations (which take QEMU ~10 ms each, a chip tens of
+# microseconds), they fire where a board's never would.
 NO_WATCHDOG = ["-global", "driver=timer.esp32.timg,property=wdt_disable,value=true"]
 # QEMU's instruction-counting TCG plugin (tests/plugin/insn.c, built as libinsn.so): it writes
 # "cpu N insns: COUNT" per guest CPU when QEMU exits. MicroPython runs on cpu 1 of the ESP32.
 INSN_PLUGIN = "libinsn.so"
 MICROPYTHON_CPU = 1
-
-
-def find_insn_plugin(explicit: str | os.PathLike | None = None, qemu: str | None = None) -> Path | None:
-    """libinsn.so: the given path, $QEMU_INSN_PLUGIN, or beside QEMU's build (tests/plugin/)."""
-    for given in (explicit, os.environ.get("QEMU_INSN_PLUGIN")):
-        if given:
-            if not Path(given).is_file():
-                raise EngineError(f"QEMU plugin {given}: no such file (build QEMU's tests/plugin/{INSN_PLUGIN})")
-            return Path(given)
-    if qemu:
-        for near in (Path(qemu).resolve().parent / "tests/plugin", Path(qemu).resolve().parent.parent / "lib"):
-            if (near / INSN_PLUGIN).is_file():
-                return near / INSN_PLUGIN
-    return None
-
-
-def read_insn_counts(log: str) -> dict[int, int]:
-    """{cpu: guest instructions} from the insn plugin's exit lines."""
-    return {int(cpu): int(n) for cpu, n in re.findall(r"^cpu (\d+) insns: (\d+)$", log, re.M)}
 
 
 def find_qemu(explicit: str | os.PathLike | None = None) -> str:
@@ -68,60 +64,211 @@ def find_qemu(explicit: str | os.PathLike | None = None) -> str:
     raise EngineError(INSTALL_HELP)
 
 
-def check_flash_image(image: Path) -> None:
-    if not image.is_file():
-        raise EngineError(f"flash image {image} not found; build it with `microgpt build`.")
-    size = image.stat().st_size
-    if size not in FLASH_SIZES:
-        raise EngineError(
-            f"flash image {image} is {size:,} bytes; Espressif's QEMU needs exactly 2, 4, 8 or 16 MB "
-            "(build a full-size image with `microgpt build`, or esptool merge_bin --fill-flash-size 4MB)."
-        )
+def find_insn_plugin(explicit: str | os.PathLike | None = None, qemu: str | None = None) -> Path | None:
+    """libinsn.so: the given path, $QEMU_INSN_PLUGIN, or beside QEMU (its build's tests/plugin/, or plugins/)."""
+    for given in (explicit, os.environ.get("QEMU_INSN_PLUGIN")):
+        if given:
+            if not Path(given).is_file():
+                raise EngineError(f"QEMU plugin {given}: no such file (build QEMU's tests/plugin/{INSN_PLUGIN})")
+            return Path(given)
+    if qemu:
+        home = Path(qemu).resolve().parent
+        for near in (home / "tests/plugin", home.parent / "lib", home.parent / "plugins"):
+            if (near / INSN_PLUGIN).is_file():
+                return near / INSN_PLUGIN
+    return None
+
+
+def read_insn_counts(log: str) -> dict[int, int]:
+    """{cpu: guest instructions} from the insn plugin's exit lines."""
+    return {int(cpu): int(n) for cpu, n in re.findall(r"^cpu (\d+) insns: (\d+)$", log, re.M)}
+
+
+def qemu_argv(qemu: str, flash: Path, *, serial: str | None = None, watchdog: bool = False,
+              plugin: Path | None = None, plugin_log: Path | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """The documented invocation, without the Timer Group watchdogs unless `watchdog` (see NO_WATCHDOG).
+    `serial`: where UART0 goes instead of stdout (a board's port: "pty", "tcp:...")."""
+    argv = [qemu, "-nographic", "-machine", "esp32", "-drive", f"file={flash},if=mtd,format=raw"]
+    if serial:
+        argv += ["-serial", serial, "-monitor", "none"]
+    if plugin:  # its counts go to a log of their own, not to the UART
+        argv += ["-plugin", str(plugin), "-d", "plugin", "-D", str(plugin_log)]
+    return argv + ([] if watchdog else NO_WATCHDOG) + list(extra)
+
+
+class FirmwareBase:
+    """The firmware an emulated or real ESP32's flash is built on: `image` (a whole-flash image,
+    whose filesystem is kept under the run's files) or `firmware` (a firmware file, with a new
+    filesystem), identified at once; without either the pinned official release, fetched when
+    the target is first asked for (after the engine has checked its tools)."""
+
+    def __init__(self, image: str | os.PathLike | None, firmware: str | os.PathLike | None):
+        if image is not None and firmware is not None:
+            raise EngineError("give --image (a whole flash to run) or --firmware (a firmware to build on), not both")
+        given = image if image is not None else firmware
+        self.keep = image is not None
+        self.firmware = basefw.identify(given) if given is not None else None
+
+    def resolve(self) -> basefw.Firmware:
+        if self.firmware is None:
+            self.firmware = basefw.resolve()
+        return self.firmware
 
 
 class QemuEngine(ProcessEngine):
-    """Boot the merged flash image in `qemu-system-xtensa -machine esp32`; UART0 is QEMU's stdout.
-
-    QEMU writes the chip's flash back to its drive file, so it runs on a copy (`flash`, in
-    `workdir`): the built image stays pristine, and after the run the copy holds what the chip
-    wrote (weights.bin). Without `workdir` the copy lives in a temp dir removed on close.
-    """
+    """Boot the run's flash (`workdir`/qemu-flash.bin) in `qemu-system-xtensa -machine esp32`;
+    UART0 is QEMU's stdout. QEMU writes the chip's flash back to that file, so after the run it
+    holds what the chip wrote (weights.bin), and a cut run can boot it again to resume."""
 
     name = "qemu"
     what = "QEMU"
+    OPTIONS = ("qemu", "image", "firmware")
 
-    def __init__(self, image: str | os.PathLike, *, qemu: str | os.PathLike | None = None,
-                 silence_s: float = 120.0, timeout_s: float | None = None, watchdog: bool = True,
-                 extra_args: Sequence[str] = (), workdir: str | os.PathLike | None = None,
-                 insn_plugin: str | os.PathLike | None = None):
-        self.image = Path(image)
-        check_flash_image(self.image)
+    def __init__(self, workdir, *, qemu: str | os.PathLike | None = None, image: str | os.PathLike | None = None,
+                 firmware: str | os.PathLike | None = None, silence_s: float = 120.0,
+                 deadline_s: float | None = None, watchdog: bool = False, insn_plugin: str | os.PathLike | None = None,
+                 extra_args: Sequence[str] = ()):
+        super().__init__(workdir, silence_s, deadline_s)
         self.qemu = find_qemu(qemu)
-        self.silence_s, self.deadline_s = silence_s, timeout_s
-        self.watchdog = watchdog
-        self.extra_args = list(extra_args)
-        workdir = self._workdir(workdir, "microgpt-qemu-")
-        self.flash = workdir / "qemu-flash.bin"
+        self.base = FirmwareBase(image, firmware)
+        self.watchdog, self.extra_args = watchdog, list(extra_args)
+        self.flash = self.workdir / FLASH
         self.insn_plugin = insn_plugin
-        self.insn_log = workdir / "qemu-insn.log"
+        self.insn_log = self.workdir / "qemu-insn.log"
         self.instructions: dict[int, int] = {}  # with insn_plugin: guest instructions per CPU, after stop()
 
-    def command(self) -> list[str]:
-        """The documented invocation; watchdogs stay emulated, as on the board, unless disabled."""
-        argv = [self.qemu, "-nographic", "-machine", "esp32", "-drive", f"file={self.flash},if=mtd,format=raw"]
-        if self.insn_plugin:  # its counts go to a log of their own, not to the UART
-            argv += ["-plugin", str(self.insn_plugin), "-d", "plugin", "-D", str(self.insn_log)]
-        return argv + ([] if self.watchdog else NO_WATCHDOG) + self.extra_args
+    def settings(self) -> dict:
+        return {"qemu": self.qemu}
 
-    def prepare(self) -> None:
-        self.flash.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.image, self.flash)
+    def target(self) -> mpy.Target:
+        fw = self.base.resolve()
+        if fw.flash_size not in FLASH_SIZES:
+            raise EngineError(f"{fw.path.name} is for a {fw.flash_size >> 20} MB flash; Espressif's QEMU emulates "
+                              "2, 4, 8 or 16 MB")
+        return mpy.firmware_target(fw.version)
+
+    def place(self, payload: Payload) -> None:
+        write_atomic(self.flash, self.base.resolve().flash(dict(payload.files), keep=self.base.keep))
+
+    def command(self) -> list[str]:
+        return qemu_argv(self.qemu, self.flash, watchdog=self.watchdog, plugin=self.insn_plugin,
+                         plugin_log=self.insn_log, extra=self.extra_args)
 
     def stop(self) -> None:
-        super().stop()  # SIGTERM first: QEMU exits cleanly, flushes the flash, the plugin writes its counts
+        super().stop()  # SIGTERM first: QEMU exits cleanly and the plugin writes its counts
         if self.insn_plugin and self.insn_log.is_file():
             self.instructions = read_insn_counts(self.insn_log.read_text(errors="replace"))
 
     def read_file(self, name: str) -> bytes | None:
-        """From QEMU's copy of the flash, as the chip left it."""
-        return flash_image.read_vfs(self.flash).get(name) if self.flash.is_file() else None
+        """From QEMU's flash, as the chip left it."""
+        return image.read_vfs(self.flash).get(name) if self.flash.is_file() else None
+
+
+class VirtualBoard:
+    """Espressif's QEMU as an ESP32 on a serial port: UART0 on a pseudo-terminal (or, where there is
+    none, a TCP socket: `socket://127.0.0.1:PORT`), the flash in a file that persists, so starting
+    it again on the same file is a power cycle. `microgpt device run/pull`, mpremote or a serial
+    terminal talk to `port` as to a board on USB."""
+
+    def __init__(self, flash: Path, *, qemu: str | os.PathLike | None = None, tcp: int | None = None):
+        self.qemu = find_qemu(qemu)
+        self.flash = Path(flash)
+        if not self.flash.is_file():
+            raise EngineError(f"{self.flash}: no board flash there (make one with `microgpt sim board`)")
+        if self.flash.stat().st_size not in FLASH_SIZES:
+            raise EngineError(f"{self.flash} is {self.flash.stat().st_size:,} bytes; Espressif's QEMU needs a whole "
+                              "flash of exactly 2, 4, 8 or 16 MB")
+        self.tcp = tcp if tcp is not None or os.name == "posix" else _free_port()
+        self.port: str | None = None
+        self._proc: subprocess.Popen | None = None
+        self._said: collections.deque = collections.deque(maxlen=20)  # QEMU's own messages, for errors
+
+    @staticmethod
+    def make_flash(path: Path, base: basefw.Firmware) -> None:
+        """A new board's flash in `path`: `base` as it is (a whole-flash image), or a firmware file
+        with its filesystem erased, as a board comes after MicroPython is first flashed."""
+        write_atomic(path, base.data if base.offset == 0 else base.flash(None))
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Power on; returns the port to pass as --port."""
+        serial = "pty" if self.tcp is None else f"tcp:127.0.0.1:{self.tcp},server=on,wait=off"
+        argv = qemu_argv(self.qemu, self.flash, serial=serial)
+        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, start_new_session=os.name == "posix")
+        if self.tcp is not None:
+            self._start_listening(threading.Event())
+            _wait_for_listener(self.tcp, self._proc, timeout_s)
+            self.port = f"socket://127.0.0.1:{self.tcp}"
+            return self.port
+        # QEMU names the pty it made on stdout: "char device redirected to /dev/pts/3 (label serial0)".
+        found = threading.Event()
+        self._start_listening(found)
+        if not found.wait(timeout_s) or self.port is None:
+            self.stop()
+            said = "\n".join(self._said) or "no output"
+            raise EngineError(f"QEMU did not start as a board: {said}")
+        return self.port
+
+    def _start_listening(self, found: threading.Event) -> None:
+        self._listener = threading.Thread(target=self._listen, args=(found,), daemon=True)
+        self._listener.start()
+
+    def _listen(self, found: threading.Event) -> None:
+        # Keeps reading QEMU's messages, so that QEMU never blocks on a full pipe.
+        for raw in self._proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self._said.append(line)
+            named = re.search(r"redirected to (\S+) \(label serial0\)", line)
+            if named and self.port is None:
+                self.port = named[1]
+                found.set()
+        found.set()
+
+    def wait(self) -> int:
+        """Until the board's QEMU ends; its exit code."""
+        return self._proc.wait()
+
+    def stop(self) -> None:
+        """Power off (QEMU ends; the flash file keeps what the chip wrote)."""
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc:
+            self._listener.join(timeout=5)  # QEMU has ended: its stdout is at its end
+            self._proc.stdout.close()
+        self._proc = None
+
+    def kill(self) -> None:
+        """A power cut: QEMU is killed at once."""
+        if self._proc and self._proc.poll() is None:
+            self._proc.kill()
+        self.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_listener(port: int, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EngineError(f"QEMU exited with code {proc.returncode} before it listened on port {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise EngineError(f"QEMU did not listen on 127.0.0.1:{port} within {timeout_s:g} s")

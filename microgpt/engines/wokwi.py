@@ -1,78 +1,94 @@
-"""Run the flash image on Wokwi's cloud ESP32 simulator and stream the serial monitor.
+"""Run the trainer on Wokwi's cloud ESP32 simulator and stream its serial monitor.
 
-The project is the directory holding `wokwi.toml` (which names the image) and
-`diagram.json` (an ESP32 DevKitC V4 whose TX/RX are wired to the serial monitor). With
-`wokwi-cli` on PATH the engine runs it exactly as Wokwi CI documents
-(docs.wokwi.com/wokwi-ci/cli-usage); otherwise it does the same through the `wokwi-client`
-Python SDK. Both need an API token in WOKWI_CLI_TOKEN.
+Each run is a Wokwi project of its own in the engine's workdir: the run's flash image,
+`wokwi.toml` naming it, and `diagram.json` (an ESP32 DevKitC V4 whose TX/RX are wired to the serial
+monitor), so the engine works from any directory and on any image. With `wokwi-cli` on PATH it is
+run exactly as Wokwi CI documents (docs.wokwi.com/wokwi-ci/cli-usage); otherwise the same through
+the `wokwi-client` Python SDK. Both need an API token in WOKWI_CLI_TOKEN. The repository's own
+wokwi.toml and diagram.json are the same project for `microgpt build`'s build/flash.bin.
 """
 import asyncio
+import json
 import os
 import queue
 import shutil
 import threading
-import tomllib
-from pathlib import Path
 from typing import Iterator
 
 from wokwi_client import GET_TOKEN_URL, WokwiClient
 
-from . import EngineError, ProcessEngine, Silence, queue_reader, split_lines
+from .. import mpy
+from ..errors import EngineError, Silence
+from ..fileio import write_atomic
+from ..payload import Payload
+from . import ProcessEngine, queue_reader, split_lines
+from .qemu import FirmwareBase
 
 TIMEOUT_EXIT_CODE = 42  # wokwi-cli's documented --timeout-exit-code default, passed explicitly
+FLASH = "flash.bin"
+
+
+def diagram(flash_mb: int = 4) -> dict:
+    """An ESP32 DevKitC V4 with `flash_mb` MB of flash, its UART0 wired to the serial monitor."""
+    return {
+        "version": 1, "author": "microgpt-esp32", "editor": "wokwi",
+        "parts": [{"type": "board-esp32-devkit-c-v4", "id": "esp", "top": 0, "left": 0,
+                   "attrs": {"flashSize": str(flash_mb)}}],
+        "connections": [["esp:TX", "$serialMonitor:RX", "", []], ["esp:RX", "$serialMonitor:TX", "", []]],
+        "dependencies": {},
+    }
+
+
+def wokwi_toml(firmware: str) -> str:
+    # wokwi-cli requires an `elf` entry; like Wokwi's MicroPython examples, it names the same .bin.
+    return f"[wokwi]\nversion = 1\nfirmware = '{firmware}'\nelf = '{firmware}'\n"
 
 
 class WokwiEngine(ProcessEngine):
-    """Simulate `image`, which must be the firmware that `project`'s wokwi.toml names (wokwi-cli
-    reads it from there). `timeout_s` is simulated time (Wokwi's --timeout); `silence_s` is
-    wall-clock time without serial output."""
+    """Simulate the run's flash. `sim_time_s` is the limit in simulated time (Wokwi's --timeout);
+    `silence_s` is wall-clock time without serial output."""
 
     name = "wokwi"
     what = "wokwi-cli"
+    OPTIONS = ("image", "firmware")
 
-    def __init__(self, image: str | os.PathLike, *, project: str | os.PathLike = ".", timeout_s: float = 3600.0,
-                 silence_s: float = 120.0, expect_text: str | None = None, fail_text: str | None = None,
-                 serial_log: str | os.PathLike | None = None, wokwi_cli: str | os.PathLike | None = None,
+    def __init__(self, workdir, *, image=None, firmware=None, sim_time_s: float = 3600.0, silence_s: float = 120.0,
+                 expect_text: str | None = None, fail_text: str | None = None, wokwi_cli: str | None = None,
                  token: str | None = None):
+        super().__init__(workdir, silence_s, None)
         self.token = token or os.environ.get("WOKWI_CLI_TOKEN")
         if not self.token:
             raise EngineError(
-                f"Wokwi needs an API token: create one at {GET_TOKEN_URL} and set WOKWI_CLI_TOKEN=<token>."
-            )
-        self.image, self.project = Path(image), Path(project)
-        self._check_project()
-        self.timeout_s, self.silence_s = timeout_s, silence_s
-        self.expect_text, self.fail_text = expect_text, fail_text
-        self.serial_log = serial_log
+                f"Wokwi needs an API token: create one at {GET_TOKEN_URL} and set WOKWI_CLI_TOKEN=<token>.")
         if wokwi_cli and not shutil.which(wokwi_cli):
             raise EngineError(f"{wokwi_cli}: no such wokwi-cli executable (without one the wokwi-client SDK is used).")
         self.cli = shutil.which(wokwi_cli or "wokwi-cli")
+        self.base = FirmwareBase(image, firmware)
+        self.sim_time_s = sim_time_s
+        self.expect_text, self.fail_text = expect_text, fail_text
         self._sdk: tuple[asyncio.AbstractEventLoop, asyncio.Task, threading.Thread] | None = None
 
-    def _check_project(self) -> None:
-        for required in ("wokwi.toml", "diagram.json"):
-            if not (self.project / required).is_file():
-                raise EngineError(f"{self.project / required} not found: run from the repository root, which has both.")
-        with open(self.project / "wokwi.toml", "rb") as f:
-            firmware = self.project / tomllib.load(f)["wokwi"]["firmware"]
-        if not self.image.is_file():
-            raise EngineError(f"flash image {self.image} not found; build it with `microgpt build`.")
-        if self.image.resolve() != firmware.resolve():
-            raise EngineError(f"{self.project / 'wokwi.toml'} simulates {firmware}, not {self.image}: "
-                              "build the image there or point wokwi.toml's firmware (and elf) at it.")
+    def target(self) -> mpy.Target:
+        return mpy.firmware_target(self.base.resolve().version)
+
+    def place(self, payload: Payload) -> None:
+        fw = self.base.resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.workdir / FLASH, fw.flash(dict(payload.files), keep=self.base.keep))
+        write_atomic(self.workdir / "wokwi.toml", wokwi_toml(FLASH).encode())
+        write_atomic(self.workdir / "diagram.json", json.dumps(diagram(fw.flash_size >> 20), indent=2).encode())
 
     def command(self) -> list[str]:
         """wokwi-cli with stdout reduced to the serial output (--quiet); status goes to stderr."""
-        argv = [self.cli, "--quiet", "--timeout", str(round(self.timeout_s * 1000)),
+        argv = [self.cli, "--quiet", "--timeout", str(round(self.sim_time_s * 1000)),
                 "--timeout-exit-code", str(TIMEOUT_EXIT_CODE)]
-        for flag, value in (("--expect-text", self.expect_text), ("--fail-text", self.fail_text),
-                            ("--serial-log-file", self.serial_log)):
+        for flag, value in (("--expect-text", self.expect_text), ("--fail-text", self.fail_text)):
             if value is not None:
-                argv += [flag, str(value)]
-        return argv + [str(self.project)]
+                argv += [flag, value]
+        return argv + [str(self.workdir)]
 
     def _timed_out(self) -> Silence:
-        return Silence(f"the Wokwi run did not finish within {self.timeout_s:g} s of simulated time (raise --timeout)")
+        return Silence(f"the Wokwi run did not finish within {self.sim_time_s:g} s of simulated time")
 
     def env(self) -> dict:
         return {**os.environ, "WOKWI_CLI_TOKEN": self.token}
@@ -106,14 +122,14 @@ class WokwiEngine(ProcessEngine):
         client = WokwiClient(self.token)
         try:
             await client.connect()
-            await client.upload_file("diagram.json", self.project / "diagram.json")
-            await client.upload_file("firmware.bin", self.image)
+            await client.upload_file("diagram.json", self.workdir / "diagram.json")
+            await client.upload_file(FLASH, self.workdir / FLASH)
             # Listen before the start, as wokwi-cli does: sleep(0) lets the monitor task send its
             # request ahead of sim:start, so it is subscribed before the chip leaves reset.
             client.serial_monitor(put)
             await asyncio.sleep(0)
-            await client.start_simulation(firmware="firmware.bin", elf="firmware.bin", pause=True)
-            await client.wait_until_simulation_time(self.timeout_s)  # resumes, returns at the limit
+            await client.start_simulation(firmware=FLASH, elf=FLASH, pause=True)
+            await client.wait_until_simulation_time(self.sim_time_s)  # resumes, returns at the limit
             put(self._timed_out())
         except asyncio.CancelledError:
             pass  # close() ended the run

@@ -1,0 +1,139 @@
+"""The board commands against the emulated chip: Espressif's QEMU running the official MicroPython
+v1.25.0 firmware as a board on a pseudo-terminal (microgpt sim board), driven exactly as a user
+drives a board on USB: `device run --mode upload`, `device pull`, a power cut and `--resume`,
+Ctrl-C, and boards that are not MicroPython."""
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import OFFICIAL_FIRMWARE
+from microgpt.cli import main
+from microgpt.engines.qemu import VirtualBoard, qemu_argv
+
+CLI = [sys.executable, "-c", "from microgpt.cli import main; main()"]
+
+
+def device(*args, timeout=600):
+    """`microgpt device ARGS` in a process of its own (as a user runs it) -> (exit code, output)."""
+    proc = subprocess.run([*CLI, "device", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def board(qemu, board_flash, tmp_path_factory):
+    """One virtual board for the module (a new board's flash: the official firmware, empty filesystem)."""
+    import shutil
+
+    flash = tmp_path_factory.mktemp("board") / "board.bin"
+    shutil.copy(board_flash, flash)
+    virtual = VirtualBoard(flash, qemu=qemu)
+    virtual.start()
+    yield virtual
+    virtual.stop()
+
+
+@pytest.fixture(scope="module")
+def trained(board, names_path, tmp_path_factory):
+    """50 steps and 20 samples trained on the virtual board, uploaded as to a board on USB."""
+    report = tmp_path_factory.mktemp("run") / "report.json"
+    t0 = time.monotonic()
+    code, out = device("run", "--mode", "upload", "--port", board.port, "--steps", 50, "--samples", 20,
+                       "--data", names_path, "--report", report, "--quiet")
+    print(f"upload + 50 steps + read-back on the virtual board: {time.monotonic() - t0:.1f} s")
+    return code, out, json.loads(report.read_text())
+
+
+def test_upload_trains_on_the_real_firmware_like_microgpt_py(trained, microgpt_losses):
+    code, out, report = trained
+    assert code == 0 and report["status"] == "ok", out
+    assert (report["engine"], report["platform"], report["kernels"]) == ("serial", "esp32", "c")
+    worst = max(abs(a - b) for a, b in zip(report["losses"], microgpt_losses[50], strict=True))
+    assert worst <= 2e-3, worst
+    assert len(report["samples"]) == 20 and all(re.fullmatch("[a-z]+", s) for s in report["samples"])
+
+
+def test_pull_returns_the_runs_weights_and_they_replay_the_chips_names(trained, board, tmp_path):
+    report = trained[2]
+    code, out = device("pull", "--port", board.port, "--out", tmp_path / "pulled.bin")
+    assert code == 0, out
+    assert (tmp_path / "pulled.bin").read_bytes() == Path(report["weights"]).read_bytes()
+    result = CliRunner().invoke(main, ["sample", "--weights", str(tmp_path / "pulled.bin"), "--count", "20"])
+    assert [line[3:] for line in result.output.splitlines()] == report["samples"]
+
+
+def test_a_power_cut_mid_run_resumes_to_the_uninterrupted_result(trained, board, names_path, tmp_path):
+    report = tmp_path / "cut" / "report.json"
+    run = subprocess.Popen([*CLI, "device", "run", "--mode", "upload", "--port", board.port, "--steps", 50,
+                            "--samples", 20, "--ckpt-every", 20, "--data", names_path, "--report", report, "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = report.with_suffix(".uart.log")
+    deadline = time.monotonic() + 600
+    while b"MGPT ckpt step=20" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    board.kill()  # the power goes: QEMU dies at once; its flash file keeps what the chip had written
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 1 and "continue it with --resume" in out, out
+    board.start()  # power back on, on the same flash
+    code, out = device("run", "--resume", report.parent, "--port", board.port, "--quiet")
+    assert code == 0, out
+    resumed, whole = json.loads(report.read_text()), trained[2]
+    assert resumed["resumed_from"] in (20, 40) and resumed["boots"] == 2
+    assert resumed["losses"] == whole["losses"] and resumed["samples"] == whole["samples"]
+
+
+def test_ctrl_c_leaves_the_board_usable(trained, board, names_path, tmp_path):
+    report = tmp_path / "stopped" / "report.json"
+    run = subprocess.Popen([*CLI, "device", "run", "--mode", "upload", "--port", board.port, "--steps", 1000,
+                            "--samples", 0, "--data", names_path, "--report", report, "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = report.with_suffix(".uart.log")
+    deadline = time.monotonic() + 600
+    while b"MGPT step n=5 " not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 130, out
+    code, out = device("pull", "--port", board.port, "--out", tmp_path / "w.bin")  # the board answers at once
+    assert code == 1 and "there is no weights.bin on the board" in out  # the stopped run left none
+
+
+def test_a_board_in_its_rom_bootloader_is_named_not_waited_for(qemu, board_flash, tmp_path):
+    # Download mode (BOOT held at reset): the ROM speaks esptool's protocol, not MicroPython.
+    flash = tmp_path / "rom.bin"
+    flash.write_bytes(board_flash.read_bytes())
+    argv = qemu_argv(qemu, flash, serial="pty") + ["-global", "driver=esp32.gpio,property=strap_mode,value=0x0f"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        port = re.search(rb"redirected to (\S+) \(label serial0\)", proc.stdout.readline())[1].decode()
+        t0 = time.monotonic()
+        code, out = device("pull", "--port", port, timeout=120)
+        assert code == 1 and "ROM bootloader's download mode" in out and "Traceback" not in out, out
+        assert time.monotonic() - t0 < 60
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_board_command_line_and_flash_file(qemu, tmp_path):
+    # `sim board` makes a new board's flash (the firmware, its filesystem erased), prints the port.
+    flash = tmp_path / "b.bin"
+    proc = subprocess.Popen([*CLI, "sim", "board", "--image", OFFICIAL_FIRMWARE, "--flash", flash, "--qemu", qemu],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert re.match(r"virtual ESP32 \(Espressif's QEMU\) on /dev/pts/\d+$", first.strip()), first
+        data = flash.read_bytes()
+        assert len(data) == 4 << 20 and data[0x1000:0x1000 + 16] == OFFICIAL_FIRMWARE.read_bytes()[:16]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    again = CliRunner().invoke(main, ["sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--flash", str(flash)])
+    assert again.exit_code == 2 and "holds a board already" in again.output
