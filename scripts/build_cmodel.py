@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from microgpt import natmod, payload  # noqa: E402
+from microgpt import natmod, payload
 
 SOURCE = payload.CMODEL_DIR / "cmodel.c"
 MANIFEST = payload.CMODEL_DIR / "build.json"

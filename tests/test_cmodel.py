@@ -38,26 +38,8 @@ def test_builds_are_native_modules_the_targets_import(arch, target):
     mpy.check_compatible(blob, target or mpy.vm_target())
 
 
-def test_uint_is_micropythons_variable_length_encoding():
-    assert [natmod._uint(n) for n in (0, 127, 128, 300)] == [b"\x00", b"\x7f", b"\x81\x00", b"\x82\x2c"]
-
-
 def test_qstr_names_follow_the_c_enum():
     assert natmod.qstr_names(SOURCE.read_text()) == ["loss_and_grad", "forward", "adam", "N_PARAMS", "WORK", "ValueError"]
-
-
-@needs_llvm
-@pytest.mark.parametrize("source, reason", [
-    # The ESP32's FPU has no divide: clang makes `a / b` a call to __divsf3, which a freestanding module lacks.
-    ("float mpy_init(float a, float b) { return a / b; }", "__divsf3 is not defined"),
-    # Native code runs from IRAM, which only takes 32-bit loads: a byte table there would fault.
-    ('static const char t[] = "abcdefgh";\nint mpy_init(int i) { return t[i & 7]; }', "not supported on Xtensa"),
-])
-def test_what_the_chip_cannot_load_is_refused_with_the_reason(tmp_path, source, reason):
-    src = tmp_path / "probe.c"
-    src.write_text(source + "\n")
-    with pytest.raises(natmod.NatmodError, match=reason):
-        natmod.build(src, "xtensawin")
 
 
 VM_PROBE = """
@@ -100,7 +82,8 @@ def vm_cmodel(tmp_path_factory):
     names = [reference.tokenize(n) for n in ("a", "emma", "xavier", "mariaguadalupeconcepcion")]
     (tmp / "case.json").write_text(json.dumps({"params": params.tolist(), "names": names}))
     script = VM_PROBE.format(lib=str(tmp), case=str(tmp / "case.json"))
-    r = subprocess.run(["micropython", "-X", "heapsize=4000000", "-c", script], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["micropython", "-X", "heapsize=4000000", "-c", script], capture_output=True, text=True,
+                       timeout=60, check=False)
     assert r.returncode == 0, r.stderr + r.stdout
     return params.astype(np.float64), names, json.loads(r.stdout)
 
@@ -122,7 +105,7 @@ def test_c_forward_gives_the_reference_logits(vm_cmodel):
 
 
 def test_c_adam_is_microgpts_first_adam_step(vm_cmodel):
-    params, names, out = vm_cmodel
+    params, _, out = vm_cmodel
     grad = np.array(out["grads"][-1])  # what adam() was given: the last name's gradient
     p, m, v = params.copy(), np.zeros_like(params), np.zeros_like(params)
     reference.adam_step(p, grad, m, v, 0, 1)  # step 0 of a 1-step run: lr 0.01, bias corrections of t=1
