@@ -3,11 +3,12 @@ object ourselves, and write the .mpy that MicroPython's loader reads.
 
 Why not MicroPython's own linker, tools/mpy_ld.py: it is not packaged (not on PyPI; it lives in
 MicroPython's repository and imports pyelftools and the repository's py/makeqstrdata.py), and
-it does not link LLVM 22's Xtensa object of cmodel.c (mpy_ld.py at MicroPython 1c3c201, after
-v1.29.0; tests/test_natmod.py checks both properties of the object):
+it does not link LLVM 22's Xtensa object of cmodel.c (mpy_ld.py of MicroPython's master at
+1c3c201; v1.25.0's and v1.28.0's stop at the same first assert; tests/test_natmod.py checks
+both properties of the object):
 
 - `build_got_xtensa` stops at `assert r["r_addend"] == 0`. Each literal-pool word that holds an
-  address (R_XTENSA_32 in `.literal` against a section symbol: a static function `.text+276`, a
+  address (R_XTENSA_32 in `.literal` against a section symbol: a static function `.text+280`, a
   static variable `.bss+4`) is 0 in LLVM's object with the offset in the relocation's addend;
   GNU as, which mpy_ld.py was written for, leaves the addend 0 and puts the offset in the word.
 - With the addend read in, `build_mpy` stops at `assert len(jump) == env.entry_trampoline_len`:
@@ -23,7 +24,8 @@ rodata bytes, a relocation stream ending in 0xff), `mp_native_relocate`'s opcode
 table entry type 0 loads as `&mp_fun_table`, and mp_fun_table_t's field order (py/nativeglue.h).
 
 The module reaches MicroPython only through that function table and its qstr table; its entry
-point, `mpy_init`, is what the loader runs at import.
+point, `mpy_init`, is what the loader runs at import. `glue_header` writes the C declarations of
+both (mp_glue.h, beside the C file) from FUN_TABLE and the C file's own uses.
 """
 import hashlib
 import re
@@ -39,6 +41,7 @@ from . import mpy
 from .errors import NatmodError
 
 ENTRY = "mpy_init"
+GLUE_HEADER = "mp_glue.h"
 CLANG, LLC, LLVM_MC = "clang-22", "llc-22", "llvm-mc-22"
 
 _COMMON = ["-O2", "-std=c11", "-ffreestanding", "-fno-builtin", "-nostdlib", "-fno-stack-protector",
@@ -414,17 +417,84 @@ def mpy_bytes(linked: Linked, arch: str, qstrs: list[str]) -> bytes:
     return bytes(out)
 
 
+# ---- The C side of the glue: MicroPython's function table and the module's qstrs ----
+# mp_fun_table_t (py/nativeglue.h), field by field in order; the same in v1.25 (the ESP32
+# firmware) and v1.29 (the VM). One place: mp_glue.h is generated from it.
+FUN_TABLE = (
+    # 0: the native emitter's
+    "const_none", "const_false", "const_true", "native_from_obj", "native_to_obj", "swap_globals", "load_name",
+    "load_global", "load_build_class", "load_attr", "load_method", "load_super_method", "store_name",
+    "store_global", "store_attr", "obj_subscr", "obj_is_true", "unary_op", "binary_op", "new_tuple", "new_list",
+    "new_dict", "new_set", "set_store", "list_append", "dict_store", "make_function_from_proto_fun",
+    "call_function_n_kw", "call_method_n_kw", "call_method_n_kw_var", "getiter", "iternext", "nlr_push", "nlr_pop",
+    "raise", "import_name", "import_from", "import_all", "new_slice", "unpack_sequence", "unpack_ex", "delete_name",
+    "delete_global", "new_closure", "arg_check_num_sig", "setup_code_state_native", "small_int_floor_divide",
+    "small_int_modulo", "yield_from", "setjmp_",
+    # 50: the dynamic runtime's (py/dynruntime.h)
+    "memset_", "memmove_", "realloc_", "printf_", "vprintf_", "raise_msg", "obj_get_type", "obj_new_str",
+    "obj_new_bytes", "obj_new_bytearray_by_ref", "obj_new_float_from_f", "obj_new_float_from_d",
+    "obj_get_float_to_f", "obj_get_float_to_d", "load_method_maybe", "get_buffer", "get_stream_raise",
+    "arg_parse_all", "arg_parse_all_kw_array", "binary_get_size", "binary_get_val_array", "binary_set_val_array",
+    "plat_print",
+    # 73: types and stream functions
+    "type_type", "type_str", "type_list", "type_dict", "type_fun_builtin_0", "type_fun_builtin_1",
+    "type_fun_builtin_2", "type_fun_builtin_3", "type_fun_builtin_var", "type_Exception", "stream_read_obj",
+    "stream_readinto_obj", "stream_unbuffered_readline_obj", "stream_write_obj",
+)
+
+_COMMENTS_AND_DIRECTIVES = re.compile(r"//[^\n]*|/\*.*?\*/|^[ \t]*#[^\n]*", re.DOTALL | re.MULTILINE)
+
+
+def _code(source_text: str) -> str:
+    return _COMMENTS_AND_DIRECTIVES.sub("", source_text)
+
+
+def fun_table_uses(source_text: str) -> list[str]:
+    """The function-table entries the C file calls or reads, as `mp->name`."""
+    used = sorted(set(re.findall(r"\bmp->(\w+)", _code(source_text))))
+    unknown = [name for name in used if name not in FUN_TABLE]
+    if unknown:
+        raise NatmodError(f"mp->{', mp->'.join(unknown)}: not in MicroPython's function table (natmod.FUN_TABLE)")
+    return used
+
+
 def qstr_names(source_text: str) -> list[str]:
-    """The names the C file indexes its qstr table with: its `enum { Q_FILE, Q_name, ... }`."""
-    m = re.search(r"enum\s*\{\s*Q_FILE\s*,([^}]*)\}", source_text)
-    if not m:
-        raise NatmodError("the C file has no `enum { Q_FILE, Q_name, ... }` naming its qstrs")
-    return [n.strip()[2:] for n in m.group(1).split(",") if n.strip()]
+    """The names the C file uses as `QSTR(name)`: its qstr table after the file name."""
+    return sorted(set(re.findall(r"\bQSTR\((\w+)\)", _code(source_text))))
+
+
+def glue_header(source: Path) -> str:
+    """mp_glue.h for the C file `source`: the function table with every entry at its index, those
+    the C uses typed as it declares them (mp_<name>_t), and the indices of its qstrs."""
+    text = Path(source).read_text()
+    used = set(fun_table_uses(text))
+    width = max(len(f"mp_{name}_t") for name in used) if used else len("void *")
+    fields = [f"    {(f'mp_{name}_t' if name in used else 'void *').ljust(width)} {name};  // {i}"
+              for i, name in enumerate(FUN_TABLE)]
+    return "\n".join([
+        f"// Generated from microgpt/natmod.py's FUN_TABLE and {source.name} by scripts/build_cmodel.py: do not edit.",
+        "",
+        "// MicroPython's function table (mp_fun_table_t, py/nativeglue.h), every entry at its index. The",
+        f"// entries {source.name} uses as mp->name have the types it declares, mp_<name>_t.",
+        "typedef struct {", *fields, "} mp_fun_table_t;",
+        "",
+        "// Indices into the .mpy's qstr table: the file name, then each name the C file uses as QSTR(name).",
+        f"enum {{ {', '.join(['Q_FILE'] + [f'Q_{q}' for q in qstr_names(text)])} }};",
+        "",
+    ])
+
+
+def check_glue(source: Path) -> None:
+    """Refuse to build against an mp_glue.h that the C file or FUN_TABLE has moved on from."""
+    header = Path(source).with_name(GLUE_HEADER)
+    if header.is_file() and header.read_text() != glue_header(source):
+        raise NatmodError(f"{header} is not the one {Path(source).name} needs: rerun scripts/build_cmodel.py")
 
 
 def build(source: Path, arch: str) -> bytes:
     """The C file `source` as a .mpy for `arch`."""
     source = Path(source)
+    check_glue(source)
     with tempfile.TemporaryDirectory() as tmp:
         obj = compile_object(source, arch, Path(tmp))
     return mpy_bytes(link(obj, arch), arch, [source.name] + qstr_names(source.read_text()))
