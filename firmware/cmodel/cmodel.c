@@ -6,14 +6,15 @@
 // microgpt/natmod.py). Freestanding: no libc, no libm. The ESP32's FPU has no divide or square
 // root instruction, so on Xtensa those are Newton iterations on its fused multiply-add.
 //
-// The module reaches MicroPython only through its function table (obj_table[0] of the .mpy)
-// and its qstr table, which the loader fills; the layouts below are MicroPython's
-// (py/nativeglue.h mp_fun_table_t, py/obj.h, py/bc.h), identical in v1.25 and the VM's v1.29.
+// Laid out as llm.c's train_gpt2.c: each layer a *_forward / *_backward pair, outputs first,
+// shapes in brackets; a backward adds (+=) into the gradients it is given, which the caller
+// clears where a gradient starts, and its comments quote the forward lines it differentiates.
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-// ---- The model (firmware/model.py holds the same numbers; the module exports N_PARAMS so
+// ---- The model (firmware/base.py holds the same numbers; the module exports N_PARAMS so
 // the trainer refuses a stale build) ----
 #define VOCAB 27
 #define N_EMBD 16
@@ -36,48 +37,6 @@
 #define BETA1 0.85f
 #define BETA2 0.99f
 #define ADAM_EPS 1e-8f
-
-// ---- MicroPython's side: objects, the function table, the module context ----
-typedef void *obj_t;
-typedef struct { void *buf; size_t len; int typecode; } buffer_t;
-typedef obj_t (*fun_var_t)(size_t n_args, const obj_t *args);
-typedef struct { const void *type; uint32_t sig; fun_var_t fun; } fun_builtin_var_t;
-
-typedef struct {
-    obj_t const_none;                                          // 0
-    void *unused_1_4[4];
-    void *(*swap_globals)(void *globals);                      // 5
-    obj_t (*load_name)(unsigned qst);                          // 6
-    obj_t (*load_global)(unsigned qst);                        // 7
-    void *unused_8_12[5];
-    void (*store_global)(unsigned qst, obj_t value);           // 13
-    void *unused_14_33[20];
-    void (*raise)(obj_t exc);                                  // 34
-    void *unused_35_51[17];
-    void *(*realloc_)(void *ptr, size_t n, int allow_move);    // 52
-    void *unused_53_59[7];
-    obj_t (*new_float_from_f)(float f);                        // 60
-    void *unused_61;
-    float (*get_float_to_f)(obj_t o);                          // 62
-    void *unused_63_64[2];
-    int (*get_buffer)(obj_t o, buffer_t *info, unsigned flags);  // 65
-    void *unused_66_80[15];
-    const void *type_fun_builtin_var;                          // 81
-} fun_table_t;
-
-typedef struct { const void *type; void *globals; uint16_t *qstr_table; obj_t *obj_table; } module_context_t;
-typedef struct { const void *type; const module_context_t *context; } fun_bc_t;
-
-#define BUFFER_RW 3
-#define SMALL_INT(o) ((intptr_t)(o) >> 1)
-#define IS_SMALL_INT(o) (((intptr_t)(o) & 1) != 0)
-#define FUN_SIG(n) (((uint32_t)(n) << 17) | ((uint32_t)(n) << 1))
-
-static const fun_table_t *mp;
-static unsigned qstr_ValueError;
-
-// The order of the names in the .mpy's qstr table (after the file name): scripts/build_cmodel.py.
-enum { Q_FILE, Q_loss_and_grad, Q_forward, Q_adam, Q_N_PARAMS, Q_WORK, Q_ValueError };
 
 // ---- float helpers: division, square root, exp and log without libm ----
 typedef union { float f; uint32_t u; } bits_t;
@@ -154,307 +113,441 @@ static float log_pos(float x) {
     return (float)e * LN2_HI + ((float)e * LN2_LO + 2.0f * f + 2.0f * f * s);
 }
 
-// ---- The model: one position at a time, as firmware/model.py (see its comments) ----
-// Everything the step keeps between positions, in one float32 array the trainer allocates.
-typedef struct {
-    float k[BLOCK * N_EMBD], v[BLOCK * N_EMBD], dk[BLOCK * N_EMBD], dv[BLOCK * N_EMBD];
-    float x0[N_EMBD], x1[N_EMBD], q[N_EMBD], att[N_HEAD * BLOCK], o[N_EMBD];
-    float x2[N_EMBD], x3[N_EMBD], h[N_HIDDEN], x4[N_EMBD], logits[VOCAB];
-    float dlogits[VOCAB], dx4[N_EMBD], dh[N_HIDDEN], dx3[N_EMBD], dx2[N_EMBD];
-    float d_o[N_EMBD], dq[N_EMBD], datt[BLOCK], dx1[N_EMBD], de[N_EMBD];
-    float s0, s1, s3;  // rmsnorm scales of x0, x1, x3
-} work_t;
-
-#define WORK_FLOATS (sizeof(work_t) / sizeof(float))
-
-static void matvec(const float *w, int nout, int nin, const float *x, float *y) {
-    // y = W x for the row-major [nout][nin] matrix w
-    for (int i = 0; i < nout; i++, w += nin) {
-        float s = w[0] * x[0];
-        for (int j = 1; j < nin; j++) s += w[j] * x[j];
-        y[i] = s;
-    }
-}
-
-static void linear_backward(const float *w, float *g, int nout, int nin, const float *x,
-                            const float *dy, float *dx) {
-    // For y = W x: G += dy x^T and dx += W^T dy; rows with dy = 0 (ReLU's) add nothing.
-    for (int i = 0; i < nout; i++, w += nin, g += nin) {
-        float d = dy[i];
-        if (d == 0.0f) continue;
-        for (int j = 0; j < nin; j++) {
-            g[j] += d * x[j];
-            dx[j] += w[j] * d;
-        }
-    }
-}
-
 static void clear(float *a, int n) {
     for (int i = 0; i < n; i++) a[i] = 0.0f;
 }
 
-static float rmsnorm(const float *x, float *y) {
-    // y = x / rms(x) (y may be x); returns the scale 1/rms.
+// ---- The layers ----
+
+static void embed_forward(float *out, const float *wte, const float *wpe, int token, int pos) {
+    // out [N_EMBD] = wte [VOCAB][N_EMBD] row token + wpe [BLOCK][N_EMBD] row pos
+    const float *te = wte + token * N_EMBD, *pe = wpe + pos * N_EMBD;
+    for (int i = 0; i < N_EMBD; i++) out[i] = te[i] + pe[i];
+}
+
+static void embed_backward(float *dwte, float *dwpe, const float *dout, int token, int pos) {
+    float *te = dwte + token * N_EMBD, *pe = dwpe + pos * N_EMBD;
+    for (int i = 0; i < N_EMBD; i++) {
+        // out[i] = te[i] + pe[i]
+        te[i] += dout[i];
+        pe[i] += dout[i];
+    }
+}
+
+static void rmsnorm_forward(float *out, float *rstd, const float *inp) {
+    // out [N_EMBD] = inp [N_EMBD] * rstd, rstd = 1 / sqrt(mean(inp^2) + eps); out may be inp.
     float ss = 0.0f;
-    for (int i = 0; i < N_EMBD; i++) ss += x[i] * x[i];
+    for (int i = 0; i < N_EMBD; i++) ss += inp[i] * inp[i];
     float s = rsqrt(ss * (1.0f / N_EMBD) + RMS_EPS);
-    for (int i = 0; i < N_EMBD; i++) y[i] = x[i] * s;
-    return s;
+    for (int i = 0; i < N_EMBD; i++) out[i] = inp[i] * s;
+    *rstd = s;
 }
 
-static void rmsnorm_backward(const float *y, float s, const float *dy, float *dx) {
-    // dx += s * (dy - y * (y . dy) / n), written with the output y = x * s.
+static void rmsnorm_backward(float *dinp, const float *dout, const float *out, float rstd) {
+    // out[i] = inp[i] * s, with s = rstd a function of all of inp => written with the output,
+    // dinp += rstd * (dout - out * mean(out * dout))
     float yd = 0.0f;
-    for (int i = 0; i < N_EMBD; i++) yd += y[i] * dy[i];
+    for (int i = 0; i < N_EMBD; i++) yd += out[i] * dout[i];
     yd *= 1.0f / N_EMBD;
-    for (int i = 0; i < N_EMBD; i++) dx[i] += s * (dy[i] - y[i] * yd);
+    for (int i = 0; i < N_EMBD; i++) dinp[i] += rstd * (dout[i] - out[i] * yd);
 }
 
-static float exp_logits(const float *logits, float inv_temperature, float *out, float *top_out) {
-    // out = exp((logits - max) / temperature); returns their sum, *top_out the max.
+static void linear_forward(float *out, const float *inp, const float *w, int nout, int nin) {
+    // out [nout] = w [nout][nin] inp [nin]
+    for (int i = 0; i < nout; i++, w += nin) {
+        float s = w[0] * inp[0];
+        for (int j = 1; j < nin; j++) s += w[j] * inp[j];
+        out[i] = s;
+    }
+}
+
+static void linear_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                            int nout, int nin) {
+    // s += w[j] * inp[j]; out[i] = s => dw += dout inp^T, dinp += w^T dout; rows with dout = 0
+    // (ReLU's) add nothing.
+    for (int i = 0; i < nout; i++, w += nin, dw += nin) {
+        float d = dout[i];
+        if (d == 0.0f) continue;
+        for (int j = 0; j < nin; j++) {
+            dw[j] += d * inp[j];
+            dinp[j] += w[j] * d;
+        }
+    }
+}
+
+static void softmax_forward(float *probs, float *max, float *sum, const float *logits, int n) {
+    // probs [n] = exp(logits - max) / sum, shifted by the max so exp cannot overflow; probs may
+    // be logits. Its backward is in its users': crossentropy_backward, attention_backward.
     float top = logits[0], total = 0.0f;
-    for (int i = 1; i < VOCAB; i++)
+    for (int i = 1; i < n; i++)
         if (logits[i] > top) top = logits[i];
-    for (int i = 0; i < VOCAB; i++) {
-        float e = exp_neg((logits[i] - top) * inv_temperature);
-        out[i] = e;
+    for (int i = 0; i < n; i++) {
+        float e = exp_neg(logits[i] - top);
+        probs[i] = e;
         total += e;
     }
-    *top_out = top;
-    return total;
+    for (int i = 0; i < n; i++) probs[i] = div_(probs[i], total);
+    *max = top;
+    *sum = total;
 }
 
-static void embed(const float *p, work_t *w, int token, int pos) {
-    // x0 = rmsnorm(wte[token] + wpe[pos]), x1 = rmsnorm(x0), with their scales.
-    const float *te = p + WTE + token * N_EMBD, *pe = p + WPE + pos * N_EMBD;
-    for (int i = 0; i < N_EMBD; i++) w->x0[i] = te[i] + pe[i];
-    w->s0 = rmsnorm(w->x0, w->x0);
-    w->s1 = rmsnorm(w->x0, w->x1);
-}
-
-static void forward(const float *p, work_t *w, int token, int pos) {
-    // One position of microgpt's gpt(): fills w->logits and this position's key and value.
-    float *k = w->k + pos * N_EMBD, *v = w->v + pos * N_EMBD;
-    embed(p, w, token, pos);
-    matvec(p + WQ, N_EMBD, N_EMBD, w->x1, w->q);
-    matvec(p + WK, N_EMBD, N_EMBD, w->x1, k);
-    matvec(p + WV, N_EMBD, N_EMBD, w->x1, v);
+static void attention_forward(float *out, float (*att)[BLOCK], const float *q, const float (*keys)[N_EMBD],
+                              const float (*values)[N_EMBD], int pos) {
+    // out [N_EMBD]: per head h, sum over t <= pos of att[h][t] * values[t], the heads concatenated;
+    // att [N_HEAD][BLOCK]: per head, softmax over t <= pos of q . keys[t] / sqrt(HEAD_DIM);
+    // q [N_EMBD]; keys, values [BLOCK][N_EMBD], rows 0..pos. Heads are HEAD_DIM-wide slices.
     for (int h = 0; h < N_HEAD; h++) {
         int hd = h * HEAD_DIM;
-        float *att = w->att + h * BLOCK, top = -1e30f, total = 0.0f;
+        float *a = att[h], max, sum;
         for (int t = 0; t <= pos; t++) {
-            const float *kt = w->k + t * N_EMBD + hd;
             float s = 0.0f;
-            for (int j = 0; j < HEAD_DIM; j++) s += w->q[hd + j] * kt[j];
-            s *= ATT_SCALE;
-            att[t] = s;
-            if (s > top) top = s;
+            for (int j = 0; j < HEAD_DIM; j++) s += q[hd + j] * keys[t][hd + j];
+            a[t] = s * ATT_SCALE;
         }
-        for (int t = 0; t <= pos; t++) {
-            float e = exp_neg(att[t] - top);
-            att[t] = e;
-            total += e;
-        }
-        for (int t = 0; t <= pos; t++) att[t] = div_(att[t], total);
+        softmax_forward(a, &max, &sum, a, pos + 1);
         for (int j = 0; j < HEAD_DIM; j++) {
             float s = 0.0f;
-            for (int t = 0; t <= pos; t++) s += att[t] * w->v[t * N_EMBD + hd + j];
-            w->o[hd + j] = s;
+            for (int t = 0; t <= pos; t++) s += a[t] * values[t][hd + j];
+            out[hd + j] = s;
         }
-    }
-    matvec(p + WO, N_EMBD, N_EMBD, w->o, w->x2);
-    for (int i = 0; i < N_EMBD; i++) w->x2[i] += w->x0[i];
-    w->s3 = rmsnorm(w->x2, w->x3);
-    matvec(p + FC1, N_HIDDEN, N_EMBD, w->x3, w->h);
-    for (int i = 0; i < N_HIDDEN; i++)
-        if (w->h[i] < 0.0f) w->h[i] = 0.0f;
-    // fc2 skips ReLU's zeros, adding the same nonzero terms in the same order as model.py.
-    for (int i = 0; i < N_EMBD; i++) {
-        const float *row = p + FC2 + i * N_HIDDEN;
-        float s = 0.0f;
-        for (int j = 0; j < N_HIDDEN; j++)
-            if (w->h[j] != 0.0f) s += row[j] * w->h[j];
-        w->x4[i] = s + w->x2[i];
-    }
-    matvec(p + LM_HEAD, VOCAB, N_EMBD, w->x4, w->logits);
-}
-
-static void to_embeddings(float *g, work_t *w, int token, int pos, float *dx0, const float *dx1) {
-    // Gradients at x0 and at x1 = rmsnorm(x0), through both RMSNorms, onto the token's and
-    // the position's embedding rows (w->x0, w->x1 hold this position's). Overwrites dx0.
-    rmsnorm_backward(w->x1, w->s1, dx1, dx0);
-    clear(w->de, N_EMBD);
-    rmsnorm_backward(w->x0, w->s0, dx0, w->de);
-    float *te = g + WTE + token * N_EMBD, *pe = g + WPE + pos * N_EMBD;
-    for (int i = 0; i < N_EMBD; i++) {
-        te[i] += w->de[i];
-        pe[i] += w->de[i];
     }
 }
 
-static float backward(const float *p, float *g, work_t *w, int pos, int token, int target, float scale) {
-    // Cross-entropy of this position's logits against target, times scale; adds this
-    // position's gradients. Returns the unscaled loss.
-    float top, total = exp_logits(w->logits, 1.0f, w->dlogits, &top);
-    float loss = log_pos(total) - (w->logits[target] - top);
-    for (int i = 0; i < VOCAB; i++) w->dlogits[i] = div_(w->dlogits[i], total) * scale;
-    w->dlogits[target] -= scale;
-
-    clear(w->dx4, N_EMBD);
-    linear_backward(p + LM_HEAD, g + LM_HEAD, VOCAB, N_EMBD, w->x4, w->dlogits, w->dx4);
-    // fc2, and ReLU's gradient: dh = W^T dx4 where h > 0, 0 elsewhere.
-    for (int j = 0; j < N_HIDDEN; j++) {
-        float hj = w->h[j], s = 0.0f;
-        if (hj != 0.0f) {
-            for (int i = 0; i < N_EMBD; i++) {
-                g[FC2 + i * N_HIDDEN + j] += w->dx4[i] * hj;
-                s += p[FC2 + i * N_HIDDEN + j] * w->dx4[i];
-            }
-        }
-        w->dh[j] = s;
-    }
-    clear(w->dx3, N_EMBD);
-    linear_backward(p + FC1, g + FC1, N_HIDDEN, N_EMBD, w->x3, w->dh, w->dx3);
-    for (int i = 0; i < N_EMBD; i++) w->dx2[i] = w->dx4[i];
-    rmsnorm_backward(w->x3, w->s3, w->dx3, w->dx2);
-    clear(w->d_o, N_EMBD);
-    linear_backward(p + WO, g + WO, N_EMBD, N_EMBD, w->o, w->dx2, w->d_o);
-
-    clear(w->dk + pos * N_EMBD, N_EMBD);  // this position's key and value get their first gradient now
-    clear(w->dv + pos * N_EMBD, N_EMBD);
+static void attention_backward(float *dq, float (*dkeys)[N_EMBD], float (*dvalues)[N_EMBD], float *datt,
+                               const float *dout, const float *q, const float (*keys)[N_EMBD],
+                               const float (*values)[N_EMBD], const float (*att)[BLOCK], int pos) {
+    // datt [BLOCK]: scratch, one head's gradient at its weights.
     for (int h = 0; h < N_HEAD; h++) {
         int hd = h * HEAD_DIM;
-        const float *att = w->att + h * BLOCK;
-        // Through out = sum_t a_t v_t: dv_t += a_t do, and da_t = do . v_t.
-        float dot = 0.0f;
+        const float *a = att[h];
+        // s += a[t] * values[t][hd + j]; out[hd + j] = s
+        // => dvalues[t] += a[t] dout, datt[t] = dout . values[t]
+        float dot = 0.0f;  // sum_t a[t] * datt[t]
         for (int t = 0; t <= pos; t++) {
-            const float *vt = w->v + t * N_EMBD + hd;
-            float *dvt = w->dv + t * N_EMBD + hd, s = 0.0f;
+            float s = 0.0f;
             for (int j = 0; j < HEAD_DIM; j++) {
-                s += w->d_o[hd + j] * vt[j];
-                dvt[j] += att[t] * w->d_o[hd + j];
+                s += dout[hd + j] * values[t][hd + j];
+                dvalues[t][hd + j] += a[t] * dout[hd + j];
             }
-            w->datt[t] = s;
-            dot += att[t] * s;
+            datt[t] = s;
+            dot += a[t] * s;
         }
-        // Through the softmax and the 1/sqrt(head_dim) scale, into q and the keys.
-        for (int j = 0; j < HEAD_DIM; j++) w->dq[hd + j] = 0.0f;
+        // softmax_forward(a, &max, &sum, a, pos + 1) => d(score t) = a[t] (datt[t] - dot);
+        // s += q[hd + j] * keys[t][hd + j]; a[t] = s * ATT_SCALE => on to q and keys[t], times ATT_SCALE
         for (int t = 0; t <= pos; t++) {
-            const float *kt = w->k + t * N_EMBD + hd;
-            float *dkt = w->dk + t * N_EMBD + hd;
-            float dlog = att[t] * (w->datt[t] - dot) * ATT_SCALE;
+            float ds = a[t] * (datt[t] - dot) * ATT_SCALE;
             for (int j = 0; j < HEAD_DIM; j++) {
-                w->dq[hd + j] += dlog * kt[j];
-                dkt[j] += dlog * w->q[hd + j];
+                dq[hd + j] += ds * keys[t][hd + j];
+                dkeys[t][hd + j] += ds * q[hd + j];
             }
         }
     }
-    clear(w->dx1, N_EMBD);
-    linear_backward(p + WQ, g + WQ, N_EMBD, N_EMBD, w->x1, w->dq, w->dx1);
-    to_embeddings(g, w, token, pos, w->dx2, w->dx1);  // dx2 is also the gradient at x0 (residual)
-    return loss;
 }
 
-static void finish_backward(const float *p, float *g, work_t *w, const uint8_t *tokens, int n) {
-    // Keys and values have all their gradient now: take them back to the embeddings.
+static void mlp_forward(float *out, float *h, const float *inp, const float *fc1, const float *fc2) {
+    // h [N_HIDDEN] = relu(fc1 [N_HIDDEN][N_EMBD] inp [N_EMBD]); out [N_EMBD] = fc2 [N_EMBD][N_HIDDEN] h
+    linear_forward(h, inp, fc1, N_HIDDEN, N_EMBD);
+    for (int i = 0; i < N_HIDDEN; i++)
+        if (h[i] < 0.0f) h[i] = 0.0f;
+    // Skipping ReLU's zeros (about half) saves their multiply-adds and changes no sum.
+    for (int i = 0; i < N_EMBD; i++) {
+        const float *row = fc2 + i * N_HIDDEN;
+        float s = 0.0f;
+        for (int j = 0; j < N_HIDDEN; j++)
+            if (h[j] != 0.0f) s += row[j] * h[j];
+        out[i] = s;
+    }
+}
+
+static void mlp_backward(float *dinp, float *dfc1, float *dfc2, float *dh, const float *dout, const float *inp,
+                         const float *h, const float *fc1, const float *fc2) {
+    // dh [N_HIDDEN]: scratch, the gradient at h.
+    // if (h[j] != 0.0f) s += row[j] * h[j]; out[i] = s => dfc2 += dout h^T, and with
+    // if (h[i] < 0.0f) h[i] = 0.0f => dh = fc2^T dout where h > 0, else 0
+    for (int j = 0; j < N_HIDDEN; j++) {
+        float hj = h[j], s = 0.0f;
+        if (hj != 0.0f) {
+            for (int i = 0; i < N_EMBD; i++) {
+                dfc2[i * N_HIDDEN + j] += dout[i] * hj;
+                s += fc2[i * N_HIDDEN + j] * dout[i];
+            }
+        }
+        dh[j] = s;
+    }
+    // linear_forward(h, inp, fc1, N_HIDDEN, N_EMBD)
+    linear_backward(dinp, dfc1, dh, inp, fc1, N_HIDDEN, N_EMBD);
+}
+
+static float crossentropy_forward(float *probs, const float *logits, int target) {
+    // probs [VOCAB] = softmax(logits [VOCAB]); returns -log probs[target], as log(sum) - (logits[target] - max).
+    float max, sum;
+    softmax_forward(probs, &max, &sum, logits, VOCAB);
+    return log_pos(sum) - (logits[target] - max);
+}
+
+static void crossentropy_backward(float *dlogits, const float *probs, int target, float dloss) {
+    // softmax_forward(probs, &max, &sum, logits, VOCAB); return log_pos(sum) - (logits[target] - max)
+    // => dlogits = (probs - onehot(target)) * dloss. Writes dlogits.
+    for (int i = 0; i < VOCAB; i++) dlogits[i] = probs[i] * dloss;
+    dlogits[target] -= dloss;
+}
+
+static void adam_update(float *params, float *m, float *v, float *grads, float step, float unbias) {
+    // [N_PARAMS] each. train.adam's update: microgpt.py's Adam with m and v kept divided by
+    // (1 - beta), so step and unbias fold in the learning rate and the bias corrections
+    // (train.adam_factors). Zeroes grads for the next step.
+    for (int i = 0; i < N_PARAMS; i++) {
+        float gi = grads[i];
+        float mi = BETA1 * m[i] + gi;
+        float vi = BETA2 * v[i] + gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        params[i] -= div_(step * mi, sqrt_(vi * unbias) + ADAM_EPS);
+        grads[i] = 0.0f;
+    }
+}
+
+// ---- The model: one name, one position at a time ----
+//
+// The backward runs *while* the forward walks the name: everything after attention (wo, the MLP,
+// lm_head, the loss) belongs to one position, so its gradient is taken as soon as that position's
+// loss is known (gpt_backward). Only each position's key and value wait, because later queries
+// still read them; keys_values_backward finishes them once the name is done. As RMSNorm's
+// backward is linear in the incoming gradient, each part of the gradient at emb and attn_in goes
+// on to the embeddings as soon as it is known, and emb and attn_in are recomputed (exactly: same
+// weights, same operations) when keys_values_backward needs them again. So per position the work
+// keeps just the key, the value and their gradients: 64 floats.
+
+// One name's work, a float32 array of WORK floats that the trainer allocates; microgpt.py's gpt()
+// names in brackets.
+typedef struct {
+    // Every position's so far:
+    float keys[BLOCK][N_EMBD];    // [keys[li]]
+    float values[BLOCK][N_EMBD];  // [values[li]]
+    float dkeys[BLOCK][N_EMBD];   // their gradients, complete when the name is
+    float dvalues[BLOCK][N_EMBD];
+    // The position in progress:
+    float emb[N_EMBD];            // rmsnorm(wte[token] + wpe[pos])  [x; attention's x_residual]
+    float attn_in[N_EMBD];        // rmsnorm(emb): the input of query, key and value
+    float query[N_EMBD];          // [q]
+    float att[N_HEAD][BLOCK];     // per head, the weights of positions 0..pos  [attn_weights]
+    float attn_out[N_EMBD];       // the heads' outputs, concatenated  [x_attn]
+    float after_attn[N_EMBD];     // wo attn_out + emb  [x; the MLP's x_residual]
+    float mlp_in[N_EMBD];         // rmsnorm(after_attn)
+    float hidden[N_HIDDEN];       // relu(fc1 mlp_in)
+    float after_mlp[N_EMBD];      // fc2 hidden + after_attn
+    float logits[VOCAB];          // lm_head after_mlp  [logits]
+    float probs[VOCAB];           // softmax(logits)
+    float emb_rstd, attn_in_rstd, mlp_in_rstd;  // each rmsnorm's 1 / rms
+    // The loss's gradients at the above (d<name>):
+    float dlogits[VOCAB], dafter_mlp[N_EMBD], dhidden[N_HIDDEN], dmlp_in[N_EMBD], dafter_attn[N_EMBD];
+    float dattn_out[N_EMBD], dquery[N_EMBD], dattn_in[N_EMBD], demb[N_EMBD];
+    float datt[BLOCK];            // one head's, at a time
+    float dsum[N_EMBD];           // at wte[token] + wpe[pos]
+} work_t;
+
+#define WORK_FLOATS (sizeof(work_t) / sizeof(float))
+
+static void inputs_forward(work_t *w, const float *p, int token, int pos) {
+    // The attention block's inputs, emb and attn_in, with their rmsnorm scales.
+    embed_forward(w->emb, p + WTE, p + WPE, token, pos);
+    rmsnorm_forward(w->emb, &w->emb_rstd, w->emb);
+    rmsnorm_forward(w->attn_in, &w->attn_in_rstd, w->emb);
+}
+
+static void inputs_backward(float *g, work_t *w, int token, int pos) {
+    // From demb and dattn_in on to the embeddings (emb, attn_in as inputs_forward left them).
+    // Adds its part into demb.
+    // rmsnorm_forward(w->attn_in, &w->attn_in_rstd, w->emb)
+    rmsnorm_backward(w->demb, w->dattn_in, w->attn_in, w->attn_in_rstd);
+    // rmsnorm_forward(w->emb, &w->emb_rstd, w->emb)
+    clear(w->dsum, N_EMBD);
+    rmsnorm_backward(w->dsum, w->demb, w->emb, w->emb_rstd);
+    // embed_forward(w->emb, p + WTE, p + WPE, token, pos)
+    embed_backward(g + WTE, g + WPE, w->dsum, token, pos);
+}
+
+static void gpt_forward(work_t *w, const float *p, int token, int pos) {
+    // One position of microgpt.py's gpt(): w->logits, and this position's key and value.
+    inputs_forward(w, p, token, pos);
+    linear_forward(w->query, w->attn_in, p + WQ, N_EMBD, N_EMBD);
+    linear_forward(w->keys[pos], w->attn_in, p + WK, N_EMBD, N_EMBD);
+    linear_forward(w->values[pos], w->attn_in, p + WV, N_EMBD, N_EMBD);
+    attention_forward(w->attn_out, w->att, w->query, w->keys, w->values, pos);
+    linear_forward(w->after_attn, w->attn_out, p + WO, N_EMBD, N_EMBD);
+    for (int i = 0; i < N_EMBD; i++) w->after_attn[i] += w->emb[i];
+    rmsnorm_forward(w->mlp_in, &w->mlp_in_rstd, w->after_attn);
+    mlp_forward(w->after_mlp, w->hidden, w->mlp_in, p + FC1, p + FC2);
+    for (int i = 0; i < N_EMBD; i++) w->after_mlp[i] += w->after_attn[i];
+    linear_forward(w->logits, w->after_mlp, p + LM_HEAD, VOCAB, N_EMBD);
+}
+
+static void gpt_backward(float *g, work_t *w, const float *p, int token, int pos) {
+    // From w->dlogits back through gpt_forward, adding into g, all but the key and value
+    // projections (keys_values_backward's); this position's dkeys and dvalues rows start here.
+    // linear_forward(w->logits, w->after_mlp, p + LM_HEAD, VOCAB, N_EMBD)
+    clear(w->dafter_mlp, N_EMBD);
+    linear_backward(w->dafter_mlp, g + LM_HEAD, w->dlogits, w->after_mlp, p + LM_HEAD, VOCAB, N_EMBD);
+    // mlp_forward(w->after_mlp, w->hidden, w->mlp_in, p + FC1, p + FC2)
+    clear(w->dmlp_in, N_EMBD);
+    mlp_backward(w->dmlp_in, g + FC1, g + FC2, w->dhidden, w->dafter_mlp, w->mlp_in, w->hidden, p + FC1, p + FC2);
+    // w->after_mlp[i] += w->after_attn[i]
+    for (int i = 0; i < N_EMBD; i++) w->dafter_attn[i] = w->dafter_mlp[i];
+    // rmsnorm_forward(w->mlp_in, &w->mlp_in_rstd, w->after_attn)
+    rmsnorm_backward(w->dafter_attn, w->dmlp_in, w->mlp_in, w->mlp_in_rstd);
+    // linear_forward(w->after_attn, w->attn_out, p + WO, N_EMBD, N_EMBD)
+    clear(w->dattn_out, N_EMBD);
+    linear_backward(w->dattn_out, g + WO, w->dafter_attn, w->attn_out, p + WO, N_EMBD, N_EMBD);
+    // attention_forward(w->attn_out, w->att, w->query, w->keys, w->values, pos)
+    clear(w->dquery, N_EMBD);
+    clear(w->dkeys[pos], N_EMBD);
+    clear(w->dvalues[pos], N_EMBD);
+    attention_backward(w->dquery, w->dkeys, w->dvalues, w->datt, w->dattn_out, w->query, w->keys, w->values,
+                       w->att, pos);
+    // linear_forward(w->query, w->attn_in, p + WQ, N_EMBD, N_EMBD)
+    clear(w->dattn_in, N_EMBD);
+    linear_backward(w->dattn_in, g + WQ, w->dquery, w->attn_in, p + WQ, N_EMBD, N_EMBD);
+    // w->after_attn[i] += w->emb[i]
+    for (int i = 0; i < N_EMBD; i++) w->demb[i] = w->dafter_attn[i];
+    inputs_backward(g, w, token, pos);
+}
+
+static void keys_values_backward(float *g, work_t *w, const float *p, const uint8_t *tokens, int n) {
+    // Every query has read the keys and values now: their gradients go back through wk and wv to
+    // the embeddings, each position's inputs recomputed.
     for (int pos = 0; pos < n; pos++) {
-        embed(p, w, tokens[pos], pos);
-        clear(w->dx1, N_EMBD);
-        linear_backward(p + WK, g + WK, N_EMBD, N_EMBD, w->x1, w->dk + pos * N_EMBD, w->dx1);
-        linear_backward(p + WV, g + WV, N_EMBD, N_EMBD, w->x1, w->dv + pos * N_EMBD, w->dx1);
-        clear(w->dx2, N_EMBD);
-        to_embeddings(g, w, tokens[pos], pos, w->dx2, w->dx1);
+        inputs_forward(w, p, tokens[pos], pos);
+        // linear_forward(w->keys[pos], w->attn_in, p + WK, N_EMBD, N_EMBD)
+        clear(w->dattn_in, N_EMBD);
+        linear_backward(w->dattn_in, g + WK, w->dkeys[pos], w->attn_in, p + WK, N_EMBD, N_EMBD);
+        // linear_forward(w->values[pos], w->attn_in, p + WV, N_EMBD, N_EMBD)
+        linear_backward(w->dattn_in, g + WV, w->dvalues[pos], w->attn_in, p + WV, N_EMBD, N_EMBD);
+        clear(w->demb, N_EMBD);  // emb's other uses went back in gpt_backward
+        inputs_backward(g, w, tokens[pos], pos);
     }
 }
 
-// ---- The Python-facing functions: arguments checked, then the work above ----
-static void value_error(void) {
-    mp->raise(mp->load_global(qstr_ValueError));
+static float loss_and_grad(float *g, work_t *w, const float *p, const uint8_t *tokens, int n) {
+    // microgpt's loss for one name: the mean cross-entropy of its n next tokens; adds its gradient to g.
+    float loss = 0.0f, dloss = recip((float)n);
+    for (int pos = 0; pos < n; pos++) {
+        gpt_forward(w, p, tokens[pos], pos);
+        loss += crossentropy_forward(w->probs, w->logits, tokens[pos + 1]);
+        crossentropy_backward(w->dlogits, w->probs, tokens[pos + 1], dloss);
+        gpt_backward(g, w, p, tokens[pos], pos);
+    }
+    keys_values_backward(g, w, p, tokens, n);
+    return div_(loss, (float)n);
 }
 
-static float *floats(obj_t o, size_t n) {
+// ---- MicroPython's side: the module's functions, their argument checks, its entry ----
+// Layouts from py/obj.h, py/bc.h, py/nativeglue.h (identical in v1.25 and the VM's v1.29).
+typedef void *obj_t;
+typedef struct { void *buf; size_t len; int typecode; } buffer_t;  // mp_buffer_info_t
+typedef obj_t (*fun_var_t)(size_t n_args, const obj_t *args);
+typedef struct { const void *type; uint32_t sig; fun_var_t fun; } fun_builtin_var_t;
+typedef struct { const void *type; void *globals; const uint16_t *qstr_table; obj_t *obj_table; } module_context_t;
+typedef struct { const void *type; const module_context_t *context; } fun_bc_t;
+
+// The function-table entries this file uses as mp->name, typed; mp_glue.h (generated) puts each at its index.
+typedef obj_t mp_const_none_t;
+typedef void *(*mp_swap_globals_t)(void *globals);
+typedef obj_t (*mp_load_global_t)(size_t qst);
+typedef void (*mp_store_global_t)(size_t qst, obj_t value);
+typedef void *(*mp_realloc__t)(void *ptr, size_t n, bool allow_move);
+typedef __attribute__((noreturn)) void (*mp_raise_msg_t)(const void *exc_type, const char *msg);
+typedef obj_t (*mp_obj_new_float_from_f_t)(float f);
+typedef float (*mp_obj_get_float_to_f_t)(obj_t o);
+typedef bool (*mp_get_buffer_t)(obj_t o, buffer_t *info, unsigned flags);
+typedef const void *mp_type_fun_builtin_var_t;
+#include "mp_glue.h"
+
+static const mp_fun_table_t *mp;
+static const uint16_t *qstrs;  // the .mpy's qstr table, interned by the loader
+#define QSTR(name) (qstrs[Q_##name])
+
+#define BUFFER_READ 1
+#define BUFFER_RW 3
+#define SMALL_INT(o) ((intptr_t)(o) >> 1)
+#define IS_SMALL_INT(o) (((intptr_t)(o) & 1) != 0)
+#define SMALL_INT_OBJ(n) ((obj_t)(((intptr_t)(n) << 1) | 1))
+#define FUN_SIG(n) (((uint32_t)(n) << 17) | ((uint32_t)(n) << 1))  // n positional arguments, no keywords
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+static _Noreturn void value_error(const char *msg) {
+    mp->raise_msg(mp->load_global(QSTR(ValueError)), msg);
+}
+
+static float *floats(obj_t o, size_t n, const char *msg) {
     // The float32 array behind o, which must hold at least n floats.
     buffer_t b;
-    if (!mp->get_buffer(o, &b, BUFFER_RW) || b.typecode != 'f' || b.len < n * sizeof(float)) value_error();
+    if (!mp->get_buffer(o, &b, BUFFER_RW) || b.typecode != 'f' || b.len < n * sizeof(float)) value_error(msg);
     return b.buf;
 }
 
-static int small_int(obj_t o, int lo, int hi) {
-    if (!IS_SMALL_INT(o) || SMALL_INT(o) < lo || SMALL_INT(o) > hi) value_error();
+static int small_int(obj_t o, int lo, int hi, const char *msg) {
+    if (!IS_SMALL_INT(o) || SMALL_INT(o) < lo || SMALL_INT(o) > hi) value_error(msg);
     return (int)SMALL_INT(o);
 }
 
 static obj_t py_loss_and_grad(size_t n_args, const obj_t *args) {
     // loss_and_grad(params, grads, work, tokens, n): mean cross-entropy over the first n
     // positions of tokens (a bytes-like of ids, BOS first); adds its gradient to grads.
-    const float *p = floats(args[0], N_PARAMS);
-    float *g = floats(args[1], N_PARAMS);
-    work_t *w = (work_t *)floats(args[2], WORK_FLOATS);
+    const float *p = floats(args[0], N_PARAMS, "params must be an array('f') of cmodel.N_PARAMS floats");
+    float *g = floats(args[1], N_PARAMS, "grads must be an array('f') of cmodel.N_PARAMS floats");
+    work_t *w = (work_t *)floats(args[2], WORK_FLOATS, "work must be an array('f') of cmodel.WORK floats");
     buffer_t tb;
-    if (!mp->get_buffer(args[3], &tb, 1)) value_error();
-    int n = small_int(args[4], 1, BLOCK);
+    if (!mp->get_buffer(args[3], &tb, BUFFER_READ)) value_error("tokens must be bytes-like");
+    int n = small_int(args[4], 1, BLOCK, "n must be an int from 1 to " STR(BLOCK));
     const uint8_t *tokens = tb.buf;
-    if (tb.len < (size_t)n + 1) value_error();
+    if (tb.len < (size_t)n + 1) value_error("tokens must hold n + 1 ids");
     for (int i = 0; i <= n; i++)
-        if (tokens[i] >= VOCAB) value_error();
-    float loss = 0.0f, scale = recip((float)n);
-    for (int pos = 0; pos < n; pos++) {
-        forward(p, w, tokens[pos], pos);
-        loss += backward(p, g, w, pos, tokens[pos], tokens[pos + 1], scale);
-    }
-    finish_backward(p, g, w, tokens, n);
-    return mp->new_float_from_f(div_(loss, (float)n));
+        if (tokens[i] >= VOCAB) value_error("tokens must be ids below " STR(VOCAB));
+    return mp->obj_new_float_from_f(loss_and_grad(g, w, p, tokens, n));
 }
 
 static obj_t py_forward(size_t n_args, const obj_t *args) {
     // forward(params, work, token, pos, logits): one position of inference (positions 0..pos-1
     // went before, as in sampling); writes the 27 logits into the float array `logits`.
-    const float *p = floats(args[0], N_PARAMS);
-    work_t *w = (work_t *)floats(args[1], WORK_FLOATS);
-    int token = small_int(args[2], 0, VOCAB - 1), pos = small_int(args[3], 0, BLOCK - 1);
-    float *logits = floats(args[4], VOCAB);
-    forward(p, w, token, pos);
+    const float *p = floats(args[0], N_PARAMS, "params must be an array('f') of cmodel.N_PARAMS floats");
+    work_t *w = (work_t *)floats(args[1], WORK_FLOATS, "work must be an array('f') of cmodel.WORK floats");
+    int token = small_int(args[2], 0, VOCAB - 1, "token must be an int below " STR(VOCAB));
+    int pos = small_int(args[3], 0, BLOCK - 1, "pos must be an int below " STR(BLOCK));
+    float *logits = floats(args[4], VOCAB, "logits must be an array('f') of " STR(VOCAB) " floats");
+    gpt_forward(w, p, token, pos);
     for (int i = 0; i < VOCAB; i++) logits[i] = w->logits[i];
     return mp->const_none;
 }
 
 static obj_t py_adam(size_t n_args, const obj_t *args) {
-    // adam(params, grads, m, v, step, unbias): train.adam's update (m, v kept pre-divided by
-    // 1 - beta; step and unbias fold in the bias corrections); zeroes grads.
-    float *p = floats(args[0], N_PARAMS), *g = floats(args[1], N_PARAMS);
-    float *m = floats(args[2], N_PARAMS), *v = floats(args[3], N_PARAMS);
-    float step = mp->get_float_to_f(args[4]), unbias = mp->get_float_to_f(args[5]);
-    for (int i = 0; i < N_PARAMS; i++) {
-        float gi = g[i];
-        float mi = BETA1 * m[i] + gi;
-        float vi = BETA2 * v[i] + gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] -= div_(step * mi, sqrt_(vi * unbias) + ADAM_EPS);
-        g[i] = 0.0f;
-    }
+    // adam(params, grads, m, v, step, unbias): train.adam, in C.
+    float *p = floats(args[0], N_PARAMS, "params must be an array('f') of cmodel.N_PARAMS floats");
+    float *g = floats(args[1], N_PARAMS, "grads must be an array('f') of cmodel.N_PARAMS floats");
+    float *m = floats(args[2], N_PARAMS, "m must be an array('f') of cmodel.N_PARAMS floats");
+    float *v = floats(args[3], N_PARAMS, "v must be an array('f') of cmodel.N_PARAMS floats");
+    adam_update(p, m, v, g, mp->obj_get_float_to_f(args[4]), mp->obj_get_float_to_f(args[5]));
     return mp->const_none;
 }
 
-static void define(const fun_bc_t *self, int name, fun_var_t fun, int n_args) {
-    fun_builtin_var_t *f = mp->realloc_(NULL, sizeof(fun_builtin_var_t), 0);
+static void define(size_t name, fun_var_t fun, int n_args) {
+    fun_builtin_var_t *f = mp->realloc_(NULL, sizeof(fun_builtin_var_t), false);
     f->type = mp->type_fun_builtin_var;
     f->sig = FUN_SIG(n_args);
     f->fun = fun;
-    mp->store_global(self->context->qstr_table[name], f);
+    mp->store_global(name, f);
 }
 
 // The module's body: the loader calls it at import as a viper function, (self, n_args, n_kw, args).
 obj_t mpy_init(const fun_bc_t *self, size_t n_args, size_t n_kw, const obj_t *args) {
-    mp = (const fun_table_t *)self->context->obj_table[0];
-    const uint16_t *qstr = self->context->qstr_table;
-    qstr_ValueError = qstr[Q_ValueError];
+    mp = (const mp_fun_table_t *)self->context->obj_table[0];
+    qstrs = self->context->qstr_table;
     void *globals = mp->swap_globals(self->context->globals);
-    define(self, Q_loss_and_grad, py_loss_and_grad, 5);
-    define(self, Q_forward, py_forward, 5);
-    define(self, Q_adam, py_adam, 6);
-    mp->store_global(qstr[Q_N_PARAMS], (obj_t)(intptr_t)(N_PARAMS * 2 + 1));
-    mp->store_global(qstr[Q_WORK], (obj_t)(intptr_t)(WORK_FLOATS * 2 + 1));
+    define(QSTR(loss_and_grad), py_loss_and_grad, 5);
+    define(QSTR(forward), py_forward, 5);
+    define(QSTR(adam), py_adam, 6);
+    mp->store_global(QSTR(N_PARAMS), SMALL_INT_OBJ(N_PARAMS));
+    mp->store_global(QSTR(WORK), SMALL_INT_OBJ(WORK_FLOATS));
     mp->swap_globals(globals);
     return mp->const_none;
 }
