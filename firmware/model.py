@@ -1,14 +1,7 @@
 # microgpt's model (Karpathy's microgpt.py) as explicit forward and backward passes over flat
-# float32 arrays: no autograd graph, so a training step needs a few KB instead of megabytes.
-#
-# The backward runs *while* the forward walks the name: everything after attention (Wo, the MLP,
-# lm_head, the loss) belongs to one position, so its gradient is taken as soon as that position's
-# loss is known. Only each position's key and value wait, because later queries still read them;
-# they are finished in `finish_backward`. And as RMSNorm's backward is linear in the incoming
-# gradient, each part of the gradient at x0 and x1 goes on to the embeddings as soon as it is
-# known. And the two normalised embeddings x0 and x1 are recomputed (exactly: same weights,
-# same operations) when the backward needs them again. So per position we keep just the key,
-# the value and their gradients: 64 floats.
+# float32 arrays, in MicroPython: the same steps, in the same order, as the C kernels
+# (firmware/cmodel/cmodel.c, which explains why the backward runs while the forward walks the
+# name and what each position keeps), for targets the C module is not built for.
 #
 # microgpt.py's gpt() names -> the buffers here (one position; d<name> is its gradient):
 #   rmsnorm(tok_emb + pos_emb)                 x0  (attention's x_residual)

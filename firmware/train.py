@@ -1,6 +1,7 @@
 # The training run: read the configuration the host wrote, stream names from flash one per step,
 # train with Adam, sample, save the weights, and report every step on the UART
 # (record format: docs/uart-protocol.md).
+import binascii
 import gc
 import json
 import math
@@ -98,13 +99,15 @@ def exists(path):
         return False
 
 
-def report_steps(n, losses, k, lr, ms, heap):
-    # One step record for the last k steps, written piece by piece: no string of them all is built.
+def report_steps(n, losses, k, ms, heap):
+    # One step record for the last k steps: their losses as the float32 bytes they are, in base64
+    # (exact, and 5.3 characters a step), written in pieces: no string of them all is built.
     write = sys.stdout.write
-    write("MGPT step n=%d loss=" % n)
-    for i in range(k):
-        write("%.6f" % losses[i] if i == 0 else ",%.6f" % losses[i])
-    write(" lr=%.6f ms=%.2f heap=%d\n" % (lr, ms, heap))
+    write("MGPT step n=%d ms=%.2f heap=%d loss=" % (n, ms, heap))
+    raw = memoryview(losses)  # sliced by loss, not by byte
+    for i in range(0, k, 12):  # 12 losses a piece: 64 characters, no padding but at the end
+        write(binascii.b2a_base64(raw[i:min(i + 12, k)], newline=False))
+    write("\n")
 
 
 def heap_now():
@@ -139,7 +142,7 @@ def main():
     names = Names(DATA)
     heap_total = gc.mem_alloc() + gc.mem_free()
     print(
-        "MGPT start v=1 params=%d steps=%d seed=%d init=%s docs=%d log_every=%d ckpt_every=%d samples=%d "
+        "MGPT start v=2 params=%d steps=%d seed=%d init=%s docs=%d log_every=%d ckpt_every=%d samples=%d "
         "temp=%s lr=%s platform=%s impl=%s emit=%s kernels=%s freq_mhz=%s freq_boot_mhz=%s heap_total=%d"
         % (N_PARAMS, steps, seed, cfg["init"], cfg["docs"], log_every, ckpt_every, cfg["samples"],
            cfg["temperature"], LR, sys.platform, "%d.%d.%d" % sys.implementation.version[:3],
@@ -194,7 +197,7 @@ def main():
         if k == len(group) or done == steps or save_now:
             heap = heap_now()
             peak = max(peak, heap)
-            report_steps(done, group, k, lr, group_us / 1000 / k, heap)
+            report_steps(done, group, k, group_us / 1000 / k, heap)
             k = group_us = 0
         if save_now:
             checkpoint.save(CKPT, cfg["run_id"], steps, done, names.tell(), (params, m, v))

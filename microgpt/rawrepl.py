@@ -160,12 +160,16 @@ class RawRepl:
         time.sleep(0.05)
         said = self._read()
         self._write(b"\r\x01")  # Ctrl-A: raw REPL
-        deadline = time.monotonic() + self.answer_s
+        deadline = nudged = time.monotonic()
+        deadline += self.answer_s
         while not said.endswith(BANNER + b">"):
             chunk = self._read()
             said += chunk
-            if chunk and said.endswith(b">>> "):  # the friendly REPL came up after our Ctrl-A (a board still booting)
+            # A board still booting offers its friendly REPL after our Ctrl-A went unheard: ask again,
+            # once it has been quiet at that prompt for a while (never twice for one answer).
+            if not chunk and said.endswith(b">>> ") and time.monotonic() - nudged > 1:
                 self._write(b"\r\x01")
+                nudged = time.monotonic()
             if time.monotonic() > deadline:
                 raise EngineError(self._not_micropython(said))
         self.running = False

@@ -64,7 +64,7 @@ class Report:
             "heap_total": end.get("heap_total", cfg.get("heap_total")), "platform": cfg.get("platform"),
             "emit": cfg.get("emit"), "kernels": cfg.get("kernels"), "freq_mhz": cfg.get("freq_mhz"),
             "ms_train": end.get("ms_train"), "alloc_per_step": end.get("alloc_per_step"),
-            "lr_final": run.last_step.get("lr"), "config": cfg, "boots": run.boots, "resumed_from": run.resumed_from,
+            "config": cfg, "boots": run.boots, "resumed_from": run.resumed_from,
             "checkpoints": run.checkpoints, "checkpoints_rejected": run.checkpoints_rejected,
             "bad_records": run.bad_records, "uart_log": self.uart_log, "weights": self.weights,
             "loss_curve": self.loss_curve,

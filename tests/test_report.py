@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+from conftest import step_record
 from microgpt.report import Report, from_log, plot_losses
 from microgpt.uart import UartParser
 
@@ -41,21 +42,19 @@ def test_a_one_step_run_still_shows_its_loss():
 
 
 def test_non_finite_numbers_become_null_and_gaps_still_plot(tmp_path):
-    lines = ["MGPT start v=1 params=4192 steps=4 log_every=1",
-             "MGPT step n=1 loss=3.3 lr=0.01 ms=5 heap=1",
-             "MGPT step n=3 loss=nan lr=0.01 ms=inf heap=1",
-             "MGPT step n=4 loss=2.9 lr=0.01 ms=5 heap=1"]
+    lines = ["MGPT start v=2 params=4192 steps=4 log_every=1",
+             step_record(1, 3.5, heap=1), step_record(3, float("nan"), ms="inf", heap=1), step_record(4, 2.5, heap=1)]
     report = from_log(lines)
     report.write(tmp_path / "r.json")
     loaded = strict_load(tmp_path / "r.json")
-    assert loaded["losses"] == [3.3, None, None, 2.9] and loaded["ms_per_step"] is None
+    assert loaded["losses"] == [3.5, None, None, 2.5] and loaded["ms_per_step"] is None
     assert plot_losses(report.run.losses, "gaps").startswith(PNG_SIGNATURE)
 
 
 def test_the_summary_is_the_mean_of_the_last_100_steps():
     parser = UartParser()
-    parser.feed("MGPT start v=1 params=4192 steps=150 log_every=1")
+    parser.feed("MGPT start v=2 params=4192 steps=150 log_every=1")
     for n in range(1, 151):
-        parser.feed(f"MGPT step n={n} loss={3.0 if n <= 50 else 2.0} lr=0.01 ms=5 heap=1")
+        parser.feed(step_record(n, 3.0 if n <= 50 else 2.0))
     summary = Report("x", None, None, parser.state(), None).to_json()
     assert (summary["loss_window"], summary["loss_mean"]) == (100, 2.0)

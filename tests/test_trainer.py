@@ -92,7 +92,7 @@ def test_vm_trains_1000_steps_in_100k_heap_like_microgpt_py(sim_run, microgpt_lo
 
 
 def test_log_every_groups_steps_but_keeps_every_loss(sim_run, tmp_path):
-    _, _, each = sim_run("--steps", 25, "--samples", 0, report=tmp_path / "a.json")
+    _, _, each = sim_run("--steps", 25, "--samples", 0, "--log-every", 1, report=tmp_path / "a.json")
     _, _, grouped = sim_run("--steps", 25, "--samples", 0, "--log-every", 10, report=tmp_path / "b.json")
     assert grouped["status"] == "ok" and grouped["losses"] == each["losses"]
     assert open(grouped["uart_log"]).read().count("MGPT step ") == 3  # steps 10, 20, 25

@@ -1,5 +1,6 @@
 """The UART parser: sample logs as engines capture them, edge cases, and fuzzing."""
 import json
+import struct
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import step_record
 from microgpt.report import Report, diagnose, from_log
 from microgpt.uart import UartParser
 
@@ -14,10 +16,10 @@ LOGS = Path(__file__).parent / "data" / "uart"
 REPORT_KEYS = {
     "engine", "status", "error", "interrupted", "steps", "params", "losses", "samples", "loss_mean", "loss_window",
     "ms_per_step", "peak_heap_bytes", "uart_log", "config", "boots", "resumed_from", "checkpoints",
-    "checkpoints_rejected", "lr_final", "heap_total", "platform", "emit", "kernels", "freq_mhz", "ms_train",
+    "checkpoints_rejected", "heap_total", "platform", "emit", "kernels", "freq_mhz", "ms_train",
     "peak_src", "alloc_per_step", "bad_records", "weights", "loss_curve",
 }
-START = ("MGPT start v=1 params=4192 steps={steps} seed=42 init=microgpt docs=32033 log_every={every} ckpt_every=0"
+START = ("MGPT start v=2 params=4192 steps={steps} seed=42 init=microgpt docs=32033 log_every={every} ckpt_every=0"
          " samples=2 temp=0.5 lr=0.01 platform=linux impl=1.29.0 emit=bytecode freq_mhz=none"
          " freq_boot_mhz=none heap_total=166592")
 END = "MGPT end steps={steps} ms_train=50 ms_per_step=5.0 peak_heap=70000 alloc_per_step=none heap_total=166592"
@@ -44,8 +46,13 @@ def start(steps=10, every=1):
     return START.format(steps=steps, every=every)
 
 
+def f32(*values):
+    """The values as the chip's float32 holds them (what a step record carries exactly)."""
+    return list(struct.unpack(f"<{len(values)}f", struct.pack(f"<{len(values)}f", *values)))
+
+
 def step(n, *losses, ms=5.0, heap=58000):
-    return f"MGPT step n={n} loss={','.join(str(x) for x in losses)} lr=0.005 ms={ms} heap={heap}"
+    return step_record(n, *losses, ms=ms, heap=heap)
 
 
 def end(steps=10):
@@ -73,12 +80,12 @@ def test_vm_run():
     check_report(r)
     assert r.status == "ok" and r.error is None
     assert (r.steps, r.params, r.boots, r.bad_records) == (20, 4192, 1, 0)
-    assert r.losses[:3] == [3.365967, 3.424273, 3.177578] and r.losses[-1] == 2.774931
+    assert r.losses[:3] == f32(3.365967, 3.424273, 3.177578) and r.losses[-1] == f32(2.774931)[0]
     assert r.samples == ["ieodnne", "bmaen", "dho", "oi", "bvieei"]
     assert (r.ms_per_step, r.ms_train, r.peak_heap_bytes, r.peak_src) == (4.85, 97, 58464, "end")
     assert r.alloc_per_step == 5814940
     assert (r.platform, r.emit, r.freq_mhz) == ("linux", "bytecode", None)
-    assert (r.heap_total, r.lr_final) == (166592, 0.0005)
+    assert r.heap_total == 166592
     assert r.config["seed"] == 42 and r.config["init"] == "microgpt" and r.config["freq_boot_mhz"] is None
     assert r.uart_log.endswith("vm_ok.log") and r.resumed_from is None and r.checkpoints == []
 
@@ -142,7 +149,7 @@ def test_reset_mid_run_resumes_from_checkpoint():
     assert r.checkpoints == [10, 20, 30]
     assert r.bad_records == 1  # the step record the reset cut in half
     assert len(r.losses) == 30 and None not in r.losses
-    assert r.losses[0] == 3.365967 and r.losses[15:20] == [2.845018, 3.054155, 2.827918, 2.824256, 2.718260]
+    assert r.losses[0] == f32(3.365967)[0] and r.losses[15:20] == f32(2.845018, 3.054155, 2.827918, 2.824256, 2.718260)
     assert r.ms_train == 3688 and len(r.samples) == 5
 
 
@@ -150,7 +157,7 @@ def test_log_every_groups_give_every_step():
     r = parse("log_every10.log")
     check_report(r)
     assert r.status == "ok" and r.steps == 25 and len(r.losses) == 25
-    assert r.losses[9] == 3.229071 and r.losses[20:] == [3.360040, 2.763430, 2.882194, 2.388742, 3.345801]
+    assert r.losses[9] == f32(3.229071)[0] and r.losses[20:] == f32(3.360040, 2.763430, 2.882194, 2.388742, 3.345801)
     assert r.config["log_every"] == 10
 
 
@@ -195,14 +202,14 @@ def test_restart_without_resume_restarts_the_losses():
 def test_a_new_boot_drops_the_steps_it_will_redo():
     assert parse_lines([start(5), step(1, 3.0), step(2, 2.9), step(3, 2.8), start(5), step(1, 9.0)]).losses == [9.0]
     r = parse_lines([start(5), *(step(n, 3.0 - n / 10) for n in range(1, 5)), start(5), "MGPT resume step=2", step(3, 9.0)])
-    assert r.losses == [2.9, 2.8, 9.0] and r.steps == 3
+    assert r.losses == f32(2.9, 2.8, 9.0) and r.steps == 3
 
 
 def test_resume_overwrites_redone_steps_without_duplicates():
     lines = [start(6, 2), step(2, 3.0, 2.9), step(4, 2.8, 2.7), start(6, 2), "MGPT resume step=2",
              step(4, 2.5, 2.4), step(6, 2.3, 2.2), end(6)]
     r = parse_lines(lines)
-    assert r.losses == [3.0, 2.9, 2.5, 2.4, 2.3, 2.2] and r.resumed_from == 2
+    assert r.losses == f32(3.0, 2.9, 2.5, 2.4, 2.3, 2.2) and r.resumed_from == 2
 
 
 def test_reset_loop_in_the_vm_and_progress_breaking_it():
@@ -239,12 +246,14 @@ def test_str_and_bytes_lines_parse_alike():
 
 
 @pytest.mark.parametrize("bad", [
-    "MGPT step n=x loss=3.0 lr=0.01 ms=5 heap=1",  # bad number
-    "MGPT step n=1 loss=3.0 lr=0.01 ms=5",  # missing heap
-    "MGPT step n=3 loss=3.0,2.0,1.0,0.5 lr=0.01 ms=5 heap=1",  # more losses than steps
-    "MGPT step n=11 loss=3.0 lr=0.01 ms=5 heap=1",  # beyond the run
-    "MGPT step n=2 loss=3.0,,2.0 lr=0.01 ms=5 heap=1",  # empty value in the list
-    "MGPT step n=1 loss=3.0 lr=0.01 ms=5 heap=1 Jun",  # token without a value
+    step(1, 3.0).replace("n=1", "n=x"),  # bad number
+    step(1, 3.0).replace(" heap=58000", ""),  # missing heap
+    step(3, 3.0, 2.0, 1.0, 0.5),  # more losses than steps
+    step(11, 3.0),  # beyond the run
+    step(2, 3.0, 2.0)[:-3],  # losses cut short (not whole base64)
+    step(2, 3.0, 2.0)[:-4] + "AAA=",  # losses cut short (whole base64, not whole floats)
+    step(2, 3.0, 2.0).replace("loss=", "loss=3.0,2.0 x"),  # the decimal losses of protocol v1
+    step(1, 3.0) + " Jun",  # token without a value
     "MGPT end steps=10 ms_train=50",  # end cut short
     "MGPT resume step=99",  # beyond the run
     "MGPT sample x kamon",  # bad index
@@ -268,7 +277,7 @@ def test_lost_step_record_leaves_a_gap_not_a_shift():
 
 
 def test_diverged_loss_is_kept_as_nan():
-    r = parse_lines([start(2), step(1, 3.0), "MGPT step n=2 loss=nan lr=0.005 ms=5 heap=1", end(2)])
+    r = parse_lines([start(2), step(1, 3.0), step(2, float("nan")), end(2)])
     assert r.status == "ok" and r.losses[0] == 3.0 and r.losses[1] != r.losses[1]
 
 
@@ -351,18 +360,18 @@ def test_fuzz_mutated_real_logs(blob):
 
 
 ABSURD = st.sampled_from(["nan", "inf", "-1e9", "1e400", "none", "", "3.5.1", "1,2,3,4,5,6,7,8,9,10,11,12,13",
-                          "9" * 5000, "\ufffd", "１２", "2.5,,2.4"])
+                          "9" * 5000, "\ufffd", "１２", "2.5,,2.4", "AAAA", "AAA=", "////" * 40, "=AAA"])
 
 
 @st.composite
 def protocol_line(draw):
     """A plausible line of a run (any record, ROM reset, banner), sometimes damaged."""
     i, j = draw(st.integers(0, 12)), draw(st.integers(0, 3))
-    losses = ",".join(str(x) for x in draw(st.lists(st.floats(0, 4), min_size=1, max_size=3)))
+    losses = draw(st.lists(st.floats(0, 4, width=32), min_size=1, max_size=3))
     line = draw(st.sampled_from([
-        f"MGPT start v=1 params=4192 steps={i + 3} log_every={j} platform=esp32 freq_mhz=none",
+        f"MGPT start v=2 params=4192 steps={i + 3} log_every={j} platform=esp32 freq_mhz=none",
         f"MGPT resume step={i}", "MGPT ckpt-bad reason=checksum", f"MGPT ckpt step={i}",
-        *[f"MGPT step n={i} loss={losses} lr=0.01 ms={j} heap={j}"] * 6,  # the common record
+        *[step(i, *losses, ms=j, heap=j)] * 6,  # the common record
         f"MGPT sample {i} ab",
         f"MGPT end steps={i} ms_train=9 ms_per_step={j} peak_heap=9 alloc_per_step=none heap_total=9",
         "MGPT error MemoryError: memory allocation failed", 'MGPT tb   File "train.py", line 3, in run',

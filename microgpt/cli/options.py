@@ -90,8 +90,8 @@ def run_options(f):
                   help="Seed of the data order, the weights and sampling.")
     @click.option("--samples", type=click.IntRange(0, 10_000), default=20, show_default=True,
                   help="Names to sample after training.")
-    @click.option("--log-every", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="Steps per UART step record (at most --steps).")
+    @click.option("--log-every", type=click.IntRange(min=1), default=payload.LOG_EVERY, show_default=True,
+                  help="Steps per UART step record (at most --steps); every step's loss arrives either way.")
     @click.option("--ckpt-every", type=click.IntRange(min=0), default=0, show_default=True,
                   help="Checkpoint to flash every N steps, so a reset resumes the run (0: never).")
     @click.option("--emit", type=click.Choice(payload.EMITS), default="auto", show_default=True,
