@@ -49,9 +49,11 @@ def adam(p, g, m, v, step, unbias):
 
 
 class Names:
-    # The data file, read one line per step and wrapped at the end: step s sees name s % count.
-    def __init__(self, path):
+    # The data file, read one line per step from byte `pos` on and wrapped at the end: step s sees
+    # name s % count.
+    def __init__(self, path, pos=0):
         self.f = open(path)
+        self.f.seek(pos)
 
     def next_tokens(self):
         line = self.f.readline()
@@ -71,8 +73,8 @@ class Names:
     def tell(self):
         return self.f.tell()
 
-    def seek(self, pos):
-        self.f.seek(pos)
+    def close(self):
+        self.f.close()
 
 
 def clock():
@@ -121,16 +123,20 @@ def bytes_allocated():
     return micropython.mem_total() if hasattr(micropython, "mem_total") else None
 
 
-def main():
+def main(mount_flash=lambda fast: None):
+    # mount_flash(fast): the boot entry's choice of flash caches (main.py); it mounted them fast.
     with open(CONFIG) as f:
         cfg = json.load(f)
     steps, seed = cfg["steps"], cfg["seed"]
     log_every, ckpt_every = cfg["log_every"], cfg["ckpt_every"]
     freq_boot, freq = clock()
 
-    # The four big arrays go first, into a heap that importing the model has not yet fragmented.
+    # The four big arrays go first, into a heap that importing the model has not yet fragmented,
+    # nor the fast flash caches: they come back for the loading that follows.
+    mount_flash(False)
     gc.collect()
     params, grads, m, v = zeros(N_PARAMS), zeros(N_PARAMS), zeros(N_PARAMS), zeros(N_PARAMS)
+    mount_flash(True)
     if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
         from cgpt import GPT, adam as update
     else:
@@ -139,7 +145,6 @@ def main():
         update = adam
     gc.collect()
     gpt = GPT(params, grads)
-    names = Names(DATA)
     heap_total = gc.mem_alloc() + gc.mem_free()
     print(
         "MGPT start v=2 params=%d steps=%d seed=%d init=%s docs=%d log_every=%d ckpt_every=%d samples=%d "
@@ -158,10 +163,8 @@ def main():
             resumed = checkpoint.load(CKPT, cfg["run_id"], steps, (params, m, v))
         except checkpoint.BadCheckpoint as e:
             print("MGPT ckpt-bad reason=%s" % e)
-    start = 0
+    start, pos = resumed or (0, 0)
     if resumed:
-        start, pos = resumed
-        names.seek(pos)
         print("MGPT resume step=%d" % start)
     elif cfg["init"] == "microgpt":
         with open(INIT, "rb") as f:
@@ -172,6 +175,8 @@ def main():
         for i in range(N_PARAMS):
             params[i] = rng.gauss(0.0, INIT_STD)
     # After a reset, m and v came from the checkpoint; otherwise the arrays are still zero.
+    mount_flash(False)  # training is the heap's peak: the smallest caches, as the board mounts them
+    names = Names(DATA, pos)
 
     peak = heap_now()
     allocated = bytes_allocated()
@@ -199,16 +204,24 @@ def main():
             peak = max(peak, heap)
             report_steps(done, group, k, group_us / 1000 / k, heap)
             k = group_us = 0
-        if save_now:
-            checkpoint.save(CKPT, cfg["run_id"], steps, done, names.tell(), (params, m, v))
+        if save_now:  # with the fast caches (no file may be open while they are mounted)
+            pos = names.tell()
+            names.close()
+            mount_flash(True)
+            checkpoint.save(CKPT, cfg["run_id"], steps, done, pos, (params, m, v))
+            mount_flash(False)
+            names = Names(DATA, pos)
             print("MGPT ckpt step=%d" % done)
 
     if allocated is not None:
         allocated = (bytes_allocated() - allocated) // max(steps - start, 1)
+    names.close()
+    m = v = grads = gpt.grads = None  # from here on only the weights are needed
+    gc.collect()
+    mount_flash(True)
     with open(WEIGHTS + ".tmp", "wb") as f:
         f.write(params)
     os.rename(WEIGHTS + ".tmp", WEIGHTS)
-    m = v = gpt.grads = None  # sampling needs only the weights
     from sample import sample
 
     rng = Rng(seed)  # sampling draws from the seed alone, whatever came before: the host replays it

@@ -33,9 +33,23 @@ VM_PLATFORMS = ("linux", "darwin", "win32")
 _ROM_SYNC = b"\xc0\x00\x08\x24\x00\x00\x00\x00\x00\x07\x07\x12\x20" + b"\x55" * 32 + b"\xc0"
 
 # Run on the board once per session (a soft reset forgets them): _mgput receives a file, _mgget
-# sends one, _mgsums says which files the board already holds (size, CRC-32).
+# sends one, _mgsums says which files the board already holds (size, CRC-32). Before them the
+# ESP32's littlefs is mounted again with 4 KB reads and 256-byte programs (its defaults are 32 and
+# 32): the same filesystem (littlefs keeps neither size on disk) in an eighth of the flash
+# operations, which QEMU makes ~10 ms each (measured: 45 KB upload 19.9 s -> 6.8 s). It costs 8 KB
+# of RAM until the soft reset before the trainer starts, which mounts the defaults again.
 _HELPERS = """
 import sys, os, binascii
+try:
+    import esp32, vfs
+    _p = esp32.Partition.find(esp32.Partition.TYPE_DATA, label='vfs')[0]
+    vfs.umount('/')
+    try:
+        vfs.mount(vfs.VfsLfs2(_p, readsize=4096, progsize=256, lookahead=64), '/')
+    except OSError:
+        vfs.mount(_p, '/')
+except (ImportError, IndexError, OSError):
+    pass
 def _mgput(path, size, window):
     f = open(path, 'wb')
     crc = 0

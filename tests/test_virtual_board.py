@@ -26,6 +26,12 @@ def device(*args, timeout=600):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def device_running(*args):
+    """`microgpt device ARGS` started, to be cut while it runs."""
+    return subprocess.Popen([*CLI, "device", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
 @pytest.fixture(scope="module")
 def board(qemu, board_flash, tmp_path_factory):
     """One virtual board for the module (a new board's flash: the official firmware, empty filesystem)."""
@@ -56,7 +62,8 @@ def test_upload_trains_on_the_real_firmware_like_microgpt_py(trained, microgpt_l
     assert (report["engine"], report["platform"], report["kernels"]) == ("serial", "esp32", "c")
     worst = max(abs(a - b) for a, b in zip(report["losses"], microgpt_losses[50], strict=True))
     assert worst <= 2e-3, worst
-    assert len(report["samples"]) == 20 and all(re.fullmatch("[a-z]+", s) for s in report["samples"])
+    # After 50 steps the model may end a name at once (microgpt.py samples an empty one then too).
+    assert len(report["samples"]) == 20 and all(re.fullmatch("[a-z]*", s) for s in report["samples"])
 
 
 def test_pull_returns_the_runs_weights_and_they_replay_the_chips_names(trained, board, tmp_path):
@@ -68,14 +75,35 @@ def test_pull_returns_the_runs_weights_and_they_replay_the_chips_names(trained, 
     assert [line[3:] for line in result.output.splitlines()] == report["samples"]
 
 
+def test_upload_1000_steps_and_pull_in_a_minute(trained, board, names_path, microgpt_losses, tmp_path):
+    # The whole path a user takes with a board: upload (the trainer is on the board already from
+    # the run above, so the run's own files go), 1,000 steps, the weights read back, and a pull.
+    report = tmp_path / "long" / "report.json"
+    t0 = time.monotonic()
+    code, out = device("run", "--mode", "upload", "--port", board.port, "--steps", 1000, "--data", names_path,
+                       "--report", report, "--quiet")
+    t_run = time.monotonic() - t0
+    assert code == 0, out
+    code, out = device("pull", "--port", board.port, "--out", tmp_path / "pulled.bin")
+    wall = time.monotonic() - t0
+    print(f"virtual board: upload + 1,000 steps + read-back {t_run:.1f} s, with a pull {wall:.1f} s")
+    assert code == 0, out
+    result = json.loads(report.read_text())
+    assert abs(result["loss_mean"] - sum(microgpt_losses[1000][-100:]) / 100) <= 0.02, result["loss_mean"]
+    assert len(result["samples"]) == 20 and all(re.fullmatch("[a-z]+", s) for s in result["samples"])
+    assert result["peak_heap_bytes"] <= 100_000
+    assert (tmp_path / "pulled.bin").read_bytes() == Path(result["weights"]).read_bytes()
+    assert wall < 180  # the goal is a minute on an idle host; this bounds a busy one
+
+
 def test_a_power_cut_mid_run_resumes_to_the_uninterrupted_result(trained, board, names_path, tmp_path):
     report = tmp_path / "cut" / "report.json"
-    run = subprocess.Popen([*CLI, "device", "run", "--mode", "upload", "--port", board.port, "--steps", 50,
-                            "--samples", 20, "--ckpt-every", 20, "--data", names_path, "--report", report, "--quiet"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # One checkpoint (each costs the emulated flash seconds), then the power goes.
+    run = device_running("run", "--mode", "upload", "--port", board.port, "--steps", 50, "--samples", 20,
+                         "--ckpt-every", 30, "--data", names_path, "--report", report, "--quiet")
     log = report.with_suffix(".uart.log")
     deadline = time.monotonic() + 600
-    while b"MGPT ckpt step=20" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
+    while b"MGPT ckpt step=30" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
         time.sleep(0.05)
     board.kill()  # the power goes: QEMU dies at once; its flash file keeps what the chip had written
     out, _ = run.communicate(timeout=120)
@@ -84,15 +112,14 @@ def test_a_power_cut_mid_run_resumes_to_the_uninterrupted_result(trained, board,
     code, out = device("run", "--resume", report.parent, "--port", board.port, "--quiet")
     assert code == 0, out
     resumed, whole = json.loads(report.read_text()), trained[2]
-    assert resumed["resumed_from"] in (20, 40) and resumed["boots"] == 2
+    assert resumed["resumed_from"] == 30 and resumed["boots"] == 2
     assert resumed["losses"] == whole["losses"] and resumed["samples"] == whole["samples"]
 
 
 def test_ctrl_c_leaves_the_board_usable(trained, board, names_path, tmp_path):
     report = tmp_path / "stopped" / "report.json"
-    run = subprocess.Popen([*CLI, "device", "run", "--mode", "upload", "--port", board.port, "--steps", 1000,
-                            "--samples", 0, "--data", names_path, "--report", report, "--quiet"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = device_running("run", "--mode", "upload", "--port", board.port, "--steps", 1000, "--samples", 0,
+                         "--data", names_path, "--report", report, "--quiet")
     log = report.with_suffix(".uart.log")
     deadline = time.monotonic() + 600
     while b"MGPT step n=" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
@@ -124,8 +151,8 @@ def test_a_board_in_its_rom_bootloader_is_named_not_waited_for(qemu, board_flash
 def test_board_command_line_and_flash_file(qemu, tmp_path):
     # `sim board` makes a new board's flash (the firmware, its filesystem erased), prints the port.
     flash = tmp_path / "b.bin"
-    proc = subprocess.Popen([*CLI, "sim", "board", "--image", OFFICIAL_FIRMWARE, "--flash", flash, "--qemu", qemu],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([*CLI, "sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--flash", str(flash),
+                             "--qemu", qemu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         first = proc.stdout.readline()
         assert re.match(r"virtual ESP32 \(Espressif's QEMU\) on /dev/pts/\d+$", first.strip()), first

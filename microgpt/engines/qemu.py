@@ -190,7 +190,9 @@ class VirtualBoard:
         write_atomic(path, base.data if base.offset == 0 else base.flash(None))
 
     def start(self, timeout_s: float = 10.0) -> str:
-        """Power on; returns the port to pass as --port."""
+        """Power on; returns the port to pass as --port (a new one after each power cycle)."""
+        self.port = None
+        self._said.clear()
         serial = "pty" if self.tcp is None else f"tcp:127.0.0.1:{self.tcp},server=on,wait=off"
         argv = qemu_argv(self.qemu, self.flash, serial=serial)
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
