@@ -4,6 +4,7 @@
 # The host reads these constants from this file (microgpt/chip.py).
 import math
 from array import array
+
 import micropython
 from micropython import const
 

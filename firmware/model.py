@@ -15,9 +15,29 @@
 #   linear(x, fc2) + x_residual                x4
 #   logits                                     logits
 import math
+
 import micropython
-from base import BLOCK, FC1, FC2, HEAD_DIM, LM_HEAD, N_EMBD, N_HEAD, N_HIDDEN, RMS_EPS, VOCAB, WK, WO
-from base import WPE, WQ, WTE, WV, clear, exp_logits, zeros
+from base import (
+    BLOCK,
+    FC1,
+    FC2,
+    HEAD_DIM,
+    LM_HEAD,
+    N_EMBD,
+    N_HEAD,
+    N_HIDDEN,
+    RMS_EPS,
+    VOCAB,
+    WK,
+    WO,
+    WPE,
+    WQ,
+    WTE,
+    WV,
+    clear,
+    exp_logits,
+    zeros,
+)
 from kernels import fc2_backward, fc2_forward, linear16_backward, matvec16
 
 _ATT_SCALE = 0.5  # 1 / sqrt(HEAD_DIM)

@@ -1,6 +1,6 @@
 # Sampling: microgpt's inference loop: feed BOS, draw each next letter from
 # softmax(logits / temperature), stop at BOS or after block_size letters.
-from base import BOS, BLOCK, VOCAB, exp_logits
+from base import BLOCK, BOS, VOCAB, exp_logits
 
 
 def pick(logits, temperature, u, probs):

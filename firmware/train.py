@@ -138,7 +138,8 @@ def main(mount_flash=lambda fast: None):
     params, grads, m, v = zeros(N_PARAMS), zeros(N_PARAMS), zeros(N_PARAMS), zeros(N_PARAMS)
     mount_flash(True)
     if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
-        from cgpt import GPT, adam as update
+        from cgpt import GPT
+        from cgpt import adam as update
     else:
         from model import GPT
 

@@ -6,8 +6,10 @@ firmware/train.py (their module-level `NAME = const(...)` and `NAME = literal` l
 importing them, since they are MicroPython modules. Formats of the files: docs/chip-files.md.
 """
 import ast
+import dataclasses
 import importlib.util
 import operator
+import struct
 from pathlib import Path
 
 from .errors import MicrogptError
@@ -64,8 +66,8 @@ def firmware_module(name: str):
 _MODEL, _TRAIN = constants("base"), constants("train")
 
 # The model (firmware/base.py).
-VOCAB, BOS, N_EMBD, N_HEAD, HEAD_DIM, BLOCK, N_HIDDEN, N_PARAMS = (
-    _MODEL[k] for k in ("VOCAB", "BOS", "N_EMBD", "N_HEAD", "HEAD_DIM", "BLOCK", "N_HIDDEN", "N_PARAMS"))
+VOCAB, BOS, N_EMBD, N_HEAD, BLOCK = (_MODEL[k] for k in ("VOCAB", "BOS", "N_EMBD", "N_HEAD", "BLOCK"))
+N_LAYER = _MODEL.get("N_LAYER", 1)
 RMS_EPS = _MODEL["RMS_EPS"]
 # Training (firmware/train.py).
 LR, BETA1, BETA2, ADAM_EPS, INIT_STD = (_TRAIN[k] for k in ("LR", "BETA1", "BETA2", "EPS", "INIT_STD"))
@@ -83,9 +85,67 @@ ESP32_HEAP = 166_592
 VFS_SIZE = 0x200000
 
 
-def check_weights(data: bytes, where: str) -> bytes:
-    """`data` if it is a whole weights.bin (N_PARAMS float32, little-endian)."""
-    if len(data) != N_PARAMS * 4:
-        raise MicrogptError(f"{WEIGHTS} {where} is {len(data):,} bytes, not {N_PARAMS * 4:,} ({N_PARAMS:,} float32): "
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """microgpt.py's four knobs; the rest follows from them (head_dim = n_embd / n_head, an MLP of
+    4 × n_embd, the 27-token vocabulary). The default is the firmware's (firmware/base.py)."""
+    n_embd: int = N_EMBD
+    n_head: int = N_HEAD
+    n_layer: int = N_LAYER
+    block_size: int = BLOCK
+
+    def __post_init__(self):
+        for name in KNOBS:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise MicrogptError(f"{name} must be a whole number >= 1, not {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise MicrogptError(f"n_embd {self.n_embd} must be a multiple of n_head {self.n_head} "
+                                "(each head takes n_embd / n_head of the embedding)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def n_hidden(self) -> int:
+        return 4 * self.n_embd
+
+    def matrices(self) -> list[tuple[str, int, int]]:
+        """(name, rows, columns) in microgpt.py's state_dict order, each row-major [out][in]."""
+        e = self.n_embd
+        top = [("wte", VOCAB, e), ("wpe", self.block_size, e), ("lm_head", VOCAB, e)]
+        per_layer = [("attn_wq", e, e), ("attn_wk", e, e), ("attn_wv", e, e), ("attn_wo", e, e),
+                     ("mlp_fc1", 4 * e, e), ("mlp_fc2", e, 4 * e)]
+        return top + [(f"layer{i}.{name}", r, c) for i in range(self.n_layer) for name, r, c in per_layer]
+
+    @property
+    def n_params(self) -> int:
+        return sum(r * c for _, r, c in self.matrices())
+
+    def __str__(self):
+        return ", ".join(f"{name} {getattr(self, name)}" for name in KNOBS)
+
+
+KNOBS = ("n_embd", "n_head", "n_layer", "block_size")
+DEFAULT = Shape()
+N_PARAMS = DEFAULT.n_params  # 4,192: microgpt.py's own model
+# weights.bin: magic, n_embd, n_head, n_layer, block_size, then the float32 weights. A file of
+# just the default shape's floats (before the header existed) is the default shape.
+WEIGHTS_HEAD = struct.Struct("<4sHHHH")
+WEIGHTS_MAGIC = b"MGW1"
+
+
+def read_weights(data: bytes, where: str) -> tuple[Shape, bytes]:
+    """The shape and the float32 bytes of a whole weights.bin."""
+    if data[:4] == WEIGHTS_MAGIC and len(data) >= WEIGHTS_HEAD.size:
+        shape = Shape(*WEIGHTS_HEAD.unpack_from(data)[1:])
+        floats = data[WEIGHTS_HEAD.size:]
+        if len(floats) != shape.n_params * 4:
+            raise MicrogptError(f"{WEIGHTS} {where} is {len(data):,} bytes, not {WEIGHTS_HEAD.size + shape.n_params * 4:,}"
+                                f" ({shape.n_params:,} float32 for {shape}): did the run finish? Train again.")
+        return shape, floats
+    if len(data) != DEFAULT.n_params * 4:
+        raise MicrogptError(f"{WEIGHTS} {where} is {len(data):,} bytes, not {DEFAULT.n_params * 4:,} (the default "
+                            f"model's {DEFAULT.n_params:,} float32) and has no {WEIGHTS_MAGIC.decode()} header: "
                             "did the run finish? Train again.")
-    return data
+    return DEFAULT, data

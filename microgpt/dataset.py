@@ -4,12 +4,11 @@ import os
 import random
 import stat
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from . import download
-from .chip import INIT_STD, N_PARAMS
+from .chip import DEFAULT, INIT_STD, Shape
 from .errors import DatasetError
 
 # Pinned to a commit so the hash below stays true.
@@ -91,15 +90,15 @@ def load_names(path=None):
     return names
 
 
-def microgpt_order(docs, seed):
-    """microgpt.py's training order and initial weights for `seed`.
+def microgpt_order(docs, seed, shape: Shape = DEFAULT):
+    """microgpt.py's training order and initial weights for `seed`, for a model of `shape`.
 
     Its script calls random.seed(seed), random.shuffle(docs), then random.gauss(0, 0.08) once
     per parameter in state_dict order; a private Random(seed) makes the same draws.
-    Returns (shuffled copy of docs, float64 array of N_PARAMS weights).
+    Returns (shuffled copy of docs, float64 array of shape.n_params weights).
     """
     rng = random.Random(seed)
     ordered = list(docs)
     rng.shuffle(ordered)
-    init = np.array([rng.gauss(0, INIT_STD) for _ in range(N_PARAMS)])
+    init = np.array([rng.gauss(0, INIT_STD) for _ in range(shape.n_params)])
     return ordered, init

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from . import payload as payloads
-from .chip import WEIGHTS, check_weights
+from .chip import WEIGHTS, read_weights
 from .errors import MicrogptError, OutputError
 from .fileio import output_error, write_atomic
 from .report import Report, diagnose, plot_losses
@@ -258,5 +258,5 @@ def _keep_weights(engine, out: Path) -> Path | None:
     data = engine.read_file(WEIGHTS)
     if data is None:
         return None
-    check_weights(data, f"from the {engine.name} run")
+    read_weights(data, f"from the {engine.name} run")
     return write_atomic(out, data)

@@ -4,15 +4,26 @@ A transcription of Andrej Karpathy's microgpt.py
 (https://gist.github.com/karpathy/8627fe009c40f57531cb18360106ce95, rev 14fb0388): the same
 scalar autograd `Value`, the same operations in the same order and the same calls to the
 global `random` module (seed, shuffle, one gauss per parameter). Only the script became
-functions and the printing went. It is slow on purpose; do not optimise it.
+functions, its four knobs (n_embd, n_head, n_layer, block_size: the top of microgpt.py) an
+argument, and the printing went. It is slow on purpose; do not optimise it.
 """
 import math
 import random
 import string
+from typing import NamedTuple
 
-n_embd, n_head, n_layer, block_size = 16, 4, 1, 16
-head_dim = n_embd // n_head
 learning_rate, beta1, beta2, eps_adam = 0.01, 0.85, 0.99, 1e-8
+
+
+class Knobs(NamedTuple):
+    """The variables microgpt.py sets at its top (its defaults); chip.Shape has the same names."""
+    n_embd: int = 16
+    n_head: int = 4
+    n_layer: int = 1
+    block_size: int = 16
+
+
+MICROGPT = Knobs()
 
 
 class Value:
@@ -62,8 +73,9 @@ class Value:
                 child.grad += local_grad * v.grad
 
 
-def make_state_dict(vocab_size, draw):
+def make_state_dict(vocab_size, draw, knobs=MICROGPT):
     """microgpt's parameters; `draw()` gives each initial value in state_dict order."""
+    n_embd, n_layer, block_size = knobs.n_embd, knobs.n_layer, knobs.block_size
     matrix = lambda nout, nin: [[Value(draw()) for _ in range(nin)] for _ in range(nout)]
     state_dict = {"wte": matrix(vocab_size, n_embd), "wpe": matrix(block_size, n_embd),
                   "lm_head": matrix(vocab_size, n_embd)}
@@ -98,7 +110,9 @@ def rmsnorm(x):
     return [xi * scale for xi in x]
 
 
-def gpt(state_dict, token_id, pos_id, keys, values):
+def gpt(state_dict, token_id, pos_id, keys, values, knobs=MICROGPT):
+    n_head, n_layer = knobs.n_head, knobs.n_layer
+    head_dim = knobs.n_embd // n_head
     tok_emb = state_dict["wte"][token_id]
     pos_emb = state_dict["wpe"][pos_id]
     x = [t + p for t, p in zip(tok_emb, pos_emb)]
@@ -135,29 +149,29 @@ def gpt(state_dict, token_id, pos_id, keys, values):
     return logits
 
 
-def doc_loss(state_dict, tokens):
+def doc_loss(state_dict, tokens, knobs=MICROGPT):
     """Mean next-token loss over one tokenised name (a Value, ready for backward())."""
-    n = min(block_size, len(tokens) - 1)
-    keys, values = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
+    n = min(knobs.block_size, len(tokens) - 1)
+    keys, values = [[] for _ in range(knobs.n_layer)], [[] for _ in range(knobs.n_layer)]
     losses = []
     for pos_id in range(n):
         token_id, target_id = tokens[pos_id], tokens[pos_id + 1]
-        logits = gpt(state_dict, token_id, pos_id, keys, values)
+        logits = gpt(state_dict, token_id, pos_id, keys, values, knobs)
         probs = softmax(logits)
         loss_t = -probs[target_id].log()
         losses.append(loss_t)
     return (1 / n) * sum(losses)
 
 
-def loss_and_grad(weights, tokens, vocab_size=27):
+def loss_and_grad(weights, tokens, vocab_size=27, knobs=MICROGPT):
     """Loss and gradient (flat, state_dict order) of one tokenised name at the given weights."""
-    state_dict = make_state_dict(vocab_size, iter(weights).__next__)
-    loss = doc_loss(state_dict, tokens)
+    state_dict = make_state_dict(vocab_size, iter(weights).__next__, knobs)
+    loss = doc_loss(state_dict, tokens, knobs)
     loss.backward()
     return loss.data, [p.grad for p in parameters(state_dict)]
 
 
-def prepare(docs, seed=42):
+def prepare(docs, seed=42, knobs=MICROGPT):
     """The script's set-up: seed the global `random`, shuffle, vocabulary, initial parameters.
 
     Returns (shuffled copy of docs, uchars, state_dict).
@@ -166,13 +180,13 @@ def prepare(docs, seed=42):
     docs = list(docs)
     random.shuffle(docs)
     uchars = sorted(set("".join(docs)))
-    state_dict = make_state_dict(len(uchars) + 1, lambda: random.gauss(0, 0.08))
+    state_dict = make_state_dict(len(uchars) + 1, lambda: random.gauss(0, 0.08), knobs)
     return docs, uchars, state_dict
 
 
-def train_steps(docs, num_steps, seed=42):
+def train_steps(docs, num_steps, seed=42, knobs=MICROGPT):
     """Yield the loss of each step of microgpt.py's run of `num_steps` steps on `docs`."""
-    docs, uchars, state_dict = prepare(docs, seed)
+    docs, uchars, state_dict = prepare(docs, seed, knobs)
     BOS = len(uchars)
     params = parameters(state_dict)
     m = [0.0] * len(params)
@@ -181,7 +195,7 @@ def train_steps(docs, num_steps, seed=42):
     for step in range(num_steps):
         doc = docs[step % len(docs)]
         tokens = [BOS] + [uchars.index(ch) for ch in doc] + [BOS]
-        loss = doc_loss(state_dict, tokens)
+        loss = doc_loss(state_dict, tokens, knobs)
         loss.backward()
 
         lr_t = learning_rate * (1 - step / num_steps)
@@ -195,21 +209,21 @@ def train_steps(docs, num_steps, seed=42):
         yield loss.data
 
 
-def train(docs, steps, seed=42):
+def train(docs, steps, seed=42, knobs=MICROGPT):
     """Per-step losses of microgpt.py's run of `steps` steps on `docs`."""
-    return list(train_steps(docs, steps, seed))
+    return list(train_steps(docs, steps, seed, knobs))
 
 
-def sample(weights, uchars=string.ascii_lowercase, temperature=0.5):
+def sample(weights, uchars=string.ascii_lowercase, temperature=0.5, knobs=MICROGPT):
     """One name from microgpt.py's inference loop at the given flat weights (draws from the global `random`)."""
     vocab_size = len(uchars) + 1
     BOS = len(uchars)
-    state_dict = make_state_dict(vocab_size, iter(weights).__next__)
-    keys, values = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
+    state_dict = make_state_dict(vocab_size, iter(weights).__next__, knobs)
+    keys, values = [[] for _ in range(knobs.n_layer)], [[] for _ in range(knobs.n_layer)]
     token_id = BOS
     sample = []
-    for pos_id in range(block_size):
-        logits = gpt(state_dict, token_id, pos_id, keys, values)
+    for pos_id in range(knobs.block_size):
+        logits = gpt(state_dict, token_id, pos_id, keys, values, knobs)
         probs = softmax([l / temperature for l in logits])
         token_id = random.choices(range(vocab_size), weights=[p.data for p in probs])[0]
         if token_id == BOS:

@@ -3,7 +3,6 @@ QEMU from a release and trains on it, and the Wokwi job runs only where the toke
 import re
 
 import yaml
-
 from conftest import ROOT
 
 WORKFLOW = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())

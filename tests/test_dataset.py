@@ -4,13 +4,12 @@ import shutil
 import numpy as np
 import pytest
 
-from microgpt import download, reference, scalar
+from microgpt import chip, download, scalar
 from microgpt.dataset import NAMES_SHA256, DatasetError, fetch_names, load_names, microgpt_order
 
 
-
 def microgpt_reads(text):
-    return [l.strip() for l in text.strip().split("\n") if l.strip()]
+    return [line.strip() for line in text.strip().split("\n") if line.strip()]
 
 
 def write(tmp_path, content, name="names.txt"):
@@ -115,5 +114,5 @@ def test_microgpt_order_matches_microgpts_setup(docs):
     shuffled, uchars, state_dict = scalar.prepare(docs, 42)
     assert ordered == shuffled and ordered != docs and docs[0] == "emma"  # input left alone
     assert "".join(uchars) == "abcdefghijklmnopqrstuvwxyz"
-    assert init.dtype == np.float64 and init.shape == (reference.N_PARAMS,)
+    assert init.dtype == np.float64 and init.shape == (chip.N_PARAMS,)
     assert init.tolist() == [p.data for p in scalar.parameters(state_dict)]  # bit for bit

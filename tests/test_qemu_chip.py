@@ -7,8 +7,8 @@ import re
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import OFFICIAL_FIRMWARE
+
 from microgpt import chip_speed, payload
 from microgpt.cli import main
 

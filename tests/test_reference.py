@@ -31,20 +31,30 @@ def trained(docs):
     return reference.train(ordered, init, 1000)
 
 
-def random_weights(seed, std=chip.INIT_STD, dtype=np.float64):
-    return np.random.default_rng(seed).normal(0, std, reference.N_PARAMS).astype(dtype)
+# Shapes that differ from microgpt.py's in each knob (n_embd, n_head, n_layer, block_size).
+SHAPES = [chip.Shape(24, 4, 1, 16), chip.Shape(16, 2, 1, 16), chip.Shape(16, 4, 2, 16), chip.Shape(16, 4, 1, 8)]
 
 
-def test_layout_is_microgpts_state_dict():
-    state_dict = scalar.make_state_dict(reference.VOCAB, lambda: 0.0)
-    shapes = [(len(mat), len(mat[0])) for mat in state_dict.values()]
-    assert shapes == [(rows, cols) for _, rows, cols in reference.LAYOUT]
-    assert reference.N_PARAMS == 4192 == len(scalar.parameters(state_dict))
-    flat = np.arange(reference.N_PARAMS, dtype=np.float64)
-    w = reference.views(flat)
-    assert w["wpe"][0, 0] == 27 * 16 and w["fc2"][15, 63] == reference.N_PARAMS - 1
-    w["wq"][1, 2] = -1.0  # views write through
-    assert flat[reference.OFFSETS["wq"][0] + 16 + 2] == -1.0
+def random_weights(seed, std=chip.INIT_STD, dtype=np.float64, shape=chip.DEFAULT):
+    return np.random.default_rng(seed).normal(0, std, shape.n_params).astype(dtype)
+
+
+@pytest.mark.parametrize("shape", [chip.DEFAULT, *SHAPES], ids=str)
+def test_layout_is_microgpts_state_dict(shape):
+    state_dict = scalar.make_state_dict(chip.VOCAB, lambda: 0.0, shape)
+    assert list(state_dict) == [name for name, _, _ in shape.matrices()]
+    assert [(len(mat), len(mat[0])) for mat in state_dict.values()] == [(r, c) for _, r, c in shape.matrices()]
+    assert shape.n_params == len(scalar.parameters(state_dict))
+    flat = np.arange(shape.n_params, dtype=np.float64)
+    w = reference.views(flat, shape)
+    last = f"layer{shape.n_layer - 1}.mlp_fc2"
+    assert w["wpe"][0, 0] == 27 * shape.n_embd and w[last][-1, -1] == shape.n_params - 1
+    w["layer0.attn_wq"][1, 2] = -1.0  # views write through
+    assert flat[reference.offsets(shape)["layer0.attn_wq"][0] + shape.n_embd + 2] == -1.0
+
+
+def test_the_default_is_microgpts_4192_parameters():
+    assert chip.DEFAULT.n_params == 4192 and chip.DEFAULT == chip.Shape(16, 4, 1, 16)
 
 
 def test_tokenize():
@@ -62,7 +72,7 @@ def test_gradient_matches_central_differences(name):
     _, grad = reference.loss_and_grad(params, tokens)
     rng = np.random.default_rng(0)
     h = 1e-5
-    for matrix, (start, rows, cols) in reference.OFFSETS.items():
+    for matrix, (start, rows, cols) in reference.offsets().items():
         picked = start + rng.choice(rows * cols, size=64, replace=False)
         fd = np.empty(len(picked))
         for j, i in enumerate(picked):
@@ -84,6 +94,26 @@ def test_loss_and_gradient_match_microgpt_scalar(name):
     loss_s, grad_s = scalar.loss_and_grad(params.tolist(), tokens)
     assert loss == pytest.approx(loss_s, rel=1e-12)
     np.testing.assert_allclose(grad, grad_s, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_other_shapes_match_microgpt_scalar(shape):
+    params = random_weights(seed=11, std=0.3, shape=shape)
+    for name in ("emma", "mariaguadalupeconcepcion"):  # the second is cut at block_size
+        tokens = reference.tokenize(name)
+        loss, grad = reference.loss_and_grad(params, tokens, shape)
+        loss_s, grad_s = scalar.loss_and_grad(params.tolist(), tokens, knobs=shape)
+        assert loss == pytest.approx(loss_s, rel=1e-12)
+        np.testing.assert_allclose(grad, grad_s, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_other_shapes_train_as_microgpt_py_and_start_from_its_weights(docs, shape):
+    ordered, init = microgpt_order(docs, 42, shape)
+    shuffled, _, state_dict = scalar.prepare(docs, 42, shape)
+    assert ordered == shuffled and init.tolist() == [p.data for p in scalar.parameters(state_dict)]
+    _, losses = reference.train(ordered, init, 3, shape)
+    np.testing.assert_allclose(losses, scalar.train(docs, 3, seed=42, knobs=shape), rtol=0, atol=1e-9)
 
 
 def test_float32_params_give_float32_gradient():
@@ -125,3 +155,11 @@ def test_sampling_is_microgpts_rule(trained):
     theirs = [scalar.sample(params.tolist()) for _ in range(10)]
     assert ours == theirs
     assert all(re.fullmatch(r"[a-z]{0,16}", s) for s in ours)
+
+
+def test_a_prefix_begins_every_name_and_the_block_bounds_it(trained):
+    params, _ = trained
+    rng = random.Random(5)
+    names = [reference.sample(params, rng.random, prefix="ka") for _ in range(10)]
+    assert all(re.fullmatch(r"ka[a-z]{0,14}", s) for s in names) and len(set(names)) > 1
+    assert reference.sample(params, rng.random, prefix="a" * 16) == "a" * 16  # no room for more

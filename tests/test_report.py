@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from conftest import step_record
+
 from microgpt.report import Report, from_log, plot_losses
 from microgpt.uart import UartParser
 

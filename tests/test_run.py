@@ -9,15 +9,12 @@ import dataclasses
 import json
 import re
 import sys
-import threading
 from pathlib import Path
-
-import pytest
 
 from microgpt import mpy, payload
 from microgpt.cli.progress import Terminal
 from microgpt.engines import Engine, split_lines
-from microgpt.errors import EngineError, OutputError
+from microgpt.errors import EngineError
 from microgpt.report import from_log
 from microgpt.run import RunDir, run
 

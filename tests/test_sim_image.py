@@ -5,8 +5,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import OFFICIAL_FIRMWARE
+
 from microgpt import image, mpy
 from microgpt.cli import main
 

@@ -117,6 +117,7 @@ def test_bad_data_is_refused_naming_line_and_character(sim_run, tmp_path):
     bad = tmp_path / "names.txt"
     bad.write_text("emma\nolivia\nzoë\n")
     from click.testing import CliRunner
+
     from microgpt.cli import main
 
     result = CliRunner().invoke(main, ["sim", "run", "--data", str(bad), "--steps", "1"])

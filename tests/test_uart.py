@@ -1,14 +1,14 @@
 """The UART parser: sample logs as engines capture them, edge cases, and fuzzing."""
 import json
 import struct
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from conftest import step_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import step_record
 from microgpt.report import Report, diagnose, from_log
 from microgpt.uart import UartParser
 
@@ -394,5 +394,5 @@ def test_fuzz_protocol_soup(steps, every, lines, expect_steps):
     parser = UartParser(expect_steps)
     for line in [start(steps, every)] + lines:
         parser.feed(line)
-        parser.finished
+        assert parser.finished in (True, False)  # asking never raises
     check_report(report_of(parser.state(), "fuzz", None, engine_error="timeout"))

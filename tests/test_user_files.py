@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import OFFICIAL_FIRMWARE as FIRMWARE
+
 from microgpt.cli import main
 from microgpt.run import RunDir
 

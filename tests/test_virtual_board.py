@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import OFFICIAL_FIRMWARE
+
 from microgpt.cli import main
 from microgpt.engines.qemu import VirtualBoard, qemu_argv
 

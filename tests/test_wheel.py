@@ -8,7 +8,6 @@ import sysconfig
 import venv
 
 import pytest
-
 from conftest import ROOT
 
 

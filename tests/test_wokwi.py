@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import websockets
 import yaml
-
 from conftest import OFFICIAL_FIRMWARE
+from test_qemu import call_of, simulator
+
 from microgpt import mpy, payload
 from microgpt.engines.wokwi import FLASH, WokwiEngine, diagram, wokwi_toml
 from microgpt.errors import EngineError, Silence
 from microgpt.report import from_log
-from test_qemu import call_of, simulator
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSCRIPT = REPO / "sim" / "wokwi-esp32-train.uart"
@@ -130,7 +130,7 @@ class WokwiApi:
     async def _serve(self):
         self._stop = asyncio.get_running_loop().create_future()
         async with websockets.serve(self._session, "127.0.0.1", 0, max_size=None) as server:
-            self.url = "ws://127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+            self.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
             self._ready.set()
             await self._stop
 

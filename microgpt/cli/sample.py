@@ -17,20 +17,30 @@ from .options import FiniteFloat
               help="Seed of the draws: a run's --seed gives that run's samples.")
 @click.option("--temperature", type=FiniteFloat(0, 100, low_open=True), default=reference.TEMPERATURE,
               show_default=True, help="Softmax temperature: lower is safer, higher more inventive.")
-def sample_names(weights, count, seed, temperature):
+@click.option("--prefix", default="", help="Letters every name begins with (a-z, at most the model's block size).")
+def sample_names(weights, count, seed, temperature, prefix):
     """Sample names on the host from trained weights, with the chip's sampling rule and its PRNG:
     a run's weights and --seed (and temperature) give exactly the names the chip sampled after
-    training, whatever its --init (the chip draws its samples from a PRNG seeded afresh)."""
-    data = weights.read_bytes()
+    training, whatever its --init (the chip draws its samples from a PRNG seeded afresh); with
+    --prefix, the names `microgpt device sample` makes on the board from the same weights."""
     try:
-        chip.check_weights(data, str(weights))
+        shape, floats = chip.read_weights(weights.read_bytes(), str(weights))
+        check_prefix(prefix, shape)
     except MicrogptError as e:
-        raise click.ClickException(f"{e} (or pull it again with `microgpt device pull`)") from None
-    params = np.frombuffer(data, dtype="<f4").astype(np.float64)
+        raise click.ClickException(f"{e}") from None
+    params = np.frombuffer(floats, dtype="<f4").astype(np.float64)
     if not np.isfinite(params).all():
         bad = int((~np.isfinite(params)).sum())
         raise click.ClickException(f"{weights} holds {bad:,} weights that are not numbers (nan or inf): the run "
                                    "diverged; train again (a lower learning rate or another seed)")
     rng = chip.firmware_module("rng").Rng(seed)
     for i in range(count):
-        click.echo(f"{i + 1:2d} {reference.sample(params, rng.uniform, temperature)}")
+        click.echo(f"{i + 1:2d} {reference.sample(params, rng.uniform, temperature, shape, prefix)}")
+
+
+def check_prefix(prefix: str, shape: chip.Shape) -> None:
+    if not all("a" <= c <= "z" for c in prefix):
+        raise MicrogptError(f"--prefix {prefix!r}: names are lowercase letters a-z")
+    if len(prefix) > shape.block_size:
+        raise MicrogptError(f"--prefix {prefix!r} is {len(prefix)} letters; the model's names are at most "
+                            f"{shape.block_size} (its block size)")

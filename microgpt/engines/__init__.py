@@ -23,8 +23,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from .. import mpy
 from ..errors import EngineError, Silence
@@ -53,7 +53,7 @@ class Engine(abc.ABC):
         """What it takes to build this engine again on the same workdir (a resumed run), as JSON."""
         return {}
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # noqa: B027 (a hook: engines with processes or ports override it)
         """End the target's processes and release its ports; safe to call twice."""
 
     def read_file(self, name: str) -> bytes | None:

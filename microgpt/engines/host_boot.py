@@ -3,6 +3,7 @@
 # Usage: micropython host_boot.py VFS_IMAGE
 import os
 import sys
+
 import vfs
 
 BLOCK = 4096  # MicroPython's ESP32 flash block device erases and maps 4 KiB sectors

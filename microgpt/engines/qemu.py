@@ -15,8 +15,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .. import basefw, image, mpy
 from ..errors import EngineError

@@ -8,7 +8,7 @@ pipeline decides when the run is over.
 """
 import logging
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from esptool.reset import HardReset
 

@@ -13,7 +13,7 @@ import os
 import queue
 import shutil
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from wokwi_client import GET_TOKEN_URL, WokwiClient
 
