@@ -139,8 +139,8 @@ class RunDir:
                 raise OutputError(f"{self.report} has no run to resume ({self.work.name}/{RECORD} is missing: "
                                   "a run keeps it only when it did not finish)")
         elif earlier and not overwrite:
-            raise OutputError(f"{self.report.parent} holds an earlier run there ({', '.join(earlier)}): name another "
-                              "--report, --overwrite to replace it, or --resume to continue it if it was cut")
+            raise OutputError(f"{self.report} belongs to an earlier run ({', '.join(earlier)} in {self.report.parent}): "
+                              "name another --report, --overwrite to replace it, or --resume to continue it if it was cut")
         elif earlier:
             for path in self.outputs:
                 path.unlink(missing_ok=True)

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from vm_pty import VmPort
 
 from microgpt import payload
+from microgpt.chip import N_PARAMS
 from microgpt.cli.device import device
 from microgpt.engines import Engine
 from microgpt.engines.serial import UploadEngine
-from microgpt.chip import N_PARAMS
 from microgpt.run import RunDir, run
 
 
@@ -41,6 +41,7 @@ def device_cli(tmp_path, names_path):
 def test_upload_run_matches_the_host_engine(board, device_cli, sim_run, tmp_path):
     code, out, rep = device_cli("run", "--mode", "upload", "--port", board.path, "--steps", 50, "--samples", 5)
     assert code == 0, out
+    assert "copying" not in out and out.startswith("ok: 50 steps")  # --quiet: the summary alone
     assert rep["engine"] == "serial" and rep["status"] == "ok" and rep["steps"] == 50
     assert rep["platform"] == "linux" and len(rep["samples"]) == 5
     assert Path(rep["uart_log"]).read_bytes().count(b"MGPT step ") == 2  # 25 steps a record

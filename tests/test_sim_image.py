@@ -58,6 +58,16 @@ def test_the_runs_options_decide_what_runs_not_the_image(built, sim_run, tmp_pat
     assert not (tmp_path / "empty-cache").exists()
 
 
+def test_a_whole_image_given_as_firmware_builds_on_its_firmware(built, tmp_path, names_path):
+    first = built("--steps", 3)
+    again = tmp_path / "again.bin"
+    result = CliRunner().invoke(main, ["build", "--firmware", str(first), "--data", str(names_path), "--steps", "7",
+                                       "--out", str(again)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(image.read_vfs(again)["config.json"])["steps"] == 7
+    assert again.read_bytes()[:0x200000] == first.read_bytes()[:0x200000]  # the same firmware and table
+
+
 def test_a_file_that_is_not_an_image_is_refused_and_left_alone(sim_run, tmp_path, names_path):
     names = tmp_path / "names.txt"
     names.write_bytes(names_path.read_bytes()[:5000])

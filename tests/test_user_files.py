@@ -70,7 +70,7 @@ def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, tmp_path):
     before = {p.name: p.read_bytes() for p in report.parent.iterdir()}
     # A failing rerun into the same path is refused before it runs: the trained weights stay.
     code, out, _ = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, report=report)
-    assert code != 0 and "holds an earlier run" in out and "--overwrite" in out
+    assert code != 0 and "belongs to an earlier run" in out and "--overwrite" in out
     assert {p.name: p.read_bytes() for p in report.parent.iterdir()} == before
     # Told to replace it, the failed run leaves no weights that could pass for its own.
     code, out, failed = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, "--overwrite", report=report)
@@ -88,7 +88,7 @@ def test_runs_aimed_at_one_report_never_mix(names_path, tmp_path):
     codes = [p.returncode for p in procs]
     assert codes.count(0) == 1, outs
     refused = [out for code, out in zip(codes, outs) if code]
-    assert all("in use by another run" in out or "holds an earlier run" in out for out in refused), refused
+    assert all("in use by another run" in out or "belongs to an earlier run" in out for out in refused), refused
     winner = json.loads(report.read_text())
     seed = winner["config"]["seed"]
     assert winner["status"] == "ok" and (seed, 0) in zip((1, 2, 3, 4), codes)
