@@ -16,7 +16,7 @@
 #   logits                                     logits
 import math
 import micropython
-from base import BLOCK, FC1, FC2, HEAD_DIM, LM_HEAD, N_EMBD, N_HEAD, N_HIDDEN, RMS_EPS, VOCAB, WK, WO
+from base import BLOCK, BOS, FC1, FC2, HEAD_DIM, LM_HEAD, N_EMBD, N_HEAD, N_HIDDEN, RMS_EPS, VOCAB, WK, WO
 from base import WPE, WQ, WTE, WV, clear, exp_logits, zeros
 from kernels import fc2_backward, fc2_forward, linear16_backward, matvec16
 
@@ -229,9 +229,17 @@ class GPT:
             g[pe + i] += de[i]
 
     @micropython.native
-    def loss_and_grad(self, tokens, n):
-        # microgpt's training loss for one name: mean cross-entropy over n positions.
-        # Adds the gradient to self.grads (the caller zeroes it between steps).
+    def loss_and_grad(self, name):
+        # microgpt's training loss for one name (bytes, a-z): the mean cross-entropy of its tokens
+        # BOS, letters, BOS over the first BLOCK positions. Adds the gradient to self.grads (the
+        # caller zeroes it between steps).
+        tokens = [BOS]
+        for c in name:
+            if not 97 <= c <= 122:
+                raise ValueError("name must be letters a-z")
+            tokens.append(c - 97)
+        tokens.append(BOS)
+        n = min(BLOCK, len(tokens) - 1)
         loss = 0.0
         scale = 1.0 / n
         for pos in range(n):
