@@ -267,52 +267,60 @@ static void attention_forward(float *out, float (*att)[BLOCK], const float *q, c
                               const float (*values)[N_EMBD], int pos) {
     // out [N_EMBD]: per head h, sum over t <= pos of att[h][t] * values[t], the heads concatenated;
     // att [N_HEAD][BLOCK]: per head, softmax over t <= pos of q . keys[t] / sqrt(HEAD_DIM);
-    // q [N_EMBD]; keys, values [BLOCK][N_EMBD], rows 0..pos. Heads are HEAD_DIM-wide slices.
+    // q [N_EMBD]; keys, values [BLOCK][N_EMBD], rows 0..pos. Heads are HEAD_DIM-wide slices,
+    // their query and output in locals (registers) while t runs.
     for (int h = 0; h < N_HEAD; h++) {
         int hd = h * HEAD_DIM;
-        float *a = att[h], max, sum;
+        float *a = att[h], max, sum, qh[HEAD_DIM], o[HEAD_DIM];
+        for (int j = 0; j < HEAD_DIM; j++) qh[j] = q[hd + j];
         for (int t = 0; t <= pos; t++) {
             float s = 0.0f;
-            for (int j = 0; j < HEAD_DIM; j++) MADD(s, q[hd + j], keys[t][hd + j]);
+            for (int j = 0; j < HEAD_DIM; j++) MADD(s, qh[j], keys[t][hd + j]);
             a[t] = s * ATT_SCALE;
         }
         softmax_forward(a, &max, &sum, a, pos + 1);
-        for (int j = 0; j < HEAD_DIM; j++) {
-            float s = 0.0f;
-            for (int t = 0; t <= pos; t++) MADD(s, a[t], values[t][hd + j]);
-            out[hd + j] = s;
-        }
+        for (int j = 0; j < HEAD_DIM; j++) o[j] = 0.0f;
+        for (int t = 0; t <= pos; t++)
+            for (int j = 0; j < HEAD_DIM; j++) MADD(o[j], a[t], values[t][hd + j]);
+        for (int j = 0; j < HEAD_DIM; j++) out[hd + j] = o[j];
     }
 }
 
 static void attention_backward(float *dq, float (*dkeys)[N_EMBD], float (*dvalues)[N_EMBD], float *datt,
                                const float *dout, const float *q, const float (*keys)[N_EMBD],
                                const float (*values)[N_EMBD], const float (*att)[BLOCK], int pos) {
-    // datt [BLOCK]: scratch, one head's gradient at its weights.
+    // datt [BLOCK]: scratch, one head's gradient at its weights. Writes dq.
     for (int h = 0; h < N_HEAD; h++) {
         int hd = h * HEAD_DIM;
         const float *a = att[h];
-        // MADD(s, a[t], values[t][hd + j]); out[hd + j] = s
+        float d[HEAD_DIM], qh[HEAD_DIM], dqh[HEAD_DIM];
+        for (int j = 0; j < HEAD_DIM; j++) {
+            d[j] = dout[hd + j];
+            qh[j] = q[hd + j];
+            dqh[j] = 0.0f;
+        }
+        // MADD(o[j], a[t], values[t][hd + j]); out[hd + j] = o[j]
         // => dvalues[t] += a[t] dout, datt[t] = dout . values[t]
         float dot = 0.0f;  // sum_t a[t] * datt[t]
         for (int t = 0; t <= pos; t++) {
             float s = 0.0f;
             for (int j = 0; j < HEAD_DIM; j++) {
-                MADD(s, dout[hd + j], values[t][hd + j]);
-                MADD(dvalues[t][hd + j], a[t], dout[hd + j]);
+                MADD(s, d[j], values[t][hd + j]);
+                MADD(dvalues[t][hd + j], a[t], d[j]);
             }
             datt[t] = s;
             MADD(dot, a[t], s);
         }
         // softmax_forward(a, &max, &sum, a, pos + 1) => d(score t) = a[t] (datt[t] - dot);
-        // MADD(s, q[hd + j], keys[t][hd + j]); a[t] = s * ATT_SCALE => on to q and keys[t], times ATT_SCALE
+        // MADD(s, qh[j], keys[t][hd + j]); a[t] = s * ATT_SCALE => on to q and keys[t], times ATT_SCALE
         for (int t = 0; t <= pos; t++) {
             float ds = a[t] * (datt[t] - dot) * ATT_SCALE;
             for (int j = 0; j < HEAD_DIM; j++) {
-                MADD(dq[hd + j], ds, keys[t][hd + j]);
-                MADD(dkeys[t][hd + j], ds, q[hd + j]);
+                MADD(dqh[j], ds, keys[t][hd + j]);
+                MADD(dkeys[t][hd + j], ds, qh[j]);
             }
         }
+        for (int j = 0; j < HEAD_DIM; j++) dq[hd + j] = dqh[j];
     }
 }
 
@@ -527,7 +535,6 @@ static void gpt_backward(float *g, work_t *w, const float *p, int token, int pos
     clear(w->dattn_out, N_EMBD);
     linear_backward(w->dattn_out, g + WO, w->dafter_attn, w->attn_out, p + WO, NULL, N_EMBD, N_EMBD);
     // attention_forward(w->attn_out, w->att, w->query, w->keys, w->values, pos)
-    clear(w->dquery, N_EMBD);
     clear(w->dkeys[pos], N_EMBD);
     clear(w->dvalues[pos], N_EMBD);
     attention_backward(w->dquery, w->dkeys, w->dvalues, w->datt, w->dattn_out, w->query, w->keys, w->values,
