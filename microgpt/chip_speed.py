@@ -14,7 +14,8 @@ float once a step (the mean over its positions, `ufloat.s`), which no other code
 training; summed, those deltas give cpu 1's count at each step.
 
 With the MicroPython kernels (no C module) a step costs ~180 M instructions, against which the
-boot's noise is small: there, the count is the difference of a long and a short run.
+boot's noise and a step record every 25 steps are small: there, the count is the difference of a
+long and a short run.
 
 UART: the bytes a default run sends from its start line through its end line (step records,
 samples, start and end), per step.
@@ -105,14 +106,14 @@ def per_step_between_marks(found: list[tuple[int, int]], steps: int) -> float:
 
 def instructions_per_step(options: payload.RunOptions, docs: list[str], firmware: Path | None, qemu: str,
                           plugin: Path) -> ChipSpeed:
-    """cpu 1's instructions per training step of `options` (see the module's doc); each run has
-    one step record and no samples. Raises if a run fails."""
+    """cpu 1's instructions per training step of `options` (see the module's doc), from runs
+    without samples. Raises if a run fails."""
     quiet = dataclasses.replace(options, samples=0)
-    if options.kernels == "python":
+    if options.kernels == "python":  # step records as asked: a silent run of these would outlast the engine's patience
         reports, counts = {}, {}
         for steps in (SHORT, LONG):
-            reports[steps], engine, _ = _qemu_run(dataclasses.replace(quiet, steps=steps, log_every=steps), docs,
-                                                  firmware, qemu, str(plugin))
+            reports[steps], engine, _ = _qemu_run(dataclasses.replace(quiet, steps=steps), docs, firmware, qemu,
+                                                  str(plugin))
             counts[steps] = engine.instructions[MICROPYTHON_CPU]
         return ChipSpeed((counts[LONG] - counts[SHORT]) / (LONG - SHORT), reports)
     report, engine, _ = _qemu_run(dataclasses.replace(quiet, steps=STEPS, log_every=STEPS), docs, firmware, qemu,

@@ -66,11 +66,11 @@ def main():
             speed = chip_speed.instructions_per_step(options, docs, args.firmware, qemu, plugin)
             steps, report = max(speed.reports.items())
             r = report.to_json()
-            how = (f"the {steps - 1} steps between the first and the last of a {steps}-step run" if kernels == "c"
-                   else f"a {chip_speed.LONG}-step run less a {chip_speed.SHORT}-step one")
+            how = (f"the {steps - 1} steps between the first and the last of a {steps}-step run printing nothing"
+                   " meanwhile" if kernels == "c" else f"a {chip_speed.LONG}-step run less a {chip_speed.SHORT}-step"
+                   " one")
             print(f"ESP32 in QEMU, {kernels} kernels ({r['emit']}): {speed.per_step / 1e6:.3f} M guest instructions"
-                  f" per training step on cpu 1 ({how}, printing nothing meanwhile); peak heap"
-                  f" {r['peak_heap_bytes']:,} B")
+                  f" per training step on cpu 1 ({how}); peak heap {r['peak_heap_bytes']:,} B")
             if kernels == "c":
                 default = payload.RunOptions()
                 uart = chip_speed.uart_bytes_per_step(default, docs, args.firmware, qemu)

@@ -4,11 +4,17 @@
 //
 // Built by scripts/build_cmodel.py (clang-22 for xtensawin and x64, linked into .mpy by
 // microgpt/natmod.py). Freestanding: no libc, no libm. The ESP32's FPU has no divide or square
-// root instruction, so on Xtensa those are Newton iterations on its fused multiply-add.
+// root instruction, so on Xtensa those are Newton iterations on its fused multiply-add (madd.s),
+// from first guesses made of the bits: its estimate instructions (recip0.s, rsqrt0.s) read an
+// implementation-defined table, and clang has no inline-asm constraint for FP registers anyway.
+// Sums of products are madd.s on Xtensa (MADD); the x64 build for the VM rounds them as the
+// MicroPython kernels do.
 //
 // Laid out as llm.c's train_gpt2.c: each layer a *_forward / *_backward pair, outputs first,
 // shapes in brackets; a backward adds (+=) into the gradients it is given, which the caller
 // clears where a gradient starts, and its comments quote the forward lines it differentiates.
+// Sizes are compile-time constants today; the loops take them as arguments where that costs
+// nothing, and matrix rows go four at a time (inner sizes multiples of 4).
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -113,8 +119,8 @@ static float exp_neg(float x) {
     float r = (x - (float)k * LN2_HI) - (float)k * LN2_LO;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120
               + r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    bits_t scale = {.u = (uint32_t)(k + 127) << 23};
-    return p * scale.f;
+    bits_t pow2k = {.u = (uint32_t)(k + 127) << 23};
+    return p * pow2k.f;
 }
 
 static float log_pos(float x) {
@@ -138,8 +144,8 @@ static void clear(float *a, int n) {
 }
 
 // ---- The layers ----
-// Loops take their sizes as arguments; the inner dimension of a matrix (nin) must be a multiple
-// of 4: rows go four at a time, so each input is loaded once per four multiply-adds.
+// A matrix's rows go four at a time, so each input is loaded once per four multiply-adds; its
+// inner size (nin) must be a multiple of 4.
 
 static void embed_forward(float *out, const float *wte, const float *wpe, int token, int pos) {
     // out [N_EMBD] = wte [VOCAB][N_EMBD] row token + wpe [BLOCK][N_EMBD] row pos
@@ -171,7 +177,7 @@ static void rmsnorm_backward(float *dinp, const float *dout, const float *out, f
     float yd = 0.0f;
     for (int i = 0; i < N_EMBD; i++) MADD(yd, out[i], dout[i]);
     yd *= 1.0f / N_EMBD;
-    for (int i = 0; i < N_EMBD; i += 4)
+    for (int i = 0; i < N_EMBD; i += 4)  // four at a time: LLVM unrolls it (not the plain loop)
         for (int k = i; k < i + 4; k++) dinp[k] += rstd * (dout[k] - out[k] * yd);
 }
 
