@@ -17,8 +17,8 @@ class GPT:
         self.logits = zeros(VOCAB)
         self.dlogits = zeros(VOCAB)  # sampling's scratch, as in model.GPT
 
-    def loss_and_grad(self, tokens, n):
-        return cmodel.loss_and_grad(self.params, self.grads, self.work, tokens, n)
+    def loss_and_grad(self, name):
+        return cmodel.loss_and_grad(self.params, self.grads, self.work, name)
 
     def forward(self, token, pos):
         cmodel.forward(self.params, self.work, token, pos, self.logits)

@@ -19,6 +19,7 @@ import math
 import micropython
 from base import (
     BLOCK,
+    BOS,
     FC1,
     FC2,
     HEAD_DIM,
@@ -249,9 +250,17 @@ class GPT:
             g[pe + i] += de[i]
 
     @micropython.native
-    def loss_and_grad(self, tokens, n):
-        # microgpt's training loss for one name: mean cross-entropy over n positions.
-        # Adds the gradient to self.grads (the caller zeroes it between steps).
+    def loss_and_grad(self, name):
+        # microgpt's training loss for one name (bytes, a-z): the mean cross-entropy of its tokens
+        # BOS, letters, BOS over the first BLOCK positions. Adds the gradient to self.grads (the
+        # caller zeroes it between steps).
+        tokens = [BOS]
+        for c in name:
+            if not 97 <= c <= 122:
+                raise ValueError("name must be letters a-z")
+            tokens.append(c - 97)
+        tokens.append(BOS)
+        n = min(BLOCK, len(tokens) - 1)
         loss = 0.0
         scale = 1.0 / n
         for pos in range(n):

@@ -10,7 +10,7 @@ import sys
 import time
 
 import micropython
-from base import BLOCK, BOS, N_PARAMS, zeros
+from base import N_PARAMS, zeros
 from rng import Rng
 
 CONFIG = "config.json"
@@ -26,12 +26,12 @@ EPS = 1e-8
 INIT_STD = 0.08
 
 
-def adam_factors(lr, t):
-    # microgpt's Adam with bias correction at step t = 1, 2, ...: the arrays hold m / (1 - beta1)
-    # and v / (1 - beta2) (every float operation allocates on the chip), so those factors and the
-    # bias corrections fold into two constants. Float rounding aside, adam() is then
-    # p -= lr * (m / c1) / (sqrt(v / c2) + eps).
-    return lr * (1.0 - BETA1) / (1.0 - BETA1**t), (1.0 - BETA2) / (1.0 - BETA2**t)
+def adam_factors(lr, beta1_t, beta2_t):
+    # microgpt's Adam with bias correction at step t = 1, 2, ..., given BETA1**t and BETA2**t: the
+    # arrays hold m / (1 - beta1) and v / (1 - beta2) (every float operation allocates on the
+    # chip), so those factors and the bias corrections fold into two constants. Float rounding
+    # aside, adam() is then p -= lr * (m / c1) / (sqrt(v / c2) + eps).
+    return lr * (1.0 - BETA1) / (1.0 - beta1_t), (1.0 - BETA2) / (1.0 - beta2_t)
 
 
 @micropython.native
@@ -49,29 +49,36 @@ def adam(p, g, m, v, step, unbias):
 
 
 class Names:
-    # The data file, read one line per step from byte `pos` on and wrapped at the end: step s sees
-    # name s % count.
-    def __init__(self, path, pos=0):
-        self.f = open(path)
+    # The data file, one name per line, read from byte `pos` on into a fixed buffer a chunk at a time
+    # (a flash read costs about as much for a line as for a chunk; a fixed buffer allocates nothing)
+    # and wrapped at the end: step s sees name s % count.
+    def __init__(self, path, pos, buf):
+        self.f = open(path, "rb")
         self.f.seek(pos)
+        self.buf = buf
+        self.view = memoryview(buf)
+        self.pos = self.end = 0  # buf[pos:end] is read, not yet used
 
-    def next_tokens(self):
-        line = self.f.readline()
-        if not line:
-            self.f.seek(0)
-            line = self.f.readline()
-        name = line.strip()
-        tokens = bytearray(len(name) + 2)  # token ids, as the C kernels take them
-        tokens[0] = tokens[-1] = BOS
-        for i, c in enumerate(name):
-            t = ord(c) - 97
-            if not 0 <= t < 26:
-                raise ValueError("%s: %r is not a-z; rebuild the data with the host tool" % (DATA, name))
-            tokens[i + 1] = t
-        return tokens
+    def next(self):
+        # The next name, as a view of the buffer (letters a-z; the model checks them), valid until
+        # the next call.
+        nl = self.buf.find(b"\n", self.pos, self.end)
+        while nl < 0:
+            rest = self.end - self.pos
+            self.view[:rest] = self.view[self.pos:self.end]
+            got = self.f.readinto(self.view[rest:])
+            if not got:
+                self.f.seek(0)
+                got = self.f.readinto(self.view[rest:])
+            self.pos, self.end = 0, rest + got
+            nl = self.buf.find(b"\n", 0, self.end)
+        name = self.view[self.pos:nl]
+        self.pos = nl + 1
+        return name
 
     def tell(self):
-        return self.f.tell()
+        # The file offset of the next name.
+        return self.f.tell() - (self.end - self.pos)
 
     def close(self):
         self.f.close()
@@ -136,6 +143,7 @@ def main(mount_flash=lambda fast: None):
     mount_flash(False)
     gc.collect()
     params, grads, m, v = zeros(N_PARAMS), zeros(N_PARAMS), zeros(N_PARAMS), zeros(N_PARAMS)
+    names_buf = bytearray(1024)  # Names' chunks
     mount_flash(True)
     if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
         from cgpt import GPT
@@ -177,42 +185,44 @@ def main(mount_flash=lambda fast: None):
             params[i] = rng.gauss(0.0, INIT_STD)
     # After a reset, m and v came from the checkpoint; otherwise the arrays are still zero.
     mount_flash(False)  # training is the heap's peak: the smallest caches, as the board mounts them
-    names = Names(DATA, pos)
+    names = Names(DATA, pos, names_buf)
 
     peak = heap_now()
     allocated = bytes_allocated()
-    train_us = group_us = 0
+    train_us = 0
     group = zeros(min(log_every, steps))  # losses not yet reported: a fixed buffer, nothing grows
-    k = 0
+    size, k = len(group), 0
+    beta1_t = beta2_t = 1.0  # Adam's powers, as running products; a resumed run rounds them the same
+    for _ in range(start):
+        beta1_t *= BETA1
+        beta2_t *= BETA2
+    t0 = time.ticks_us()
     for step in range(start, steps):
-        t0 = time.ticks_us()
-        tokens = names.next_tokens()
-        n = min(BLOCK, len(tokens) - 1)
-        loss = gpt.loss_and_grad(tokens, n)
-        lr = LR * (1.0 - step / steps)
-        step_size, unbias = adam_factors(lr, step + 1)
-        update(params, grads, m, v, step_size, unbias)
-        dt = time.ticks_diff(time.ticks_us(), t0)
-        train_us += dt
-        group_us += dt
-        group[k] = loss
+        group[k] = gpt.loss_and_grad(names.next())
         k += 1
+        beta1_t *= BETA1
+        beta2_t *= BETA2
+        step_size, unbias = adam_factors(LR * (1.0 - step / steps), beta1_t, beta2_t)
+        update(params, grads, m, v, step_size, unbias)
         done = step + 1
         save_now = ckpt_every and done % ckpt_every == 0
         # Report before checkpointing: a reset then never skips a step the host has not seen.
-        if k == len(group) or done == steps or save_now:
+        if k == size or done == steps or save_now:
+            dt = time.ticks_diff(time.ticks_us(), t0)  # the group's steps, without reports and checkpoints
+            train_us += dt
             heap = heap_now()
             peak = max(peak, heap)
-            report_steps(done, group, k, group_us / 1000 / k, heap)
-            k = group_us = 0
-        if save_now:  # with the fast caches (no file may be open while they are mounted)
-            pos = names.tell()
-            names.close()
-            mount_flash(True)
-            checkpoint.save(CKPT, cfg["run_id"], steps, done, pos, (params, m, v))
-            mount_flash(False)
-            names = Names(DATA, pos)
-            print("MGPT ckpt step=%d" % done)
+            report_steps(done, group, k, dt / 1000 / k, heap)
+            k = 0
+            if save_now:  # with the fast caches (no file may be open while they are mounted)
+                pos = names.tell()
+                names.close()
+                mount_flash(True)
+                checkpoint.save(CKPT, cfg["run_id"], steps, done, pos, (params, m, v))
+                mount_flash(False)
+                names = Names(DATA, pos, names_buf)
+                print("MGPT ckpt step=%d" % done)
+            t0 = time.ticks_us()
 
     if allocated is not None:
         allocated = (bytes_allocated() - allocated) // max(steps - start, 1)

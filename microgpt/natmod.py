@@ -214,7 +214,10 @@ def _compile_xtensawin(source: Path, obj: Path, scratch: Path) -> None:
     # clang 22's driver has no -mcpu=esp32 for Xtensa; llc has (windowed ABI, single-precision FPU).
     ir, asm = scratch / f"{source.stem}.ll", scratch / f"{source.stem}.s"
     _run([CLANG, "--target=xtensa", *_COMMON, "-S", "-emit-llvm", str(source), "-o", str(ir)])
-    _run([LLC, "-march=xtensa", "-mcpu=esp32", "-O2", str(ir), "-o", str(asm)])
+    # The Xtensa backend has no scheduling model: its default pre-RA list scheduler hoists every
+    # load of an unrolled block ahead of the arithmetic and then spills them. Source order keeps
+    # a dot product a load and a madd.s per term.
+    _run([LLC, "-march=xtensa", "-mcpu=esp32", "-O2", "-pre-RA-sched=source", str(ir), "-o", str(asm)])
     # llc marks a literal position before each function, where the assembler would then put
     # literals at unaligned offsets; without the marks they all go to one `.literal` section.
     asm.write_text("\n".join(line for line in asm.read_text().split("\n") if line.strip() != ".literal_position"))

@@ -2,9 +2,10 @@
 
     python scripts/bench.py [NAMES] [--vm-steps 100] [--scalar-steps 50] [--min-heap] [--qemu [--qemu-bin PATH]]
 
-Measures: with --qemu, speed on the chip: guest instructions per training step in Espressif's
-QEMU with the official firmware (microgpt.chip_speed), with the C kernels and with the
-MicroPython ones (bytecode, as the chip runs them; a few minutes); the firmware trainer in the
+Measures: with --qemu, speed on the chip (microgpt.chip_speed), in Espressif's QEMU with the official
+firmware: guest instructions per training step from runs that print little, with the C kernels and
+with the MicroPython ones (bytecode, as the chip runs them; a few minutes); the UART bytes per step
+of a default run (C kernels); and from both, a board's time for 1,000 steps; the firmware trainer in the
 MicroPython VM (ms/step, live heap, bytes allocated per step) with the C kernels, and with the
 MicroPython ones as plain bytecode and with their @micropython.native loops at the ESP32's
 heap, and native with a 16 MB heap (garbage collection nearly idle); the numpy reference (1,000 steps);
@@ -61,10 +62,27 @@ def main():
         if plugin is None:
             raise SystemExit("QEMU's tests/plugin/libinsn.so was not found: set $QEMU_INSN_PLUGIN")
         for kernels in ("c", "python"):
-            speed = chip_speed.instructions_per_step(payload.RunOptions(kernels=kernels), docs, args.firmware, qemu, plugin)
-            r = speed.reports[chip_speed.LONG].to_json()
-            print(f"ESP32 in QEMU, {kernels} kernels ({r['emit']}): {speed.per_step / 1e6:.2f} M guest instructions"
-                  f" per training step on cpu 1; peak heap {r['peak_heap_bytes']:,} B")
+            options = payload.RunOptions(kernels=kernels)
+            speed = chip_speed.instructions_per_step(options, docs, args.firmware, qemu, plugin)
+            steps, report = max(speed.reports.items())
+            r = report.to_json()
+            how = (f"the {steps - 1} steps between the first and the last of a {steps}-step run printing nothing"
+                   " meanwhile" if kernels == "c" else f"a {chip_speed.LONG}-step run less a {chip_speed.SHORT}-step"
+                   " one")
+            print(f"ESP32 in QEMU, {kernels} kernels ({r['emit']}): {speed.per_step / 1e6:.3f} M guest instructions"
+                  f" per training step on cpu 1 ({how}); peak heap {r['peak_heap_bytes']:,} B")
+            if kernels == "c":
+                default = payload.RunOptions()
+                uart = chip_speed.uart_bytes_per_step(default, docs, args.firmware, qemu)
+                u = uart.report.to_json()
+                print(f"ESP32 in QEMU, default run ({default.steps} steps, log every {default.log_every}, "
+                      f"{default.samples} samples): {uart.per_step:.2f} UART bytes per step, start line through end "
+                      f"line; mean of the last {u['loss_window']} losses {u['loss_mean']:.4f}; peak heap "
+                      f"{u['peak_heap_bytes']:,} B")
+                board = chip_speed.board_seconds(speed.per_step, uart.per_step)
+                print(f"a board, 1,000 steps at {chip_speed.CLOCK_HZ / 1e6:.0f} MHz and {chip_speed.BAUD} baud: "
+                      f"at most {board:.2f} s (one instruction a cycle, and the UART's bytes as if the CPU waited for "
+                      "each; its FIFO sends while the CPU computes)")
 
     # At the ESP32's heap, then with a heap so large that the garbage collector hardly runs: the
     # difference is what collecting the float temporaries costs.

@@ -127,13 +127,13 @@ class UnplugAt(ResetAt):
 
 def test_cable_pulled_mid_run(board, docs, tmp_path):
     engine = UploadEngine(board.path)
-    options = payload.RunOptions(steps=50, samples=0, log_every=1)
+    options = payload.RunOptions(steps=1000, samples=0, log_every=1)  # long enough to outlast the host's reaction
     rep = run_on(UnplugAt(engine, board, 7), tmp_path / "r.json", options, docs)
     assert rep.status == "error"
     # The cable goes once the host has seen step 7; what the chip had already sent may follow.
-    last = int(re.match(r"the run stopped after step (\d+) of 50: no MGPT end line — serial connection to /dev/pts/",
+    last = int(re.match(r"the run stopped after step (\d+) of 1000: no MGPT end line — serial connection to /dev/pts/",
                         rep.error).group(1))
-    assert 7 <= last < 50
+    assert 7 <= last < 1000
     assert "lost" in rep.error and "check the USB cable" in rep.error
     assert (tmp_path / "r.uart.log").read_bytes().count(b"MGPT step ") == last  # what arrived is on disk
 

@@ -50,7 +50,8 @@ def test_the_chips_heap_peaks_under_100_kb(chip_run):
 
 
 @pytest.mark.slow
-def test_a_training_step_costs_the_chip_under_5m_instructions(qemu, insn_plugin, docs):
+def test_a_training_step_costs_the_chip_under_half_a_million_instructions(qemu, insn_plugin, docs):
+    # Counted inside the training loop (microgpt.chip_speed): no boot, no flash writes, no UART.
     speed = chip_speed.instructions_per_step(payload.RunOptions(), docs, OFFICIAL_FIRMWARE, qemu, insn_plugin)
     assert all(r.to_json()["kernels"] == "c" for r in speed.reports.values())
-    assert 100_000 < speed.per_step <= 5_000_000, speed.per_step
+    assert 300_000 < speed.per_step <= 500_000, speed.per_step

@@ -5,23 +5,22 @@ import numpy as np
 import pytest
 
 from microgpt import reference
+from microgpt.chip import N_PARAMS
 
 NAMES = ["a", "emma", "xavier", "mariaguadalupeconcepcion"]  # 1 letter ... longer than block_size
 
 
 def test_firmware_backward_matches_the_numpy_reference(firmware):
     # The firmware's float32 arrays against the reference's float64 math on the same weights.
-    gpt = firmware.model.GPT(firmware.model.zeros(reference.N_PARAMS), firmware.model.zeros(reference.N_PARAMS))
-    weights = np.random.default_rng(7).normal(0, 0.3, reference.N_PARAMS).astype(np.float32)
+    gpt = firmware.model.GPT(firmware.model.zeros(N_PARAMS), firmware.model.zeros(N_PARAMS))
+    weights = np.random.default_rng(7).normal(0, 0.3, N_PARAMS).astype(np.float32)
     for i, w in enumerate(weights):
         gpt.params[i] = float(w)
     for name in NAMES:
-        tokens = reference.tokenize(name)
-        n = min(firmware.model.BLOCK, len(tokens) - 1)
-        for i in range(reference.N_PARAMS):
+        for i in range(N_PARAMS):
             gpt.grads[i] = 0.0
-        loss = gpt.loss_and_grad(tokens, n)
-        ref_loss, ref_grad = reference.loss_and_grad(weights.astype(np.float64), tokens)
+        loss = gpt.loss_and_grad(name.encode())
+        ref_loss, ref_grad = reference.loss_and_grad(weights.astype(np.float64), reference.tokenize(name))
         grad = np.array(gpt.grads, dtype=np.float64)
         rel = np.abs(grad - ref_grad).max() / np.abs(ref_grad).max()
         assert rel <= 1e-4, (name, rel)
@@ -88,7 +87,7 @@ def test_vm_trains_1000_steps_in_100k_heap_like_microgpt_py(sim_run, microgpt_lo
     # Pronounceable: no name without a vowel (y counts), no run of 4 consonants.
     assert all(re.search("[aeiouy]", s) and not re.search("[^aeiouy]{4}", s) for s in samples), samples
     weights = np.fromfile(report["weights"], dtype="<f4")
-    assert weights.shape == (reference.N_PARAMS,) and np.isfinite(weights).all()
+    assert weights.shape == (N_PARAMS,) and np.isfinite(weights).all()
 
 
 def test_log_every_groups_steps_but_keeps_every_loss(sim_run, tmp_path):
@@ -149,7 +148,7 @@ def test_a_checkpoint_that_fails_its_check_leaves_no_trace(tmp_path, docs):
         def place(self, placed):
             super().place(placed)
             head = struct.pack("<4sIIII", b"MGC3", placed.run_id, placed.options.steps, 3, 0)
-            arrays = placed.files["init.bin"] + struct.pack("<f", 1.0) * (2 * reference.N_PARAMS)
+            arrays = placed.files["init.bin"] + struct.pack("<f", 1.0) * (2 * N_PARAMS)
             crc = binascii.crc32(head + arrays) ^ 1  # damaged
             bad = {"ckpt.bin": head + arrays + struct.pack("<I", crc)}
             self.flash.write_bytes(image.update_fs(self.flash.read_bytes(), bad))

@@ -37,4 +37,6 @@ vfs.mount(vfs.VfsLfs2(FileBlockDevice(sys.argv[1])), "/flash")
 os.chdir("/flash")
 sys.path[:] = ["", ".frozen"]  # imports come from the board's filesystem, as on the chip
 del sys.argv[:]
-exec(open("main.py").read(), {"__name__": "__main__"})
+with open("main.py") as f:
+    main = compile(f.read(), "main.py", "exec")  # the source is garbage from here, as on the chip
+exec(main, {"__name__": "__main__"})
