@@ -1,6 +1,6 @@
 # microgpt's model with its arithmetic in C (cmodel.mpy, built from cmodel/cmodel.c): the same
 # interface as model.GPT, for train.py and sample.py. In MicroPython every float is a heap
-# object; in C they stay in registers, so a training step costs the chip ~130x fewer instructions.
+# object; in C they stay in registers, so a training step costs the chip ~400x fewer instructions.
 import cmodel
 from base import N_PARAMS, VOCAB, zeros
 

@@ -75,6 +75,13 @@ def test_pull_returns_the_runs_weights_and_they_replay_the_chips_names(trained, 
     assert [line[3:] for line in result.output.splitlines()] == report["samples"]
 
 
+def test_mpremote_sees_what_the_run_left_on_the_board(board, trained):
+    # The virtual board is a board to other tools too: mpremote lists the trainer's files.
+    proc = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.port, "fs", "ls"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "weights.bin" in proc.stdout and "names.txt" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_upload_1000_steps_and_pull_in_a_minute(trained, board, names_path, microgpt_losses, tmp_path):
     # The whole path a user takes with a board: upload (the trainer is on the board already from
     # the run above, so the run's own files go), 1,000 steps, the weights read back, and a pull.
