@@ -140,30 +140,27 @@ class RawRepl:
             return self.serial.read(n or max(1, self.serial.in_waiting))
 
     def _read_until(self, marker: bytes | tuple[bytes, ...], what: str) -> bytes:
-        """Bytes up to and including the first `marker` (or any of several); raises if the board
-        falls silent for silence_s."""
+        """Bytes up to and including the first `marker` (or any of several)."""
         markers = marker if isinstance(marker, tuple) else (marker,)
-        data = b""
-        last = time.monotonic()
-        while not data.endswith(markers):
-            chunk = self._read(1)
-            if chunk:
-                data += chunk
-                last = time.monotonic()
-            elif time.monotonic() - last > self.silence_s:
-                raise EngineError(f"the board on {self.port} stopped answering ({what}; it said {data[-120:]!r})")
-        return data
+        return self._collect(lambda data: data.endswith(markers), lambda data: 1,
+                             lambda data: f"{what}; it said {data[-120:]!r}")
 
     def _read_exact(self, n: int, what: str) -> bytes:
+        return self._collect(lambda data: len(data) >= n, lambda data: n - len(data),
+                             lambda data: f"{what}, {len(data)} of {n} bytes")
+
+    def _collect(self, done, size, describe) -> bytes:
+        """Bytes read (size(data) at a time) until done(data); raises, with describe(data), if the
+        board falls silent for silence_s."""
         data = b""
         last = time.monotonic()
-        while len(data) < n:
-            chunk = self._read(n - len(data))
+        while not done(data):
+            chunk = self._read(size(data))
             if chunk:
                 data += chunk
                 last = time.monotonic()
             elif time.monotonic() - last > self.silence_s:
-                raise EngineError(f"the board on {self.port} stopped answering ({what}, {len(data)} of {n} bytes)")
+                raise EngineError(f"the board on {self.port} stopped answering ({describe(data)})")
         return data
 
     # ---- the REPL ----
