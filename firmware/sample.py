@@ -15,13 +15,19 @@ def pick(logits, temperature, u, probs):
     return VOCAB - 1
 
 
-def sample(gpt, rng, temperature):
+def sample(gpt, rng, temperature, prefix=""):
+    # A name that begins with `prefix` (letters a-z, fewer than BLOCK): its letters are fed after
+    # BOS as the model's input, drawing nothing, so the draws that follow are the host's
+    # (microgpt/reference.py's sample) for the same seed.
     letters = []
     token = BOS
     for pos in range(BLOCK):
         gpt.forward(token, pos)
-        token = pick(gpt.logits, temperature, rng.uniform(), gpt.dlogits)
-        if token == BOS:
-            break
+        if pos < len(prefix):
+            token = ord(prefix[pos]) - 97
+        else:
+            token = pick(gpt.logits, temperature, rng.uniform(), gpt.dlogits)
+            if token == BOS:
+                break
         letters.append(chr(97 + token))
     return "".join(letters)

@@ -135,17 +135,23 @@ WEIGHTS_HEAD = struct.Struct("<4sHHHH")
 WEIGHTS_MAGIC = b"MGW1"
 
 
-def read_weights(data: bytes, where: str) -> tuple[Shape, bytes]:
-    """The shape and the float32 bytes of a whole weights.bin."""
-    if data[:4] == WEIGHTS_MAGIC and len(data) >= WEIGHTS_HEAD.size:
-        shape = Shape(*WEIGHTS_HEAD.unpack_from(data)[1:])
-        floats = data[WEIGHTS_HEAD.size:]
-        if len(floats) != shape.n_params * 4:
-            raise MicrogptError(f"{WEIGHTS} {where} is {len(data):,} bytes, not {WEIGHTS_HEAD.size + shape.n_params * 4:,}"
+def weights_shape(head: bytes, size: int, where: str) -> tuple[Shape, int]:
+    """The shape of a weights.bin of `size` bytes that begins with `head` (its first
+    WEIGHTS_HEAD.size bytes or more), and where its floats begin."""
+    if head[:4] == WEIGHTS_MAGIC and len(head) >= WEIGHTS_HEAD.size:
+        shape = Shape(*WEIGHTS_HEAD.unpack_from(head)[1:])
+        if size != WEIGHTS_HEAD.size + shape.n_params * 4:
+            raise MicrogptError(f"{WEIGHTS} {where} is {size:,} bytes, not {WEIGHTS_HEAD.size + shape.n_params * 4:,}"
                                 f" ({shape.n_params:,} float32 for {shape}): did the run finish? Train again.")
-        return shape, floats
-    if len(data) != DEFAULT.n_params * 4:
-        raise MicrogptError(f"{WEIGHTS} {where} is {len(data):,} bytes, not {DEFAULT.n_params * 4:,} (the default "
+        return shape, WEIGHTS_HEAD.size
+    if size != DEFAULT.n_params * 4:
+        raise MicrogptError(f"{WEIGHTS} {where} is {size:,} bytes, not {DEFAULT.n_params * 4:,} (the default "
                             f"model's {DEFAULT.n_params:,} float32) and has no {WEIGHTS_MAGIC.decode()} header: "
                             "did the run finish? Train again.")
-    return DEFAULT, data
+    return DEFAULT, 0
+
+
+def read_weights(data: bytes, where: str) -> tuple[Shape, bytes]:
+    """The shape and the float32 bytes of a whole weights.bin."""
+    shape, start = weights_shape(data, len(data), where)
+    return shape, data[start:]

@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import chip, dataset, mpy, reference
+from . import chip, dataset, mpy, planner, reference
 from .errors import BuildError
 
 EMITS = ("auto", "native", "bytecode")
@@ -117,6 +117,7 @@ def build(options: RunOptions, docs: list[str], target: mpy.Target) -> Payload:
     """The payload of a run of `options` on `docs` for `target`."""
     options = dataclasses.replace(options, emit=emit_for(options.emit, target),
                                   kernels=kernels_for(options.kernels, target))
+    planner.check(chip.DEFAULT, options.kernels, min(options.log_every, options.steps))  # the chip's heap holds the run
     files = _trainer(target, options.emit, options.kernels)
     # Step s trains on name s % count, so a run of fewer steps than names needs only its first
     # `steps`; and microgpt.py trains on a name's first block_size letters, never further.

@@ -32,14 +32,12 @@ VM_PLATFORMS = ("linux", "darwin", "win32")
 # The ESP32 ROM's SYNC request (esptool's serial protocol): a board in download mode answers it.
 _ROM_SYNC = b"\xc0\x00\x08\x24\x00\x00\x00\x00\x00\x07\x07\x12\x20" + b"\x55" * 32 + b"\xc0"
 
-# Run on the board once per session (a soft reset forgets them): _mgput receives a file, _mgget
-# sends one, _mgsums says which files the board already holds (size, CRC-32). Before them the
-# ESP32's littlefs is mounted again with 4 KB reads and 256-byte programs (its defaults are 32 and
+# The ESP32's littlefs mounted again with 4 KB reads and 256-byte programs (its defaults are 32 and
 # 32): the same filesystem (littlefs keeps neither size on disk) in an eighth of the flash
-# operations, which QEMU makes ~10 ms each (measured: 45 KB upload 19.9 s -> 6.8 s). It costs 8 KB
-# of RAM until the soft reset before the trainer starts, which mounts the defaults again.
-_HELPERS = """
-import sys, os, binascii
+# operations, which QEMU makes ~10 ms each (measured: 45 KB upload 19.9 s -> 6.8 s; an import,
+# whose search for a module stats several paths, ~8 s -> ~1 s). It costs 8 KB of RAM until the
+# soft reset before the trainer starts, which mounts the defaults again. Nothing on the VM.
+_FAST_FLASH = """
 try:
     import esp32, vfs
     _p = esp32.Partition.find(esp32.Partition.TYPE_DATA, label='vfs')[0]
@@ -50,6 +48,11 @@ try:
         vfs.mount(_p, '/')
 except (ImportError, IndexError, OSError):
     pass
+"""
+# Run on the board once per session (a soft reset forgets them), on the fast mount: _mgput receives
+# a file, _mgget sends one, _mgsums says which files the board already holds (size, CRC-32).
+_HELPERS = """
+import sys, os, binascii
 def _mgput(path, size, window):
     f = open(path, 'wb')
     crc = 0
@@ -120,7 +123,7 @@ class RawRepl:
         self.serial = open_serial(port, baud, timeout=READ_TIMEOUT_S)
         self.running = False  # a program started with start() has not ended
         self._eot = 0  # end-of-output markers seen for the running program
-        self._helpers = False
+        self._helpers = self._fast = False
         try:
             self.enter()
             self.platform = self.eval("__import__('sys').platform")
@@ -184,7 +187,7 @@ class RawRepl:
             if time.monotonic() > deadline:
                 raise EngineError(self._not_micropython(said))
         self.running = False
-        self._helpers = False  # after a reset the board has forgotten them; installing again is cheap
+        self._helpers = self._fast = False  # after a reset the board has forgotten them; installing again is cheap
 
     def _not_micropython(self, said: bytes) -> str:
         fix = "Flash MicroPython with `microgpt device flash`."
@@ -248,7 +251,7 @@ class RawRepl:
             self._write(b"\x04")
             self._read_until(b"soft reboot\r\n", "soft reset")
             self._read_until(BANNER + b">", "soft reset")
-            self._helpers = False
+            self._helpers = self._fast = False
 
     def start(self, code: str) -> None:
         """Start `code` and return at once; read its output with read()."""
@@ -298,8 +301,16 @@ class RawRepl:
 
     # ---- files ----
 
+    def fast_flash(self) -> None:
+        """Mount the board's filesystem with large caches until the next soft reset (see _FAST_FLASH):
+        reading files and importing modules take far fewer flash operations."""
+        if not self._fast:
+            self.exec(_FAST_FLASH)
+            self._fast = True
+
     def _install_helpers(self) -> None:
         if not self._helpers:
+            self.fast_flash()
             self.exec(_HELPERS)
             self._helpers = True
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import OFFICIAL_FIRMWARE
 
-from microgpt import chip_speed, payload
+from microgpt import chip, chip_speed, payload, planner
 from microgpt.cli import main
 
 
@@ -47,6 +47,11 @@ def test_the_trained_weights_come_back_from_qemus_flash_and_replay_the_chips_nam
 
 def test_the_chips_heap_peaks_under_100_kb(chip_run):
     assert chip_run[2]["peak_heap_bytes"] <= 100_000
+
+
+def test_the_planner_predicts_the_chips_peak_within_5_percent(chip_run):
+    predicted = planner.plan(chip.DEFAULT, "c", payload.LOG_EVERY).peak  # the ESP32's, the default platform
+    assert abs(chip_run[2]["peak_heap_bytes"] - predicted) <= 0.05 * predicted, (chip_run[2]["peak_heap_bytes"], predicted)
 
 
 @pytest.mark.slow

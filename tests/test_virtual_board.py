@@ -1,6 +1,6 @@
 """The board commands against the emulated chip: Espressif's QEMU running the official MicroPython
 v1.25.0 firmware as a board on a pseudo-terminal (microgpt sim board), driven exactly as a user
-drives a board on USB: `device run --mode upload`, `device pull`, a power cut and `--resume`,
+drives a board on USB: `device run --mode upload`, `device pull`, `device sample`, a power cut and `--resume`,
 Ctrl-C, and boards that are not MicroPython."""
 import json
 import re
@@ -80,6 +80,23 @@ def test_mpremote_sees_what_the_run_left_on_the_board(board, trained):
     proc = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.port, "fs", "ls"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "weights.bin" in proc.stdout and "names.txt" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_board_samples_on_demand_what_the_host_samples(trained, board, tmp_path):
+    # Names made on the emulated chip (float32, the C kernels) from the weights on its flash, with
+    # and without a prefix: the host's, from the same weights pulled.
+    assert trained[0] == 0
+    code, out = device("pull", "--port", board.port, "--out", tmp_path / "pulled.bin")
+    assert code == 0, out
+    for args in ((), ("--prefix", "ka", "--seed", 7, "--temperature", 0.8)):
+        t0 = time.monotonic()
+        code, on_board = device("sample", "--port", board.port, "--count", 20, *args)
+        print(f"device sample {' '.join(map(str, args))}: {time.monotonic() - t0:.1f} s")
+        assert code == 0, on_board
+        on_host = CliRunner().invoke(main, ["sample", "--weights", str(tmp_path / "pulled.bin"), "--count", "20",
+                                            *map(str, args)])
+        assert on_board == on_host.output and len(on_board.splitlines()) == 20
+        assert all(line[3:].startswith("ka") for line in on_board.splitlines()) or not args
 
 
 def test_upload_1000_steps_and_pull_in_a_minute(trained, board, names_path, microgpt_losses, tmp_path):

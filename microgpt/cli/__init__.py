@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from . import build, device, sample, sim
+from . import build, device, plan, sample, sim
 from .options import Group
 
 
@@ -31,3 +31,4 @@ main.add_command(build.build)
 main.add_command(sim.sim)
 main.add_command(device.device)
 main.add_command(sample.sample_names)
+main.add_command(plan.plan)

@@ -1,14 +1,15 @@
 """`microgpt device`: an ESP32 on a serial port (or the virtual one, `microgpt sim board`). Flash
-an image, train on the board, pull the weights."""
+an image, train on the board, pull the weights, sample names on the board."""
 from pathlib import Path
 
 import click
 
-from .. import chip
+from .. import chip, reference
 from ..fileio import write_atomic
 from ..ports import FLASH_BAUD, UART_BAUD, find_port
 from ..run import RunDir
-from .options import BUILD_IMAGE, Group, launch, refuse_others, report_options, resume_dir, run_options
+from .options import BUILD_IMAGE, FiniteFloat, Group, launch, refuse_others, report_options, resume_dir, run_options
+from .sample import check_prefix
 
 port_option = click.option("--port", default=None,
                            help="The board's serial port [default: the one Espressif/USB-serial port plugged in].")
@@ -20,7 +21,7 @@ MODE_OPTIONS = ("image", "firmware", "flash_baud")
 
 @click.group(cls=Group)
 def device():
-    """An ESP32 on a serial port: flash it, train on it, pull the weights."""
+    """An ESP32 on a serial port: flash it, train on it, pull the weights, sample on it."""
 
 
 @device.command()
@@ -103,3 +104,28 @@ def pull(port, out, baud):
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, data)
     click.echo(f"{out}: {shape.n_params:,} float32 weights ({shape})")
+
+
+@device.command("sample")
+@port_option
+@click.option("--count", type=click.IntRange(min=1), default=20, show_default=True, help="Names to sample.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
+              help="Seed of the draws: a run's --seed gives that run's samples.")
+@click.option("--temperature", type=FiniteFloat(0, 100, low_open=True), default=reference.TEMPERATURE,
+              show_default=True, help="Softmax temperature: lower is safer, higher more inventive.")
+@click.option("--prefix", default="", help="Letters every name begins with (a-z, fewer than the model's block size).")
+@baud_option
+def device_sample(port, count, seed, temperature, prefix, baud):
+    """Sample names on the board from the weights its last run left there (no training): the
+    names `microgpt sample` gives on the host from the same weights, seed, temperature and prefix."""
+    from ..engines.serial import board_names, board_weights
+    from ..rawrepl import RawRepl
+
+    check_prefix(prefix)
+    repl = RawRepl(port or find_port(), baud)
+    try:
+        check_prefix(prefix, board_weights(repl))
+        for i, name in enumerate(board_names(repl, count, seed, temperature, prefix)):
+            click.echo(f"{i + 1:2d} {name}")
+    finally:
+        repl.close()

@@ -17,7 +17,7 @@ from .options import FiniteFloat
               help="Seed of the draws: a run's --seed gives that run's samples.")
 @click.option("--temperature", type=FiniteFloat(0, 100, low_open=True), default=reference.TEMPERATURE,
               show_default=True, help="Softmax temperature: lower is safer, higher more inventive.")
-@click.option("--prefix", default="", help="Letters every name begins with (a-z, at most the model's block size).")
+@click.option("--prefix", default="", help="Letters every name begins with (a-z, fewer than the model's block size).")
 def sample_names(weights, count, seed, temperature, prefix):
     """Sample names on the host from trained weights, with the chip's sampling rule and its PRNG:
     a run's weights and --seed (and temperature) give exactly the names the chip sampled after
@@ -38,9 +38,11 @@ def sample_names(weights, count, seed, temperature, prefix):
         click.echo(f"{i + 1:2d} {reference.sample(params, rng.uniform, temperature, shape, prefix)}")
 
 
-def check_prefix(prefix: str, shape: chip.Shape) -> None:
+def check_prefix(prefix: str, shape: chip.Shape | None = None) -> None:
+    """A prefix is letters a-z, and leaves `shape`'s model room for at least one letter of its own."""
     if not all("a" <= c <= "z" for c in prefix):
         raise MicrogptError(f"--prefix {prefix!r}: names are lowercase letters a-z")
-    if len(prefix) > shape.block_size:
-        raise MicrogptError(f"--prefix {prefix!r} is {len(prefix)} letters; the model's names are at most "
-                            f"{shape.block_size} (its block size)")
+    if shape and len(prefix) >= shape.block_size:
+        raise MicrogptError(f"--prefix {prefix!r} is {len(prefix)} letters: the model's names are at most "
+                            f"{shape.block_size} (its block size), so it leaves the model no letter to choose; give "
+                            f"at most {shape.block_size - 1}")

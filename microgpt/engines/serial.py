@@ -6,6 +6,7 @@ MicroPython already and starts it over the raw REPL (also how a cut run is resum
 A board reset does not drop a USB-serial bridge: the UART is read through it, and only the
 pipeline decides when the run is over.
 """
+import ast
 import logging
 import re
 from collections.abc import Iterator
@@ -28,6 +29,52 @@ MICROPYTHON_BANNER = re.compile(rb"MicroPython \S+ on \d{4}-\d\d-\d\d")
 # What an earlier run left behind: a new run must neither resume its checkpoint nor leave its
 # weights to be pulled as if they were the new run's.
 EARLIER_RUN = (chip.WEIGHTS, chip.CKPT, chip.CKPT + ".tmp")
+
+
+# What the board's sampler (firmware/infer.py) says the weights it holds are; "no-sampler" where the
+# board lacks the trainer's modules (the trainer's upload or image brings them).
+_HELD = f"""
+try:
+    from infer import held
+except ImportError:
+    held = lambda weights: 'no-sampler'
+print(repr(held({chip.WEIGHTS!r})))
+"""
+
+
+def board_weights(repl: RawRepl) -> chip.Shape:
+    """The shape of the weights.bin on the board, which the firmware there must run. The board is
+    soft-reset first (a clean heap, as after a boot), its files mounted for quick imports."""
+    repl.soft_reset()
+    repl.fast_flash()
+    held = ast.literal_eval(repl.exec(_HELD).decode())
+    if held in (None, "no-sampler"):
+        what = f"no {chip.WEIGHTS}" if held is None else "no microgpt trainer (its infer.mpy)"
+        raise MissingFile(f"there is {what} on the board: run `microgpt device run` first")
+    head, size, runs = held
+    shape, _ = chip.weights_shape(head, size, "on the board")
+    if shape != chip.Shape(*runs):
+        raise EngineError(f"{chip.WEIGHTS} on the board is a model of {shape}, but the firmware there runs "
+                          f"{chip.Shape(*runs)}: run `microgpt device run` again, so that both come from one run")
+    return shape
+
+
+def board_names(repl: RawRepl, count: int, seed: int, temperature: float, prefix: str,
+                silence_s: float = 120.0) -> Iterator[str]:
+    """`count` names sampled on the board from its weights.bin (firmware/infer.py), as they come:
+    the host's `microgpt sample` gives the same for the same weights, seed, temperature and prefix."""
+    repl.start(f"from infer import names\nnames({chip.CONFIG!r}, {chip.WEIGHTS!r}, {count:d}, {seed:d}, "
+               f"{float(temperature)!r}, {prefix!r})")
+    made, said = 0, []
+    for line in split_lines(repl.read, silence_s):
+        text = line.decode(errors="replace").rstrip("\r")
+        if text.startswith("MGPT sample "):
+            made += 1
+            yield text.removeprefix("MGPT sample ").partition(" ")[2]
+        elif text.strip():
+            said.append(text.strip())
+    if made < count:
+        raise EngineError(f"the board stopped after {made} of {count} names: {said[-1] if said else 'it said nothing'}")
 
 
 def read_board_file(port: str, baud: int, name: str) -> bytes:

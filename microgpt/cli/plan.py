@@ -1,0 +1,33 @@
+"""`microgpt plan`: the heap a shape needs on the chip, and the largest shapes that fit."""
+import click
+
+from .. import chip, payload, planner
+
+
+@click.command("plan")
+@click.option("--n-embd", type=click.IntRange(min=1), default=chip.DEFAULT.n_embd, show_default=True,
+              help="Embedding width.")
+@click.option("--n-head", type=click.IntRange(min=1), default=chip.DEFAULT.n_head, show_default=True,
+              help="Attention heads (n_embd a multiple of it).")
+@click.option("--n-layer", type=click.IntRange(min=1), default=chip.DEFAULT.n_layer, show_default=True,
+              help="Transformer layers.")
+@click.option("--block-size", type=click.IntRange(min=1), default=chip.DEFAULT.block_size, show_default=True,
+              help="Longest context (letters of a name).")
+@click.option("--kernels", type=click.Choice(planner.KERNELS), default="c", show_default=True,
+              help="The model's arithmetic: c (cmodel.mpy) or python (the MicroPython loops, as bytecode).")
+def plan(n_embd, n_head, n_layer, block_size, kernels):
+    """Predict a training run's peak heap on the ESP32 for a model shape: its parameters, the bytes
+    of each buffer, and whether it fits ESP32_GENERIC's GC heap; then the largest shapes that fit."""
+    shape = chip.Shape(n_embd, n_head, n_layer, block_size)
+    p = planner.plan(shape, kernels, payload.LOG_EVERY)
+    click.echo(f"{shape}: {shape.n_params:,} parameters, {kernels} kernels, on {p.platform.name}")
+    for what, size in p.buffers:
+        click.echo(f"  {what:<40} {size:>9,} B")
+    click.echo(f"  {'code, objects, interpreter (measured)':<40} {p.overhead:>9,} B")
+    click.echo(f"  {'predicted peak':<40} {p.peak:>9,} B")
+    verdict = f"fits, {p.spare:,} B to spare" if p.fits else f"does NOT fit: {-p.spare:,} B short"
+    click.echo(f"  {'with the collector headroom (measured)':<40} {p.peak + p.platform.headroom:>9,} B  of the "
+               f"{p.platform.heap:,} B heap: {verdict}")
+    click.echo(f"largest that fit (n_head {n_head}, block_size {block_size}, {kernels} kernels):")
+    for best in planner.largest(kernels, payload.LOG_EVERY, n_head, block_size):
+        click.echo(f"  {best.shape}: {best.shape.n_params:>7,} parameters, peak {best.peak:,} B")

@@ -1,0 +1,142 @@
+"""The heap a training run needs on the chip, for any shape, before anything is built.
+
+The trainer's peak (firmware/train.py's peak_heap, report.json's peak_heap_bytes) is its arrays,
+which follow from the shape, plus what does not: the modules' bytecode, their objects, the
+interpreter's own. The arrays are counted as the firmware allocates them: the weights, their
+gradient and Adam's m and v (array('f') of n_params each, allocated first), the C module's work
+(cmodel.c's work_t, cmodel.WORK floats) or the MicroPython model's buffers (model.GPT), the names'
+read buffer and the losses not yet reported. The rest is one constant per platform and kernels,
+the measured peak of the default shape less its arrays. A run fits when the heap holds its peak
+and the headroom the garbage collector was measured to need above it (the VM's smallest heap that
+trains 1,000 steps and samples 20 names, less its peak).
+"""
+import dataclasses
+
+from .chip import DEFAULT, ESP32_HEAP, VOCAB, Shape
+from .errors import PlanError
+
+KERNELS = ("c", "python")
+NAMES_BUFFER = 1024  # bytes: train.Names reads the data file in chunks of this size
+MEASURED_LOG_EVERY = 25  # the measured runs' steps per UART record (their default): the losses' buffer
+
+
+@dataclasses.dataclass(frozen=True)
+class Platform:
+    """How a MicroPython port's GC heap holds an array: a header, and items rounded up to whole
+    blocks (measured: gc.mem_alloc() around array('f', range(n)) for n = 4 ... 4,192)."""
+    name: str
+    heap: int  # the GC heap the trainer runs in
+    block: int  # GC block, bytes
+    array_head: int  # bytes an array object takes beside its items
+    # report.json's peak_heap_bytes of the default shape (50 steps, every other option its default),
+    # by kernels; the constant part of every prediction comes from these.
+    measured: dict
+    headroom: int  # free heap the collector needs at the peak (temporaries, fragmentation)
+
+    def array(self, items: int, item_size: int = 4) -> int:
+        """Heap bytes of an array of `items` items (array('f'): 4 bytes each; bytearray: 1)."""
+        return self.array_head + -(-items * item_size // self.block) * self.block
+
+
+# The chip: ESP32_GENERIC v1.25.0, measured in Espressif's QEMU
+# (`microgpt sim run --engine qemu --firmware FW --steps 50 [--kernels python]`).
+# Its headroom is the VM's, the most of (smallest heap - peak) over the kernels: 97,473 - 92,288 B
+# with the C kernels, 102,661 - 96,672 B with the MicroPython ones (scripts/bench.py's min_heap).
+HEADROOM = 102_661 - 96_672
+ESP32 = Platform("ESP32_GENERIC v1.25.0", ESP32_HEAP, block=16, array_head=32,
+                 measured={"c": 87_824, "python": 94_048}, headroom=HEADROOM)
+# The MicroPython VM (x64) at the chip's heap, its MicroPython kernels native
+# (`microgpt sim run --engine host --heap 166592 --steps 50 [--kernels python]`).
+VM = Platform("the MicroPython VM (x64)", ESP32_HEAP, block=32, array_head=32,
+              measured={"c": 92_288, "python": 96_672}, headroom=HEADROOM)
+
+
+def work_floats(shape: Shape) -> int:
+    """cmodel.c's work_t in floats: per layer, each position's key, value and their gradients
+    (4 x block_size x n_embd), the attention weights of every head and one head's gradient, and
+    the position in progress (24 vectors of n_embd, the MLP's counting 4 each and its active
+    columns 1) with three RMSNorm scales; shared, the logits, probabilities and their gradient,
+    and the count of active columns. 1,573 for the default shape (cmodel.WORK)."""
+    e, b = shape.n_embd, shape.block_size
+    per_layer = 4 * b * e + shape.n_head * b + b + 24 * e + 3
+    return 3 * VOCAB + 1 + shape.n_layer * per_layer
+
+
+def model_buffers(shape: Shape) -> list[int]:
+    """The arrays model.GPT allocates (floats each): per layer, the keys, values and their
+    gradients, 14 vectors of n_embd, the attention weights, one head's gradient at them, the MLP's
+    hidden layer and its gradient; shared, the logits and their gradient."""
+    e, b = shape.n_embd, shape.block_size
+    per_layer = [b * e] * 4 + [e] * 14 + [shape.n_head * b, b, 4 * e, 4 * e]
+    return [VOCAB, VOCAB] + per_layer * shape.n_layer
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    shape: Shape
+    kernels: str
+    platform: Platform
+    buffers: list  # (what, bytes), the arrays of the training loop
+    overhead: int  # code, objects and the interpreter: measured, the same for every shape
+
+    @property
+    def peak(self) -> int:
+        return sum(size for _, size in self.buffers) + self.overhead
+
+    @property
+    def spare(self) -> int:
+        """Heap left beside the peak and the collector's headroom (negative: short by that much)."""
+        return self.platform.heap - self.peak - self.platform.headroom
+
+    @property
+    def fits(self) -> bool:
+        return self.spare >= 0
+
+
+def _buffers(shape: Shape, kernels: str, log_every: int, platform: Platform) -> list[tuple[str, int]]:
+    weights = platform.array(shape.n_params)
+    arrays = [("weights", weights), ("gradients", weights), ("Adam m", weights), ("Adam v", weights),
+              ("names buffer", platform.array(NAMES_BUFFER, 1)), ("losses not yet reported", platform.array(log_every))]
+    if kernels == "c":
+        arrays += [(f"C work ({work_floats(shape):,} floats)", platform.array(work_floats(shape))),
+                   ("logits, sampling's scratch", 2 * platform.array(VOCAB))]
+    else:
+        sizes = model_buffers(shape)
+        arrays.append((f"model buffers ({len(sizes)} arrays, {sum(sizes):,} floats)", sum(map(platform.array, sizes))))
+    return arrays
+
+
+def plan(shape: Shape, kernels: str, log_every: int, platform: Platform = ESP32) -> Plan:
+    """The heap a training run of `shape` with `kernels` needs on `platform` (log_every: the
+    run's steps per UART record, min(--log-every, --steps))."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+    measured_arrays = sum(size for _, size in _buffers(DEFAULT, kernels, MEASURED_LOG_EVERY, platform))
+    overhead = platform.measured[kernels] - measured_arrays
+    return Plan(shape, kernels, platform, _buffers(shape, kernels, log_every, platform), overhead)
+
+
+def largest(kernels: str, log_every: int, n_head: int = DEFAULT.n_head, block_size: int = DEFAULT.block_size,
+            layers: range = range(1, 5), platform: Platform = ESP32) -> list[Plan]:
+    """For each number of layers, the widest model (n_embd a multiple of n_head) that fits, the
+    most parameters first."""
+    best = []
+    for n_layer in layers:
+        n_embd, fitting = n_head, None
+        while (candidate := plan(Shape(n_embd, n_head, n_layer, block_size), kernels, log_every, platform)).fits:
+            fitting, n_embd = candidate, n_embd + n_head
+        if fitting:
+            best.append(fitting)
+    return sorted(best, key=lambda p: -p.shape.n_params)
+
+
+def check(shape: Shape, kernels: str, log_every: int, platform: Platform = ESP32) -> Plan:
+    """The plan of a run, or PlanError with its figures when the chip's heap cannot hold it."""
+    p = plan(shape, kernels, log_every, platform)
+    if not p.fits:
+        raise PlanError(f"{shape} ({shape.n_params:,} parameters) needs about {p.peak:,} B of heap at its peak "
+                        f"with the {kernels} kernels, and {platform.headroom:,} B free beside it: {-p.spare:,} B more "
+                        f"than {platform.name}'s {platform.heap:,} B. Choose a smaller shape (`microgpt plan` "
+                        "lists the largest that fit)")
+    return p
+

@@ -1,0 +1,114 @@
+"""`microgpt device sample` against the MicroPython VM behind a pty: names made on the "board" from
+the weights its run left there, the same as the host's `microgpt sample` from those weights (seed,
+temperature, prefix), and each fault a one-line error naming the fix."""
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from vm_pty import VmPort
+
+from microgpt import chip
+from microgpt.cli import main
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def names(output):
+    """The names of a sample listing (" 1 kamon" per line)."""
+    return [line[3:] for line in output.splitlines()]
+
+
+@pytest.fixture(scope="module", params=["c", "python"])
+def trained(request, tmp_path_factory, names_path):
+    """A board's filesystem after `device run --mode upload` (30 steps, 5 samples), and the run's report."""
+    root = tmp_path_factory.mktemp(f"trained-{request.param}")
+    with VmPort(root / "board") as board:
+        code, out = cli("device", "run", "--mode", "upload", "--port", board.start().path, "--steps", 30,
+                        "--samples", 5, "--kernels", request.param, "--data", names_path,
+                        "--report", root / "run" / "report.json", "--quiet")
+    assert code == 0, out
+    return root / "board", out.split("samples: ")[1].split("\n")[0].split(" ")
+
+
+@pytest.fixture
+def board(trained, tmp_path):
+    """A board holding the trained run's files (each test its own copy)."""
+    shutil.copytree(trained[0], tmp_path / "board")
+    with VmPort(tmp_path / "board") as port:
+        yield port.start()
+
+
+def test_the_board_samples_what_the_run_sampled_and_the_host_replays(board, trained, tmp_path):
+    code, out = cli("device", "sample", "--port", board.path, "--count", 5)
+    assert code == 0, out
+    assert names(out) == trained[1]  # the run's seed (42) and temperature: the run's own samples
+    weights = tmp_path / "w.bin"
+    shutil.copy(board.cwd / chip.WEIGHTS, weights)
+    for args in (("--seed", 7), ("--prefix", "ka"), ("--prefix", "m", "--temperature", 1.5, "--seed", 3),
+                 ("--prefix", "x" * 15, "--temperature", 2.0)):
+        code, on_board = cli("device", "sample", "--port", board.path, "--count", 8, *args)
+        assert code == 0, on_board
+        code, on_host = cli("sample", "--weights", weights, "--count", 8, *args)
+        assert code == 0, on_host
+        assert on_board == on_host, args
+        prefix = dict(zip(args[::2], args[1::2])).get("--prefix", "")
+        assert all(name.startswith(prefix) and len(name) <= 16 for name in names(on_board))
+
+
+def test_weights_with_their_shape_in_a_header(board):
+    plain = (board.cwd / chip.WEIGHTS).read_bytes()
+    _, before = cli("device", "sample", "--port", board.path, "--count", 5, "--prefix", "an")
+    header = chip.WEIGHTS_HEAD.pack(chip.WEIGHTS_MAGIC, *(getattr(chip.DEFAULT, k) for k in chip.KNOBS))
+    (board.cwd / chip.WEIGHTS).write_bytes(header + plain)
+    code, after = cli("device", "sample", "--port", board.path, "--count", 5, "--prefix", "an")
+    assert code == 0 and after == before, after
+
+
+def test_no_weights_on_the_board(board):
+    (board.cwd / chip.WEIGHTS).unlink()
+    code, out = cli("device", "sample", "--port", board.path)
+    assert code == 1 and out == "Error: there is no weights.bin on the board: run `microgpt device run` first\n"
+
+
+def test_a_board_without_the_trainer(tmp_path):
+    with VmPort(tmp_path / "board") as port:
+        code, out = cli("device", "sample", "--port", port.start().path)
+    assert code == 1 and "no microgpt trainer (its infer.mpy) on the board: run `microgpt device run` first" in out
+
+
+def test_weights_of_a_shape_the_firmware_does_not_run(board):
+    other = chip.Shape(n_embd=8, n_head=2, n_layer=1, block_size=16)
+    head = chip.WEIGHTS_HEAD.pack(chip.WEIGHTS_MAGIC, *(getattr(other, k) for k in chip.KNOBS))
+    (board.cwd / chip.WEIGHTS).write_bytes(head + bytes(4 * other.n_params))
+    code, out = cli("device", "sample", "--port", board.path)
+    assert code == 1 and out.count("\n") == 1, out
+    assert ("weights.bin on the board is a model of n_embd 8, n_head 2, n_layer 1, block_size 16, but the firmware "
+            "there runs n_embd 16, n_head 4, n_layer 1, block_size 16: run `microgpt device run` again") in out
+
+
+def test_weights_cut_short(board):
+    (board.cwd / chip.WEIGHTS).write_bytes(b"\0" * 100)
+    code, out = cli("device", "sample", "--port", board.path)
+    assert code == 1 and "weights.bin on the board is 100 bytes, not 16,768" in out and "did the run finish?" in out
+
+
+@pytest.mark.parametrize("prefix, error", [
+    ("Ka", "--prefix 'Ka': names are lowercase letters a-z"),
+    ("a" * 16, "--prefix 'aaaaaaaaaaaaaaaa' is 16 letters: the model's names are at most 16 (its block size), so "
+               "it leaves the model no letter to choose; give at most 15"),
+])
+def test_a_prefix_the_model_cannot_take(board, prefix, error, tmp_path):
+    code, out = cli("device", "sample", "--port", board.path, "--prefix", prefix)
+    assert code == 1 and out == f"Error: {error}\n"
+    shutil.copy(board.cwd / chip.WEIGHTS, tmp_path / "w.bin")
+    assert cli("sample", "--weights", tmp_path / "w.bin", "--prefix", prefix) == (1, f"Error: {error}\n")
+
+
+def test_not_micropython(tmp_path):
+    with VmPort(tmp_path / "board") as port:
+        port.start(["cat"])  # something on the port that is not MicroPython
+        code, out = cli("device", "sample", "--port", port.path)
+    assert code == 1 and "refused the raw REPL" in out and "device flash" in out and out.count("\n") == 1

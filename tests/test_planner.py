@@ -1,0 +1,101 @@
+"""The heap planner (microgpt/planner.py): its arrays are the ones the firmware allocates, its
+prediction for the default shape is the VM's measured peak within 5% (the chip's: test_qemu_chip),
+and a shape that cannot fit is refused with its figures before anything is built."""
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from microgpt import chip, payload, planner
+from microgpt.cli import main
+from microgpt.engines.host import find_micropython
+from microgpt.errors import PlanError
+
+# The VM allocates the model as the trainer does (train.main): the four big arrays, then GPT.
+PROBE = """
+import gc
+from base import N_PARAMS, zeros
+{imports}
+def probe():  # locals, as in train.main: no globals dict grows
+    gc.collect()
+    before = gc.mem_alloc()
+    params, grads = zeros(N_PARAMS), zeros(N_PARAMS)
+    gc.collect()
+    arrays = gc.mem_alloc()
+    gpt = GPT(params, grads)
+    gc.collect()
+    print(arrays - before, gc.mem_alloc() - arrays, gpt is not None)
+probe()
+"""
+
+
+def vm(code, tmp_path, kernels):
+    (tmp_path / "probe.py").write_text(code)
+    if kernels == "c":
+        (tmp_path / "cmodel.mpy").write_bytes(payload.cmodel_build("x64").read_bytes())
+    path = f"{tmp_path}:{chip.FIRMWARE_DIR}"
+    out = subprocess.run([find_micropython(), "-X", f"heapsize={chip.ESP32_HEAP}", "-c",
+                          f"import sys; sys.path[:0] = {path.split(':')!r}; import probe"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    return [int(x) for x in out.split() if x.isdigit()]
+
+
+def test_the_work_buffer_is_cmodels(tmp_path):
+    assert vm("import cmodel\nprint(cmodel.WORK)", tmp_path, "c") == [planner.work_floats(chip.DEFAULT)]
+
+
+@pytest.mark.parametrize("kernels, imports", [("c", "from cgpt import GPT"), ("python", "from model import GPT")])
+def test_the_arrays_are_what_the_vm_allocates(tmp_path, kernels, imports):
+    weights, model = vm(PROBE.format(imports=imports), tmp_path, kernels)[:2]
+    buffers = dict(planner.plan(chip.DEFAULT, kernels, payload.LOG_EVERY, planner.VM).buffers)
+    assert weights == buffers["weights"] + buffers["gradients"]
+    arrays = sum(size for what, size in buffers.items() if what.startswith(("C work", "logits", "model buffers")))
+    # Beside its arrays the model object holds their names (model.GPT: 40 attributes, a dict).
+    assert arrays <= model <= arrays + (600 if kernels == "python" else 200), (arrays, model)
+
+
+@pytest.mark.parametrize("kernels", planner.KERNELS)
+def test_the_default_shapes_peak_is_the_vms_within_5_percent(sim_run, kernels):
+    code, out, report = sim_run("--engine", "host", "--heap", chip.ESP32_HEAP, "--steps", 50, "--kernels", kernels)
+    assert code == 0, out
+    predicted = planner.plan(chip.DEFAULT, kernels, payload.LOG_EVERY, planner.VM).peak
+    assert abs(report["peak_heap_bytes"] - predicted) <= 0.05 * predicted, (report["peak_heap_bytes"], predicted)
+
+
+def test_the_default_shape_fits_and_the_largest_listed_are_the_largest():
+    for kernels in planner.KERNELS:
+        assert planner.check(chip.DEFAULT, kernels, payload.LOG_EVERY).fits
+        best = planner.largest(kernels, payload.LOG_EVERY)
+        assert best and [p.shape.n_params for p in best] == sorted((p.shape.n_params for p in best), reverse=True)
+        for p in best:
+            assert p.fits and p.peak + p.platform.headroom <= chip.ESP32_HEAP
+            wider = chip.Shape(p.shape.n_embd + p.shape.n_head, p.shape.n_head, p.shape.n_layer, p.shape.block_size)
+            assert not planner.plan(wider, kernels, payload.LOG_EVERY).fits
+
+
+def test_a_shape_that_cannot_fit_is_refused_with_the_planners_figures():
+    shape = chip.Shape(n_embd=32, n_head=4, n_layer=2, block_size=16)
+    with pytest.raises(PlanError) as e:
+        planner.check(shape, "c", payload.LOG_EVERY)
+    p = planner.plan(shape, "c", payload.LOG_EVERY)
+    assert str(e.value) == (
+        f"n_embd 32, n_head 4, n_layer 2, block_size 16 ({shape.n_params:,} parameters) needs about {p.peak:,} B of "
+        f"heap at its peak with the c kernels, and {planner.HEADROOM:,} B free beside it: {-p.spare:,} B more than "
+        "ESP32_GENERIC v1.25.0's 166,592 B. Choose a smaller shape (`microgpt plan` lists the largest that fit)")
+    assert p.peak > 4 * 4 * shape.n_params  # the weights, gradients and Adam's two alone
+
+
+def test_plan_command():
+    result = CliRunner().invoke(main, ["plan"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "n_embd 16, n_head 4, n_layer 1, block_size 16: 4,192 parameters, c kernels, on ESP32_GENERIC v1.25.0"
+    assert "  weights                                     16,800 B" in lines
+    assert "  C work (1,573 floats)                        6,336 B" in lines
+    assert any(line.startswith("  predicted peak") and line.endswith(f" {planner.ESP32.measured['c']:,} B")
+               for line in lines)
+    assert "fits" in result.output and "largest that fit (n_head 4, block_size 16, c kernels):" in lines
+    result = CliRunner().invoke(main, ["plan", "--n-embd", "64", "--kernels", "python"])
+    assert result.exit_code == 0 and "does NOT fit" in result.output and "model buffers (24 arrays" in result.output
+    result = CliRunner().invoke(main, ["plan", "--n-embd", "18"])
+    assert result.exit_code == 1 and "n_embd 18 must be a multiple of n_head 4" in result.output
