@@ -69,12 +69,9 @@ def test_whole_image_flashes_and_reads_back_identical(mock, images):
     t_flash = time.monotonic() - t0
     assert code == 0, out
     assert "Compressed 4194304 bytes" in out and "Hash of data verified." in out and "Hard resetting" in out
-    t0 = time.monotonic()
-    with board(mock) as esp:
-        back = read_flash(esp, 0, FLASH, no_progress=True)
-    t_read = time.monotonic() - t0
-    assert back == img
-    print(f"4 MB image: flashed in {t_flash:.1f} s, read back in {t_read:.1f} s")
+    with board(mock) as esp:  # the board's own checksum: reading 4 MB back over a pty fails on a busy host
+        assert esp.flash_md5sum(0, FLASH) == hashlib.md5(img).hexdigest()
+    print(f"4 MB image: flashed in {t_flash:.1f} s")
 
 
 def test_fs_only_rewrites_just_the_vfs_partition(mock, images):
@@ -87,8 +84,7 @@ def test_fs_only_rewrites_just_the_vfs_partition(mock, images):
     assert time.monotonic() - t0 < 10
     with board(mock) as esp:  # the chip's own MD5 of its whole flash: firmware from a, filesystem from b
         assert esp.flash_md5sum(0, FLASH) == hashlib.md5(b).hexdigest()
-        assert image.read_fs(read_flash(esp, offset, size, no_progress=True)) == {
-            "main.py": b"print('another run')\n", "config.json": b'{"steps": 7}'}
+    assert image.read_fs(b[offset:offset + size]) == {"main.py": b"print('another run')\n", "config.json": b'{"steps": 7}'}
 
 
 def test_fs_only_refuses_a_board_with_another_partition_table(mock, images):
@@ -135,9 +131,9 @@ def test_a_firmware_file_goes_at_0x1000(mock):
     code, out = device("flash", "--port", mock, "--image", FIRMWARE)
     assert code == 0, out
     fw = FIRMWARE.read_bytes()
-    with board(mock) as esp:
-        assert read_flash(esp, 0x1000, len(fw), no_progress=True) == fw
-        assert read_flash(esp, 0, 0x1000, no_progress=True) == b"\xff" * 0x1000
+    with board(mock) as esp:  # the board's own checksums: reading 1.6 MB back over a pty fails on a busy host
+        assert esp.flash_md5sum(0x1000, len(fw)) == hashlib.md5(fw).hexdigest()
+        assert esp.flash_md5sum(0, 0x1000) == hashlib.md5(b"\xff" * 0x1000).hexdigest()
 
 
 def test_missing_image(mock, tmp_path):
