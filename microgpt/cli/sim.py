@@ -94,12 +94,12 @@ def board(image, flash, new, qemu, tcp):
         VirtualBoard.make_flash(flash, basefw.resolve(image))
         what = f"new, from {image}" if image else "new: MicroPython v1.25.0 with an empty filesystem"
     virtual = VirtualBoard(flash, qemu=qemu, tcp=tcp)
-    port = virtual.start()
-    click.echo(f"virtual ESP32 (Espressif's QEMU) on {port}\n"
-               f"  flash: {flash.resolve()} ({what}; kept: start it again with the same --flash for a power cycle)\n"
-               f"  try:   microgpt device run --mode upload --port {port} --steps 100\n"
-               "Ctrl-C powers it off.")
-    try:
+    try:  # from the start: a Ctrl-C at any moment powers the board off cleanly
+        port = virtual.start()
+        click.echo(f"virtual ESP32 (Espressif's QEMU) on {port}\n"
+                   f"  flash: {flash.resolve()} ({what}; kept: start it again with the same --flash for a power cycle)\n"
+                   f"  try:   microgpt device run --mode upload --port {port} --steps 100\n"
+                   "Ctrl-C powers it off.")
         code = virtual.wait()
     except KeyboardInterrupt:
         code = 0

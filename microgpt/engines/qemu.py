@@ -181,6 +181,7 @@ class VirtualBoard:
         self.tcp = tcp if tcp is not None or os.name == "posix" else _free_port()
         self.port: str | None = None
         self._proc: subprocess.Popen | None = None
+        self._listener: threading.Thread | None = None
         self._said: collections.deque = collections.deque(maxlen=20)  # QEMU's own messages, for errors
 
     @staticmethod
@@ -240,9 +241,10 @@ class VirtualBoard:
                 self._proc.kill()
                 self._proc.wait()
         if self._proc:
-            self._listener.join(timeout=5)  # QEMU has ended: its stdout is at its end
+            if self._listener:
+                self._listener.join(timeout=5)  # QEMU has ended: its stdout is at its end
             self._proc.stdout.close()
-        self._proc = None
+        self._proc = self._listener = None
 
     def kill(self) -> None:
         """A power cut: QEMU is killed at once."""
