@@ -1,8 +1,10 @@
-# The model's matrix kernels (16 inputs, or fc2's [16][64]), unrolled. Every float that
-# MicroPython reads out of an array('f') or computes is a new heap object, so each kernel holds
-# a 16-float vector in locals and reads each weight once; the rolled loop in each comment is
-# the same arithmetic in the same order.
+# The model's matrix kernels. For microgpt.py's width (16 inputs, or fc2's [16][64]) unrolled:
+# every float that MicroPython reads out of an array('f') or computes is a new heap object, so
+# each holds a 16-float vector in locals and reads each weight once; the rolled loop in each
+# comment is the same arithmetic in the same order. For any other width, the rolled loops (matvec,
+# linear_backward, fc2_forward, fc2_backward: the same arguments).
 import micropython
+from base import N_EMBD, N_HIDDEN
 
 
 @micropython.native
@@ -85,7 +87,7 @@ def linear16_backward(w, g, k, nout, x, xo, dy, dyo, dx, dxo):
 
 
 @micropython.native
-def fc2_forward(w, k, h, y):
+def fc2_forward16(w, k, h, y):
     # y = W h for the [16][64] matrix at w[k:], skipping ReLU's zeros (about half of h): each
     # sum still adds the same nonzero terms in the same order; the 16 sums sit in locals. Rolled:
     #   for i in range(16): y[i] = sum(w[k + 64 * i + j] * h[j] for j in range(64) if h[j] != 0)
@@ -129,7 +131,7 @@ def fc2_forward(w, k, h, y):
 
 
 @micropython.native
-def fc2_backward(w, g, k, h, dy, dh):
+def fc2_backward16(w, g, k, h, dy, dh):
     # For y = W h with h = ReLU(.): G += dy h^T, and dh = W^T dy where h > 0 and 0 elsewhere
     # (ReLU's own gradient), never touching the columns of zeros; dy sits in locals. Rolled, for
     # each j with h[j] != 0:  g[k + 64 * i + j] += dy[i] * h[j] (i < 16);
@@ -164,4 +166,67 @@ def fc2_backward(w, g, k, h, dy, dh):
         else:
             dh[j] = 0.0
 
+
+@micropython.native
+def matvec(w, k, nout, x, xo, y, yo):
+    # y[yo:yo+nout] = W x for the [nout][N_EMBD] matrix at w[k:].
+    n = N_EMBD
+    for i in range(yo, yo + nout):
+        s = 0.0
+        for j in range(n):
+            s += w[k + j] * x[xo + j]
+        y[i] = s
+        k += n
+
+
+@micropython.native
+def linear_backward(w, g, k, nout, x, xo, dy, dyo, dx, dxo):
+    # For y = W x with N_EMBD inputs: G += dy x^T and dx += W^T dy, each dx[j] summed over the rows
+    # in order, then added.
+    n = N_EMBD
+    for j in range(n):
+        s = 0.0
+        r = k + j
+        for i in range(dyo, dyo + nout):
+            s += w[r] * dy[i]
+            r += n
+        dx[dxo + j] += s
+    for i in range(dyo, dyo + nout):
+        d = dy[i]
+        if d != 0.0:
+            for j in range(n):
+                g[k + j] += d * x[xo + j]
+        k += n
+
+
+@micropython.native
+def fc2_forward(w, k, h, y):
+    # y = W h for the [N_EMBD][N_HIDDEN] matrix at w[k:], skipping ReLU's zeros.
+    n, nh = N_EMBD, N_HIDDEN
+    for i in range(n):
+        s = 0.0
+        c = k + i * nh
+        for j in range(nh):
+            hj = h[j]
+            if hj != 0.0:
+                s += w[c + j] * hj
+        y[i] = s
+
+
+@micropython.native
+def fc2_backward(w, g, k, h, dy, dh):
+    # For y = W h with h = ReLU(.): G += dy h^T, and dh = W^T dy where h > 0, 0 elsewhere.
+    n, nh = N_EMBD, N_HIDDEN
+    for j in range(nh):
+        hj = h[j]
+        if hj != 0.0:
+            s = 0.0
+            c = k + j
+            for i in range(n):
+                g[c] += dy[i] * hj
+                s += w[c] * dy[i]
+                c += nh
+            dh[j] = s
+        else:
+            dh[j] = 0.0
 

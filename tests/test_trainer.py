@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from microgpt import reference
+from microgpt import chip, reference
 from microgpt.chip import N_PARAMS
 
 NAMES = ["a", "emma", "xavier", "mariaguadalupeconcepcion"]  # 1 letter ... longer than block_size
@@ -86,8 +86,9 @@ def test_vm_trains_1000_steps_in_100k_heap_like_microgpt_py(sim_run, microgpt_lo
     assert len(set(samples) - set(docs)) >= 5, "the model only repeats training names"
     # Pronounceable: no name without a vowel (y counts), no run of 4 consonants.
     assert all(re.search("[aeiouy]", s) and not re.search("[^aeiouy]{4}", s) for s in samples), samples
-    weights = np.fromfile(report["weights"], dtype="<f4")
-    assert weights.shape == (N_PARAMS,) and np.isfinite(weights).all()
+    shape, floats = chip.read_weights(open(report["weights"], "rb").read(), "of the run")
+    weights = np.frombuffer(floats, dtype="<f4")
+    assert shape == chip.DEFAULT and weights.shape == (N_PARAMS,) and np.isfinite(weights).all()
 
 
 def test_log_every_groups_steps_but_keeps_every_loss(sim_run, tmp_path):
@@ -147,7 +148,7 @@ def test_a_checkpoint_that_fails_its_check_leaves_no_trace(tmp_path, docs):
     class WithCheckpoint(HostEngine):
         def place(self, placed):
             super().place(placed)
-            head = struct.pack("<4sIIII", b"MGC3", placed.run_id, placed.options.steps, 3, 0)
+            head = struct.pack("<4sIIIIHHHH", b"MGC4", placed.run_id, placed.options.steps, 3, 0, 16, 4, 1, 16)
             arrays = placed.files["init.bin"] + struct.pack("<f", 1.0) * (2 * N_PARAMS)
             crc = binascii.crc32(head + arrays) ^ 1  # damaged
             bad = {"ckpt.bin": head + arrays + struct.pack("<I", crc)}
