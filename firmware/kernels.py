@@ -1,10 +1,8 @@
-# The model's matrix kernels. For microgpt.py's width (16 inputs, or fc2's [16][64]) unrolled:
-# every float that MicroPython reads out of an array('f') or computes is a new heap object, so
-# each holds a 16-float vector in locals and reads each weight once; the rolled loop in each
-# comment is the same arithmetic in the same order. For any other width, the rolled loops (matvec,
-# linear_backward, fc2_forward, fc2_backward: the same arguments).
+# The model's matrix kernels for microgpt.py's width (16 inputs, or fc2's [16][64]), unrolled.
+# Every float that MicroPython reads out of an array('f') or computes is a new heap object, so
+# each kernel holds a 16-float vector in locals and reads each weight once; the rolled loop in
+# each comment is the same arithmetic in the same order. Any other width: kernels_any.py.
 import micropython
-from base import N_EMBD, N_HIDDEN
 
 
 @micropython.native
@@ -163,70 +161,6 @@ def fc2_backward16(w, g, k, h, dy, dh):
                      + w[c + 256] * d4 + w[c + 320] * d5 + w[c + 384] * d6 + w[c + 448] * d7
                      + w[c + 512] * d8 + w[c + 576] * d9 + w[c + 640] * d10 + w[c + 704] * d11
                      + w[c + 768] * d12 + w[c + 832] * d13 + w[c + 896] * d14 + w[c + 960] * d15)
-        else:
-            dh[j] = 0.0
-
-
-@micropython.native
-def matvec(w, k, nout, x, xo, y, yo):
-    # y[yo:yo+nout] = W x for the [nout][N_EMBD] matrix at w[k:].
-    n = N_EMBD
-    for i in range(yo, yo + nout):
-        s = 0.0
-        for j in range(n):
-            s += w[k + j] * x[xo + j]
-        y[i] = s
-        k += n
-
-
-@micropython.native
-def linear_backward(w, g, k, nout, x, xo, dy, dyo, dx, dxo):
-    # For y = W x with N_EMBD inputs: G += dy x^T and dx += W^T dy, each dx[j] summed over the rows
-    # in order, then added.
-    n = N_EMBD
-    for j in range(n):
-        s = 0.0
-        r = k + j
-        for i in range(dyo, dyo + nout):
-            s += w[r] * dy[i]
-            r += n
-        dx[dxo + j] += s
-    for i in range(dyo, dyo + nout):
-        d = dy[i]
-        if d != 0.0:
-            for j in range(n):
-                g[k + j] += d * x[xo + j]
-        k += n
-
-
-@micropython.native
-def fc2_forward(w, k, h, y):
-    # y = W h for the [N_EMBD][N_HIDDEN] matrix at w[k:], skipping ReLU's zeros.
-    n, nh = N_EMBD, N_HIDDEN
-    for i in range(n):
-        s = 0.0
-        c = k + i * nh
-        for j in range(nh):
-            hj = h[j]
-            if hj != 0.0:
-                s += w[c + j] * hj
-        y[i] = s
-
-
-@micropython.native
-def fc2_backward(w, g, k, h, dy, dh):
-    # For y = W h with h = ReLU(.): G += dy h^T, and dh = W^T dy where h > 0, 0 elsewhere.
-    n, nh = N_EMBD, N_HIDDEN
-    for j in range(nh):
-        hj = h[j]
-        if hj != 0.0:
-            s = 0.0
-            c = k + j
-            for i in range(n):
-                g[c] += dy[i] * hj
-                s += w[c] * dy[i]
-                c += nh
-            dh[j] = s
         else:
             dh[j] = 0.0
 

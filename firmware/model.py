@@ -51,7 +51,7 @@ if N_EMBD == 16:  # microgpt.py's width: the unrolled kernels
     from kernels import linear16_backward as linear_backward
     from kernels import matvec16 as matvec
 else:
-    from kernels import fc2_backward, fc2_forward, linear_backward, matvec
+    from kernels_any import fc2_backward, fc2_forward, linear_backward, matvec
 
 _ATT_SCALE = HEAD_DIM ** -0.5
 
@@ -86,11 +86,11 @@ class GPT:
         # Kept per layer and position until the name is done (rows of N_EMBD, position-major).
         self.k = zeros(N_LAYER * rows)
         self.v = zeros(N_LAYER * rows)
-        self.inputs = zeros((N_LAYER - 1) * rows)  # the input x of layers 1..
+        self.inputs = zeros((N_LAYER - 1) * rows) if N_LAYER > 1 else None  # the input x of layers 1..
         # One layer's gradients at its keys, values and (with more than one layer) outputs, then inputs.
         self.dk = zeros(rows)
         self.dv = zeros(rows)
-        self.dinputs = zeros(rows if N_LAYER > 1 else 0)
+        self.dinputs = zeros(rows) if N_LAYER > 1 else None
         # Scratch for the position being worked on.
         self.x0 = zeros(N_EMBD)  # rmsnorm(token + position embedding): layer 0's input
         self.x1 = zeros(N_EMBD)  # rmsnorm(x): input of q, k, v
