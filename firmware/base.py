@@ -10,23 +10,39 @@ from micropython import const
 
 VOCAB = const(27)  # a-z are 0-25
 BOS = const(26)  # begins and ends every name
-N_EMBD = const(16)
-N_HEAD = const(4)
-HEAD_DIM = const(4)
-BLOCK = const(16)
-N_HIDDEN = const(64)
+# The model's shape, microgpt.py's four knobs: its own here; a run's from set_shape (train.py, from
+# config.json, before the model's modules import these names).
+N_EMBD = 16
+N_HEAD = 4
+N_LAYER = 1
+BLOCK = 16
 
-# Offsets into the flat parameter array: microgpt's state_dict order, each matrix [out][in].
-WTE = const(0)
-WPE = const(WTE + VOCAB * N_EMBD)
-LM_HEAD = const(WPE + BLOCK * N_EMBD)
-WQ = const(LM_HEAD + VOCAB * N_EMBD)
-WK = const(WQ + N_EMBD * N_EMBD)
-WV = const(WK + N_EMBD * N_EMBD)
-WO = const(WV + N_EMBD * N_EMBD)
-FC1 = const(WO + N_EMBD * N_EMBD)
-FC2 = const(FC1 + N_HIDDEN * N_EMBD)
-N_PARAMS = const(FC2 + N_EMBD * N_HIDDEN)  # 4,192
+
+def set_shape(n_embd, n_head, n_layer, block_size):
+    # The shape and what follows from it: head and MLP sizes, and the offsets into the flat
+    # parameter array, in microgpt's state_dict order, each matrix [out][in]: wte, wpe, lm_head,
+    # then N_LAYER layers of LAYER_SIZE floats from LAYER0, each wq, wk, wv, wo, fc1, fc2 (WQ...
+    # FC2: offsets in a layer).
+    global N_EMBD, N_HEAD, N_LAYER, BLOCK, HEAD_DIM, N_HIDDEN, WTE, WPE, LM_HEAD, LAYER0
+    global WQ, WK, WV, WO, FC1, FC2, LAYER_SIZE, N_PARAMS
+    N_EMBD, N_HEAD, N_LAYER, BLOCK = n_embd, n_head, n_layer, block_size
+    HEAD_DIM = n_embd // n_head
+    N_HIDDEN = 4 * n_embd
+    WTE = 0
+    WPE = WTE + VOCAB * n_embd
+    LM_HEAD = WPE + block_size * n_embd
+    LAYER0 = LM_HEAD + VOCAB * n_embd
+    WQ = 0
+    WK = WQ + n_embd * n_embd
+    WV = WK + n_embd * n_embd
+    WO = WV + n_embd * n_embd
+    FC1 = WO + n_embd * n_embd
+    FC2 = FC1 + N_HIDDEN * n_embd
+    LAYER_SIZE = FC2 + n_embd * N_HIDDEN
+    N_PARAMS = LAYER0 + n_layer * LAYER_SIZE  # 4,192 for microgpt.py's shape
+
+
+set_shape(N_EMBD, N_HEAD, N_LAYER, BLOCK)
 
 RMS_EPS = 1e-5
 

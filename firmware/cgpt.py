@@ -2,10 +2,7 @@
 # interface as model.GPT, for train.py and sample.py. In MicroPython every float is a heap
 # object; in C they stay in registers, so a training step costs the chip ~400x fewer instructions.
 import cmodel
-from base import N_PARAMS, VOCAB, zeros
-
-if cmodel.N_PARAMS != N_PARAMS:
-    raise ImportError("cmodel.mpy was built for another model: rebuild it (scripts/build_cmodel.py)")
+from base import BLOCK, N_EMBD, N_HEAD, N_LAYER, VOCAB, zeros
 
 adam = cmodel.adam  # (params, grads, m, v, step, unbias), as train.adam
 
@@ -13,7 +10,8 @@ adam = cmodel.adam  # (params, grads, m, v, step, unbias), as train.adam
 class GPT:
     def __init__(self, params, grads):
         self.params, self.grads = params, grads
-        self.work = zeros(cmodel.WORK)  # keys, values and scratch of the name in progress
+        # The C module takes the model's shape once; keys, values and scratch of the name in progress.
+        self.work = zeros(cmodel.shape(N_EMBD, N_HEAD, N_LAYER, BLOCK))
         self.logits = zeros(VOCAB)
         self.dlogits = zeros(VOCAB)  # sampling's scratch, as in model.GPT
 

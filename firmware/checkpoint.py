@@ -1,11 +1,11 @@
 # Checkpoints: all a run needs to go on after a reset (step, data position, parameters, Adam's
-# m and v), written so that a reset at any moment leaves a usable file.
+# m and v, for the model's shape), written so that a reset at any moment leaves a usable file.
 import binascii
 import os
 import struct
 
-_MAGIC = b"MGC3"  # 3: no PRNG state (sampling draws from a fresh PRNG); 2: m, v stored divided by (1 - beta)
-_HEAD = "<4sIIII"  # magic, run id, steps, step done, data position
+_MAGIC = b"MGC4"  # 4: the model's shape; 3: no PRNG state (sampling draws from a fresh PRNG); 2: m, v / (1 - beta)
+_HEAD = "<4sIIIIHHHH"  # magic, run id, steps, step done, data position, n_embd, n_head, n_layer, block_size
 _HEAD_SIZE = struct.calcsize(_HEAD)
 
 
@@ -13,11 +13,11 @@ class BadCheckpoint(Exception):
     pass
 
 
-def save(path, run_id, steps, step, data_pos, arrays):
+def save(path, run_id, steps, step, data_pos, shape, arrays):
     # Write a temp file, then rename: littlefs renames atomically, so a reset leaves the old
     # checkpoint or the new one, never half of one. A CRC over everything catches bad flash.
     tmp = path + ".tmp"
-    head = struct.pack(_HEAD, _MAGIC, run_id, steps, step, data_pos)
+    head = struct.pack(_HEAD, _MAGIC, run_id, steps, step, data_pos, *shape)
     crc = binascii.crc32(head)
     with open(tmp, "wb") as f:
         f.write(head)
@@ -28,7 +28,7 @@ def save(path, run_id, steps, step, data_pos, arrays):
     os.rename(tmp, path)
 
 
-def load(path, run_id, steps, arrays):
+def load(path, run_id, steps, shape, arrays):
     # Fills `arrays` and returns (step, data position); None when there is no checkpoint; raises
     # BadCheckpoint(reason) when there is one that must not be used. The whole file is checked
     # before any array is written, so a rejected checkpoint leaves no trace in the run.
@@ -40,9 +40,11 @@ def load(path, run_id, steps, arrays):
         head = f.read(_HEAD_SIZE)
         if len(head) < _HEAD_SIZE:
             raise BadCheckpoint("truncated")
-        magic, rid, nsteps, step, pos = struct.unpack(_HEAD, head)
+        magic, rid, nsteps, step, pos, *knobs = struct.unpack(_HEAD, head)
         if magic != _MAGIC:
             raise BadCheckpoint("not-a-checkpoint")
+        if tuple(knobs) != tuple(shape):
+            raise BadCheckpoint("other-shape")
         if rid != run_id or nsteps != steps:
             raise BadCheckpoint("other-run")
         crc = binascii.crc32(head)

@@ -1,7 +1,7 @@
-# The model's matrix kernels (16 inputs, or fc2's [16][64]), unrolled. Every float that
-# MicroPython reads out of an array('f') or computes is a new heap object, so each kernel holds
-# a 16-float vector in locals and reads each weight once; the rolled loop in each comment is
-# the same arithmetic in the same order.
+# The model's matrix kernels for microgpt.py's width (16 inputs, or fc2's [16][64]), unrolled.
+# Every float that MicroPython reads out of an array('f') or computes is a new heap object, so
+# each kernel holds a 16-float vector in locals and reads each weight once; the rolled loop in
+# each comment is the same arithmetic in the same order. Any other width: kernels_any.py.
 import micropython
 
 
@@ -85,7 +85,7 @@ def linear16_backward(w, g, k, nout, x, xo, dy, dyo, dx, dxo):
 
 
 @micropython.native
-def fc2_forward(w, k, h, y):
+def fc2_forward16(w, k, h, y):
     # y = W h for the [16][64] matrix at w[k:], skipping ReLU's zeros (about half of h): each
     # sum still adds the same nonzero terms in the same order; the 16 sums sit in locals. Rolled:
     #   for i in range(16): y[i] = sum(w[k + 64 * i + j] * h[j] for j in range(64) if h[j] != 0)
@@ -129,7 +129,7 @@ def fc2_forward(w, k, h, y):
 
 
 @micropython.native
-def fc2_backward(w, g, k, h, dy, dh):
+def fc2_backward16(w, g, k, h, dy, dh):
     # For y = W h with h = ReLU(.): G += dy h^T, and dh = W^T dy where h > 0 and 0 elsewhere
     # (ReLU's own gradient), never touching the columns of zeros; dy sits in locals. Rolled, for
     # each j with h[j] != 0:  g[k + 64 * i + j] += dy[i] * h[j] (i < 16);
@@ -163,5 +163,4 @@ def fc2_backward(w, g, k, h, dy, dh):
                      + w[c + 768] * d12 + w[c + 832] * d13 + w[c + 896] * d14 + w[c + 960] * d15)
         else:
             dh[j] = 0.0
-
 

@@ -1,18 +1,20 @@
 # microgpt's model (Karpathy's microgpt.py) as explicit forward and backward passes over flat
 # float32 arrays, in MicroPython: the same steps, in the same order, as the C kernels
 # (firmware/cmodel/cmodel.c, which explains why the backward runs while the forward walks the
-# name and what each position keeps), for targets the C module is not built for.
+# name, what each position keeps, and how more than one layer goes), for targets the C module
+# is not built for.
 #
-# microgpt.py's gpt() names -> the buffers here (one position; d<name> is its gradient):
-#   rmsnorm(tok_emb + pos_emb)                 x0  (attention's x_residual)
+# microgpt.py's gpt() names -> the buffers here (one position, one layer; d<name> is its gradient):
+#   rmsnorm(tok_emb + pos_emb)                 x0  (layer 0's input x)
+#   x (a layer's input), x_residual            x, at xo of its array (layer_input)
 #   rmsnorm(x), the input of q, k, v           x1
-#   q; keys[li], values[li]                    q; k, v (one row of N_EMBD per position)
+#   q; keys[li], values[li]                    q; k, v (one row of N_EMBD per layer and position)
 #   attn_logits -> attn_weights, per head      att (head-major rows of BLOCK, in place)
 #   x_attn (the heads' outputs, concatenated)  o
 #   linear(x_attn, wo) + x_residual            x2  (the MLP's x_residual)
 #   rmsnorm(x), the MLP's input                x3
 #   relu(linear(x, fc1))                       h
-#   linear(x, fc2) + x_residual                x4
+#   linear(x, fc2) + x_residual                x4  (a layer's output; below the top, also the next input)
 #   logits                                     logits
 import math
 
@@ -23,10 +25,13 @@ from base import (
     FC1,
     FC2,
     HEAD_DIM,
+    LAYER0,
+    LAYER_SIZE,
     LM_HEAD,
     N_EMBD,
     N_HEAD,
     N_HIDDEN,
+    N_LAYER,
     RMS_EPS,
     VOCAB,
     WK,
@@ -39,20 +44,27 @@ from base import (
     exp_logits,
     zeros,
 )
-from kernels import fc2_backward, fc2_forward, linear16_backward, matvec16
 
-_ATT_SCALE = 0.5  # 1 / sqrt(HEAD_DIM)
+if N_EMBD == 16:  # microgpt.py's width: the unrolled kernels
+    from kernels import fc2_backward16 as fc2_backward
+    from kernels import fc2_forward16 as fc2_forward
+    from kernels import linear16_backward as linear_backward
+    from kernels import matvec16 as matvec
+else:
+    from kernels_any import fc2_backward, fc2_forward, linear_backward, matvec
+
+_ATT_SCALE = HEAD_DIM ** -0.5
 
 
 @micropython.native
-def rmsnorm(x, y):
-    # y = x / rms(x) (y may be x); returns the scale 1/rms, which the backward needs.
+def rmsnorm(x, xo, y):
+    # y = x[xo:xo+N_EMBD] / rms(x) (y may be x); returns the scale 1/rms, which the backward needs.
     ss = 0.0
     for i in range(N_EMBD):
-        ss += x[i] * x[i]
+        ss += x[xo + i] * x[xo + i]
     s = (ss / N_EMBD + RMS_EPS) ** -0.5
     for i in range(N_EMBD):
-        y[i] = x[i] * s
+        y[i] = x[xo + i] * s
     return s
 
 
@@ -70,14 +82,18 @@ def rmsnorm_backward(y, s, dy, dx):
 class GPT:
     def __init__(self, params, grads):
         self.params, self.grads = params, grads  # N_PARAMS float32 each: the weights and their gradient
-        # Kept per position until the name is done (rows of N_EMBD, position-major).
-        self.k = zeros(BLOCK * N_EMBD)
-        self.v = zeros(BLOCK * N_EMBD)
-        self.dk = zeros(BLOCK * N_EMBD)
-        self.dv = zeros(BLOCK * N_EMBD)
+        rows = BLOCK * N_EMBD
+        # Kept per layer and position until the name is done (rows of N_EMBD, position-major).
+        self.k = zeros(N_LAYER * rows)
+        self.v = zeros(N_LAYER * rows)
+        self.inputs = zeros((N_LAYER - 1) * rows) if N_LAYER > 1 else None  # the input x of layers 1..
+        # One layer's gradients at its keys, values and (with more than one layer) outputs, then inputs.
+        self.dk = zeros(rows)
+        self.dv = zeros(rows)
+        self.dinputs = zeros(rows) if N_LAYER > 1 else None
         # Scratch for the position being worked on.
-        self.x0 = zeros(N_EMBD)  # rmsnorm(token + position embedding): attention's residual
-        self.x1 = zeros(N_EMBD)  # rmsnorm(x0): input of q, k, v
+        self.x0 = zeros(N_EMBD)  # rmsnorm(token + position embedding): layer 0's input
+        self.x1 = zeros(N_EMBD)  # rmsnorm(x): input of q, k, v
         self.s0 = self.s1 = 0.0  # their rmsnorm scales
         self.q = zeros(N_EMBD)
         self.att = zeros(N_HEAD * BLOCK)  # attention weights, head-major
@@ -92,7 +108,7 @@ class GPT:
         self.dx4 = zeros(N_EMBD)
         self.dh = zeros(N_HIDDEN)
         self.dx3 = zeros(N_EMBD)
-        self.dx2 = zeros(N_EMBD)  # in finish_backward, the gradient at x0 (reused: dx2 is free by then)
+        self.dx2 = zeros(N_EMBD)  # in keys_values_backward, the gradient at x (reused: dx2 is free by then)
         self.do = zeros(N_EMBD)
         self.dq = zeros(N_EMBD)
         self.datt = zeros(BLOCK)  # d(attention weight) of one head
@@ -100,32 +116,37 @@ class GPT:
         self.de = zeros(N_EMBD)  # gradient at the embedding sum
 
     @micropython.native
-    def embed(self, token, pos):
-        # self.x0 = rmsnorm(wte[token] + wpe[pos]) and self.x1 = rmsnorm(x0), with their scales.
+    def layer_input(self, layer, token, pos):
+        # Layer `layer`'s input x at pos, as (array, offset): layer 0's is x0 = rmsnorm(wte[token] +
+        # wpe[pos]), computed here with its scale s0; a higher one's is what the layer below left.
+        if layer:
+            return self.inputs, ((layer - 1) * BLOCK + pos) * N_EMBD
         p, x0 = self.params, self.x0
         te = WTE + token * N_EMBD
         pe = WPE + pos * N_EMBD
         for i in range(N_EMBD):
             x0[i] = p[te + i] + p[pe + i]
-        self.s0 = rmsnorm(x0, x0)
-        self.s1 = rmsnorm(x0, self.x1)
+        self.s0 = rmsnorm(x0, 0, x0)
+        return x0, 0
 
     @micropython.native
-    def forward(self, token, pos):
-        # One position of microgpt's gpt(): fills self.logits and this position's k, v.
+    def layer_forward(self, layer, pos, x, xo):
+        # One position through a layer, from its input x[xo:]: its output into x4 (and below the
+        # top into the next layer's input); keeps this position's k and v.
         p = self.params
-        x0, x1, k, v, q, att, o = self.x0, self.x1, self.k, self.v, self.q, self.att, self.o
-        r = pos * N_EMBD
-        self.embed(token, pos)
-        matvec16(p, WQ, N_EMBD, x1, 0, q, 0)
-        matvec16(p, WK, N_EMBD, x1, 0, k, r)
-        matvec16(p, WV, N_EMBD, x1, 0, v, r)
+        w = LAYER0 + layer * LAYER_SIZE
+        x1, k, v, q, att, o = self.x1, self.k, self.v, self.q, self.att, self.o
+        r = layer * BLOCK * N_EMBD  # this layer's keys and values
+        self.s1 = rmsnorm(x, xo, x1)
+        matvec(p, w + WQ, N_EMBD, x1, 0, q, 0)
+        matvec(p, w + WK, N_EMBD, x1, 0, k, r + pos * N_EMBD)
+        matvec(p, w + WV, N_EMBD, x1, 0, v, r + pos * N_EMBD)
         for h in range(N_HEAD):
             hd = h * HEAD_DIM
             a = h * BLOCK
             top = -1e30
             for t in range(pos + 1):
-                kt = t * N_EMBD + hd
+                kt = r + t * N_EMBD + hd
                 s = 0.0
                 for j in range(HEAD_DIM):
                     s += q[hd + j] * k[kt + j]
@@ -143,26 +164,40 @@ class GPT:
             for j in range(HEAD_DIM):
                 s = 0.0
                 for t in range(pos + 1):
-                    s += att[a + t] * v[t * N_EMBD + hd + j]
+                    s += att[a + t] * v[r + t * N_EMBD + hd + j]
                 o[hd + j] = s
         x2, x3, hid, x4 = self.x2, self.x3, self.h, self.x4
-        matvec16(p, WO, N_EMBD, o, 0, x2, 0)
+        matvec(p, w + WO, N_EMBD, o, 0, x2, 0)
         for i in range(N_EMBD):
-            x2[i] += x0[i]
-        self.s3 = rmsnorm(x2, x3)
-        matvec16(p, FC1, N_HIDDEN, x3, 0, hid, 0)
+            x2[i] += x[xo + i]
+        self.s3 = rmsnorm(x2, 0, x3)
+        matvec(p, w + FC1, N_HIDDEN, x3, 0, hid, 0)
         for i in range(N_HIDDEN):
             if hid[i] < 0.0:
                 hid[i] = 0.0
-        fc2_forward(p, FC2, hid, x4)
+        fc2_forward(p, w + FC2, hid, x4)
         for i in range(N_EMBD):
             x4[i] += x2[i]
-        matvec16(p, LM_HEAD, VOCAB, x4, 0, self.logits, 0)
+        if layer + 1 < N_LAYER:
+            nxt = (layer * BLOCK + pos) * N_EMBD
+            inputs = self.inputs
+            for i in range(N_EMBD):
+                inputs[nxt + i] = x4[i]
 
     @micropython.native
-    def backward(self, token, pos, target, scale):
-        # Cross-entropy of this position's logits against target, times `scale` (1/n for the
-        # mean over the name); adds this position's gradients. Returns the unscaled loss.
+    def forward(self, token, pos):
+        # One position of microgpt's gpt(): fills self.logits and this position's k, v.
+        x, xo = self.layer_input(0, token, pos)
+        for layer in range(N_LAYER):
+            self.layer_forward(layer, pos, x, xo)
+            x, xo = self.inputs, (layer * BLOCK + pos) * N_EMBD
+        matvec(self.params, LM_HEAD, VOCAB, self.x4, 0, self.logits, 0)
+
+    @micropython.native
+    def loss_backward(self, target, scale):
+        # Cross-entropy of this position's logits against target, times `scale` (1/n for the mean
+        # over the name), back through lm_head into dx4 (the top layer's output). Returns the
+        # unscaled loss.
         p, g = self.params, self.grads
         logits, dl = self.logits, self.dlogits
         top, total = exp_logits(logits, 1.0, dl)
@@ -170,25 +205,33 @@ class GPT:
         for i in range(VOCAB):
             dl[i] = dl[i] / total * scale
         dl[target] -= scale
+        clear(self.dx4, N_EMBD)
+        linear_backward(p, g, LM_HEAD, VOCAB, self.x4, 0, dl, 0, self.dx4, 0)
+        return loss
 
-        x4, dx4, hid, dh, x3, dx3, dx2 = self.x4, self.dx4, self.h, self.dh, self.x3, self.dx3, self.dx2
+    @micropython.native
+    def layer_backward(self, layer, token, pos):
+        # From dx4, the gradient at the layer's output at pos, back through layer_forward (as it
+        # left the buffers), adding into the gradients: all but wk and wv (keys_values_backward's).
+        p, g = self.params, self.grads
+        w = LAYER0 + layer * LAYER_SIZE
+        dx4, hid, dh, x3, dx3, dx2 = self.dx4, self.h, self.dh, self.x3, self.dx3, self.dx2
         o, do, q, dq, att = self.o, self.do, self.q, self.dq, self.att
-        clear(dx4, N_EMBD)
-        linear16_backward(p, g, LM_HEAD, VOCAB, x4, 0, dl, 0, dx4, 0)
-        fc2_backward(p, g, FC2, hid, dx4, dh)
+        fc2_backward(p, g, w + FC2, hid, dx4, dh)
         clear(dx3, N_EMBD)
-        linear16_backward(p, g, FC1, N_HIDDEN, x3, 0, dh, 0, dx3, 0)
+        linear_backward(p, g, w + FC1, N_HIDDEN, x3, 0, dh, 0, dx3, 0)
         for i in range(N_EMBD):
             dx2[i] = dx4[i]
         rmsnorm_backward(x3, self.s3, dx3, dx2)
         clear(do, N_EMBD)
-        linear16_backward(p, g, WO, N_EMBD, o, 0, dx2, 0, do, 0)
+        linear_backward(p, g, w + WO, N_EMBD, o, 0, dx2, 0, do, 0)
 
-        r = pos * N_EMBD
+        r = layer * BLOCK * N_EMBD  # this layer's keys and values
+        c = pos * N_EMBD
         k, v, dk, dv = self.k, self.v, self.dk, self.dv
         for i in range(N_EMBD):
-            dk[r + i] = 0.0  # this position's key and value get their first gradient now
-            dv[r + i] = 0.0
+            dk[c + i] = 0.0  # this position's key and value get their first gradient now
+            dv[c + i] = 0.0
         datt = self.datt
         for h in range(N_HEAD):
             hd = h * HEAD_DIM
@@ -197,13 +240,13 @@ class GPT:
             dot = 0.0
             for t in range(pos + 1):
                 vt = t * N_EMBD + hd
-                w = att[a + t]
+                wt = att[a + t]
                 s = 0.0
                 for j in range(HEAD_DIM):
-                    s += do[hd + j] * v[vt + j]
-                    dv[vt + j] += w * do[hd + j]
+                    s += do[hd + j] * v[r + vt + j]
+                    dv[vt + j] += wt * do[hd + j]
                 datt[t] = s
-                dot += w * s
+                dot += wt * s
             # Through the softmax and the 1/sqrt(head_dim) scale, into q and the keys.
             for j in range(HEAD_DIM):
                 dq[hd + j] = 0.0
@@ -211,37 +254,44 @@ class GPT:
                 kt = t * N_EMBD + hd
                 dlog = att[a + t] * (datt[t] - dot) * _ATT_SCALE
                 for j in range(HEAD_DIM):
-                    dq[hd + j] += dlog * k[kt + j]
+                    dq[hd + j] += dlog * k[r + kt + j]
                     dk[kt + j] += dlog * q[hd + j]
         dx1 = self.dx1
         clear(dx1, N_EMBD)
-        linear16_backward(p, g, WQ, N_EMBD, self.x1, 0, dq, 0, dx1, 0)
-        self.to_embeddings(token, pos, dx2, dx1)  # dx2 is also the gradient at x0 (residual)
-        return loss
+        linear_backward(p, g, w + WQ, N_EMBD, self.x1, 0, dq, 0, dx1, 0)
+        self.to_input(layer, token, pos, dx2, dx1)  # dx2 is also the gradient at x (residual)
 
     @micropython.native
-    def finish_backward(self, tokens, n):
-        # Keys and values have all their gradient now: take them back to the embeddings.
+    def keys_values_backward(self, layer, tokens, n):
+        # The layer's keys and values have all their gradient now: take them back to its inputs.
         p, g = self.params, self.grads
-        x1, dx0, dx1, dk, dv = self.x1, self.dx2, self.dx1, self.dk, self.dv
+        w = LAYER0 + layer * LAYER_SIZE
+        x1, dx, dx1, dk, dv = self.x1, self.dx2, self.dx1, self.dk, self.dv
         for pos in range(n):
             r = pos * N_EMBD
-            self.embed(tokens[pos], pos)
+            x, xo = self.layer_input(layer, tokens[pos], pos)
+            self.s1 = rmsnorm(x, xo, x1)
             clear(dx1, N_EMBD)
-            linear16_backward(p, g, WK, N_EMBD, x1, 0, dk, r, dx1, 0)
-            linear16_backward(p, g, WV, N_EMBD, x1, 0, dv, r, dx1, 0)
-            clear(dx0, N_EMBD)
-            self.to_embeddings(tokens[pos], pos, dx0, dx1)
+            linear_backward(p, g, w + WK, N_EMBD, x1, 0, dk, r, dx1, 0)
+            linear_backward(p, g, w + WV, N_EMBD, x1, 0, dv, r, dx1, 0)
+            clear(dx, N_EMBD)
+            self.to_input(layer, tokens[pos], pos, dx, dx1)
 
     @micropython.native
-    def to_embeddings(self, token, pos, dx0, dx1):
-        # Gradients at x0 (dx0) and at x1 = rmsnorm(x0) (dx1), through both RMSNorms, onto the
-        # token's and the position's embedding rows; self.x0, self.x1 must hold this position's
-        # (see embed). Overwrites dx0.
-        rmsnorm_backward(self.x1, self.s1, dx1, dx0)
+    def to_input(self, layer, token, pos, dx, dx1):
+        # Gradients at the layer's input x (dx) and at x1 = rmsnorm(x) (dx1), as one at x: for
+        # layer 0 through its RMSNorm onto the token's and the position's embedding rows (self.x0
+        # must hold this position's: see layer_input); above, added into dinputs. Overwrites dx.
+        rmsnorm_backward(self.x1, self.s1, dx1, dx)
+        if layer:
+            di = self.dinputs
+            c = pos * N_EMBD
+            for i in range(N_EMBD):
+                di[c + i] += dx[i]
+            return
         de = self.de
         clear(de, N_EMBD)
-        rmsnorm_backward(self.x0, self.s0, dx0, de)
+        rmsnorm_backward(self.x0, self.s0, dx, de)
         g = self.grads
         te = WTE + token * N_EMBD
         pe = WPE + pos * N_EMBD
@@ -263,8 +313,21 @@ class GPT:
         n = min(BLOCK, len(tokens) - 1)
         loss = 0.0
         scale = 1.0 / n
+        top = N_LAYER - 1
         for pos in range(n):
             self.forward(tokens[pos], pos)
-            loss += self.backward(tokens[pos], pos, tokens[pos + 1], scale)
-        self.finish_backward(tokens, n)
+            loss += self.loss_backward(tokens[pos + 1], scale)
+            self.layer_backward(top, tokens[pos], pos)
+        self.keys_values_backward(top, tokens, n)
+        for layer in range(top - 1, -1, -1):  # its outputs' gradient is complete: walk the name again
+            di, dx4 = self.dinputs, self.dx4
+            for pos in range(n):
+                x, xo = self.layer_input(layer, tokens[pos], pos)
+                self.layer_forward(layer, pos, x, xo)
+                c = pos * N_EMBD
+                for i in range(N_EMBD):
+                    dx4[i] = di[c + i]
+                    di[c + i] = 0.0  # from here on it gathers the gradient at the layer's input
+                self.layer_backward(layer, tokens[pos], pos)
+            self.keys_values_backward(layer, tokens, n)
         return loss / n

@@ -6,17 +6,20 @@ import gc
 import json
 import math
 import os
+import struct
 import sys
 import time
 
+import base
 import micropython
-from base import N_PARAMS, zeros
+from base import zeros
 from rng import Rng
 
 CONFIG = "config.json"
 DATA = "names.txt"  # the host writes it in training order, one name per line
-INIT = "init.bin"  # with init "microgpt": N_PARAMS float32 initial weights from the host
+INIT = "init.bin"  # with init "microgpt": the shape's float32 initial weights from the host
 WEIGHTS = "weights.bin"
+WEIGHTS_HEAD = "<4sHHHH"  # weights.bin: MGW1, n_embd, n_head, n_layer, block_size, then the float32 weights
 CKPT = "ckpt.bin"
 
 LR = 0.01
@@ -38,7 +41,7 @@ def adam_factors(lr, beta1_t, beta2_t):
 def adam(p, g, m, v, step, unbias):
     # The update with adam_factors' constants; zeroes the gradient for the next step.
     b1, b2, eps, sqrt = BETA1, BETA2, EPS, math.sqrt
-    for i in range(N_PARAMS):
+    for i in range(len(p)):
         gi = g[i]
         mi = b1 * m[i] + gi
         vi = b2 * v[i] + gi * gi
@@ -137,12 +140,17 @@ def main(mount_flash=lambda fast: None):
     steps, seed = cfg["steps"], cfg["seed"]
     log_every, ckpt_every = cfg["log_every"], cfg["ckpt_every"]
     freq_boot, freq = clock()
+    shape = cfg.pop("shape")  # kept as the knobs alone: every KB of heap counts
+    knobs = shape["n_embd"], shape["n_head"], shape["n_layer"], shape["block_size"]
+    base.set_shape(*knobs)  # before the model's modules import its names
+    del shape
+    n_params = base.N_PARAMS
 
     # The four big arrays go first, into a heap that importing the model has not yet fragmented,
     # nor the fast flash caches: they come back for the loading that follows.
     mount_flash(False)
     gc.collect()
-    params, grads, m, v = zeros(N_PARAMS), zeros(N_PARAMS), zeros(N_PARAMS), zeros(N_PARAMS)
+    params, grads, m, v = zeros(n_params), zeros(n_params), zeros(n_params), zeros(n_params)
     names_buf = bytearray(1024)  # Names' chunks
     mount_flash(True)
     if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
@@ -157,10 +165,11 @@ def main(mount_flash=lambda fast: None):
     heap_total = gc.mem_alloc() + gc.mem_free()
     print(
         "MGPT start v=2 params=%d steps=%d seed=%d init=%s docs=%d log_every=%d ckpt_every=%d samples=%d "
-        "temp=%s lr=%s platform=%s impl=%s emit=%s kernels=%s freq_mhz=%s freq_boot_mhz=%s heap_total=%d"
-        % (N_PARAMS, steps, seed, cfg["init"], cfg["docs"], log_every, ckpt_every, cfg["samples"],
+        "temp=%s lr=%s platform=%s impl=%s emit=%s kernels=%s freq_mhz=%s freq_boot_mhz=%s heap_total=%d "
+        "shape=%d,%d,%d,%d"
+        % ((n_params, steps, seed, cfg["init"], cfg["docs"], log_every, ckpt_every, cfg["samples"],
            cfg["temperature"], LR, sys.platform, "%d.%d.%d" % sys.implementation.version[:3],
-           cfg["emit"], cfg["kernels"], freq, freq_boot, heap_total)
+           cfg["emit"], cfg["kernels"], freq, freq_boot, heap_total) + knobs)
     )
 
     # Modules load only when used: every KB of heap counts on the chip.
@@ -169,7 +178,7 @@ def main(mount_flash=lambda fast: None):
         import checkpoint
 
         try:
-            resumed = checkpoint.load(CKPT, cfg["run_id"], steps, (params, m, v))
+            resumed = checkpoint.load(CKPT, cfg["run_id"], steps, knobs, (params, m, v))
         except checkpoint.BadCheckpoint as e:
             print("MGPT ckpt-bad reason=%s" % e)
     start, pos = resumed or (0, 0)
@@ -177,11 +186,11 @@ def main(mount_flash=lambda fast: None):
         print("MGPT resume step=%d" % start)
     elif cfg["init"] == "microgpt":
         with open(INIT, "rb") as f:
-            if f.readinto(params) != N_PARAMS * 4:
+            if f.readinto(params) != n_params * 4:
                 raise ValueError("%s is short: rebuild the run files with the host tool" % INIT)
     else:
         rng = Rng(seed)
-        for i in range(N_PARAMS):
+        for i in range(n_params):
             params[i] = rng.gauss(0.0, INIT_STD)
     # After a reset, m and v came from the checkpoint; otherwise the arrays are still zero.
     mount_flash(False)  # training is the heap's peak: the smallest caches, as the board mounts them
@@ -218,7 +227,7 @@ def main(mount_flash=lambda fast: None):
                 pos = names.tell()
                 names.close()
                 mount_flash(True)
-                checkpoint.save(CKPT, cfg["run_id"], steps, done, pos, (params, m, v))
+                checkpoint.save(CKPT, cfg["run_id"], steps, done, pos, knobs, (params, m, v))
                 mount_flash(False)
                 names = Names(DATA, pos, names_buf)
                 print("MGPT ckpt step=%d" % done)
@@ -231,6 +240,7 @@ def main(mount_flash=lambda fast: None):
     gc.collect()
     mount_flash(True)
     with open(WEIGHTS + ".tmp", "wb") as f:
+        f.write(struct.pack(WEIGHTS_HEAD, b"MGW1", *knobs))
         f.write(params)
     os.rename(WEIGHTS + ".tmp", WEIGHTS)
     from sample import sample

@@ -131,7 +131,7 @@ DEFAULT = Shape()
 N_PARAMS = DEFAULT.n_params  # 4,192: microgpt.py's own model
 # weights.bin: magic, n_embd, n_head, n_layer, block_size, then the float32 weights. A file of
 # just the default shape's floats (before the header existed) is the default shape.
-WEIGHTS_HEAD = struct.Struct("<4sHHHH")
+WEIGHTS_HEAD = struct.Struct(_TRAIN["WEIGHTS_HEAD"])
 WEIGHTS_MAGIC = b"MGW1"
 
 

@@ -36,6 +36,7 @@ class RunOptions:
     emit: str = "auto"  # how mpy-cross compiles the trainer: "native", "bytecode", or "auto" (see emit_for)
     kernels: str = "auto"  # the model's arithmetic: "c" (firmware/cmodel), "python", or "auto" (see kernels_for)
     temperature: float = reference.TEMPERATURE
+    shape: chip.Shape = chip.DEFAULT  # microgpt.py's n_embd, n_head, n_layer, block_size
 
     def __post_init__(self):
         if self.steps < 1 or self.samples < 0 or not 1 <= self.log_every or self.ckpt_every < 0:
@@ -65,14 +66,30 @@ def cmodel_build(arch: str | None) -> Path | None:
     return path if arch and path.is_file() else None
 
 
-def kernels_for(kernels: str, target: mpy.Target) -> str:
-    """"c" or "python" for `target`. "auto" is C wherever the module is built for the target's
-    arch (the ESP32's xtensawin and the VM's x64): the same step in ~130x fewer instructions on the chip."""
+def cmodel_refuses(shape: chip.Shape) -> str | None:
+    """Why the C kernels cannot take `shape` (cmodel.c's set_shape: rows four at a time, hidden
+    units listed in bytes, a head and a name in locals), or None."""
+    if shape.n_embd % 4 or shape.n_embd > 64:
+        return f"n_embd {shape.n_embd} is not a multiple of 4 up to 64"
+    if shape.head_dim > 16:
+        return f"a head of {shape.head_dim} (n_embd / n_head) is more than 16"
+    if shape.n_layer > 64 or shape.block_size > 255:
+        return f"n_layer {shape.n_layer} is over 64 or block_size {shape.block_size} over 255"
+    return None
+
+
+def kernels_for(kernels: str, target: mpy.Target, shape: chip.Shape = chip.DEFAULT) -> str:
+    """"c" or "python" for `target` and `shape`. "auto" is C wherever the module is built for the
+    target's arch (the ESP32's xtensawin and the VM's x64) and takes the shape: the same step in
+    ~400x fewer instructions on the chip."""
     if kernels == "auto":
-        return "c" if cmodel_build(target.arch) else "python"
+        return "c" if cmodel_build(target.arch) and not cmodel_refuses(shape) else "python"
     if kernels == "c" and not cmodel_build(target.arch):
         raise BuildError(f"the C kernels are not built for {target} ({target.arch or 'no native code'}): "
                          "use --kernels python, or build them with scripts/build_cmodel.py")
+    if kernels == "c" and cmodel_refuses(shape):
+        raise BuildError(f"the C kernels cannot take {shape}: {cmodel_refuses(shape)}; use --kernels python "
+                         "or another shape")
     return kernels
 
 
@@ -115,18 +132,19 @@ def _trainer(target: mpy.Target, emit: str, kernels: str) -> dict[str, bytes]:
 
 def build(options: RunOptions, docs: list[str], target: mpy.Target) -> Payload:
     """The payload of a run of `options` on `docs` for `target`."""
+    shape = options.shape
     options = dataclasses.replace(options, emit=emit_for(options.emit, target),
-                                  kernels=kernels_for(options.kernels, target))
-    planner.check(chip.DEFAULT, options.kernels, min(options.log_every, options.steps))  # the chip's heap holds the run
+                                  kernels=kernels_for(options.kernels, target, shape))
+    planner.check(shape, options.kernels, min(options.log_every, options.steps))  # the chip's heap holds the run
     files = _trainer(target, options.emit, options.kernels)
     # Step s trains on name s % count, so a run of fewer steps than names needs only its first
     # `steps`; and microgpt.py trains on a name's first block_size letters, never further.
-    ordered, init = dataset.microgpt_order(docs, options.seed)
-    names = [name[:chip.BLOCK] for name in ordered[:options.steps]]
+    ordered, init = dataset.microgpt_order(docs, options.seed, shape)
+    names = [name[:shape.block_size] for name in ordered[:options.steps]]
     files[chip.DATA] = ("\n".join(names) + "\n").encode()
     if options.init == "microgpt":
         files[chip.INIT] = init.astype("<f4").tobytes()
-    run_id = zlib.crc32(f"{options.steps} {options.seed} {options.init}".encode() + files[chip.DATA]
+    run_id = zlib.crc32(f"{options.steps} {options.seed} {options.init} {shape}".encode() + files[chip.DATA]
                         + files.get(chip.INIT, b""))
     config = dataclasses.asdict(options) | {"docs": len(names), "run_id": run_id}
     files[chip.CONFIG] = json.dumps(config, sort_keys=True).encode()

@@ -8,7 +8,9 @@ gradient and Adam's m and v (array('f') of n_params each, allocated first), the 
 read buffer and the losses not yet reported. The rest is one constant per platform and kernels,
 the measured peak of the default shape less its arrays. A run fits when the heap holds its peak
 and the headroom the garbage collector was measured to need above it (the VM's smallest heap that
-trains 1,000 steps and samples 20 names, less its peak).
+trains 1,000 steps and samples 20 names, less its peak), and when the four arrays of n_params fit
+in one piece of the heap: the chip's GC heap is not one block but areas, and the only one large
+enough for them is the one it adds from ESP-IDF's heap (measured below).
 """
 import dataclasses
 
@@ -32,6 +34,7 @@ class Platform:
     # by kernels; the constant part of every prediction comes from these.
     measured: dict
     headroom: int  # free heap the collector needs at the peak (temporaries, fragmentation)
+    area: int  # the largest piece of the heap: the weights, gradients, m and v go there together
 
     def array(self, items: int, item_size: int = 4) -> int:
         """Heap bytes of an array of `items` items (array('f'): 4 bytes each; bytearray: 1)."""
@@ -43,32 +46,43 @@ class Platform:
 # Its headroom is the VM's, the most of (smallest heap - peak) over the kernels: 97,473 - 92,288 B
 # with the C kernels, 102,661 - 96,672 B with the MicroPython ones (scripts/bench.py's min_heap).
 HEADROOM = 102_661 - 96_672
+# Its largest area: at boot the GC heap is 56,000 B (`micropython.mem_info()`: "max new split:
+# 110592"), and it grows by an area from ESP-IDF's heap; the largest bytearray after boot is
+# 107,812 B, the next 46,141 B (the first area, which the trainer's modules then share). Measured
+# in QEMU: 4 x 24.8 KB (n_embd 20, 6,200 parameters) train, 4 x 29.1 KB (n_embd 16 with 2 layers,
+# 7,264) fail with a MemoryError before step 1 although the heap's total would hold them.
 ESP32 = Platform("ESP32_GENERIC v1.25.0", ESP32_HEAP, block=16, array_head=32,
-                 measured={"c": 87_824, "python": 94_048}, headroom=HEADROOM)
+                 measured={"c": 87_824, "python": 94_048}, headroom=HEADROOM, area=107_812)
 # The MicroPython VM (x64) at the chip's heap, its MicroPython kernels native
 # (`microgpt sim run --engine host --heap 166592 --steps 50 [--kernels python]`).
 VM = Platform("the MicroPython VM (x64)", ESP32_HEAP, block=32, array_head=32,
-              measured={"c": 92_288, "python": 96_672}, headroom=HEADROOM)
+              measured={"c": 92_288, "python": 96_672}, headroom=HEADROOM, area=ESP32_HEAP)  # one piece
 
 
 def work_floats(shape: Shape) -> int:
-    """cmodel.c's work_t in floats: per layer, each position's key, value and their gradients
-    (4 x block_size x n_embd), the attention weights of every head and one head's gradient, and
-    the position in progress (24 vectors of n_embd, the MLP's counting 4 each and its active
-    columns 1) with three RMSNorm scales; shared, the logits, probabilities and their gradient,
-    and the count of active columns. 1,573 for the default shape (cmodel.WORK)."""
-    e, b = shape.n_embd, shape.block_size
-    per_layer = 4 * b * e + shape.n_head * b + b + 24 * e + 3
-    return 3 * VOCAB + 1 + shape.n_layer * per_layer
+    """cmodel.c's work array in floats (its work_layout; cmodel.shape() returns it): each layer's
+    keys and values for every position, the layer inputs above the first, one layer's key, value
+    (and input) gradients, the position in progress (23 vectors of n_embd, the MLP's hidden layer
+    and its gradient counting 4 each; the attention weights of every head and one head's
+    gradient), and the logits, probabilities and their gradient. 1,553 for the default shape."""
+    e, rows, layers = shape.n_embd, shape.block_size * shape.n_embd, shape.n_layer
+    keys_values = 2 * layers * rows + (layers - 1) * rows  # every layer's keys and values; the inputs above the first
+    their_grads = 2 * rows + (rows if layers > 1 else 0)  # one layer's at a time, and its input's
+    position = 23 * e + shape.n_head * shape.block_size + shape.block_size  # the position in progress
+    return keys_values + their_grads + position + 3 * VOCAB
 
 
 def model_buffers(shape: Shape) -> list[int]:
-    """The arrays model.GPT allocates (floats each): per layer, the keys, values and their
-    gradients, 14 vectors of n_embd, the attention weights, one head's gradient at them, the MLP's
-    hidden layer and its gradient; shared, the logits and their gradient."""
-    e, b = shape.n_embd, shape.block_size
-    per_layer = [b * e] * 4 + [e] * 14 + [shape.n_head * b, b, 4 * e, 4 * e]
-    return [VOCAB, VOCAB] + per_layer * shape.n_layer
+    """The arrays model.GPT allocates (floats each): every layer's keys and values, one layer's
+    gradients at them, with more than one layer the inputs above the first and one layer's
+    gradient at them; the position in progress (14 vectors of n_embd, the attention weights of
+    every head and one head's gradient, the MLP's hidden layer and its gradient); the logits and
+    their gradient."""
+    e, b, layers = shape.n_embd, shape.block_size, shape.n_layer
+    rows = b * e
+    per_name = [layers * rows, layers * rows, rows, rows] + ([(layers - 1) * rows, rows] if layers > 1 else [])
+    position = [e] * 14 + [shape.n_head * b, b, 4 * e, 4 * e]
+    return [VOCAB, VOCAB] + per_name + position
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +103,13 @@ class Plan:
         return self.platform.heap - self.peak - self.platform.headroom
 
     @property
+    def big_arrays(self) -> int:
+        """The weights, gradients, Adam's m and v: they must fit in the heap's largest area."""
+        return sum(size for what, size in self.buffers[:4])
+
+    @property
     def fits(self) -> bool:
-        return self.spare >= 0
+        return self.spare >= 0 and self.big_arrays <= self.platform.area
 
 
 def _buffers(shape: Shape, kernels: str, log_every: int, platform: Platform) -> list[tuple[str, int]]:
@@ -133,10 +152,14 @@ def largest(kernels: str, log_every: int, n_head: int = DEFAULT.n_head, block_si
 def check(shape: Shape, kernels: str, log_every: int, platform: Platform = ESP32) -> Plan:
     """The plan of a run, or PlanError with its figures when the chip's heap cannot hold it."""
     p = plan(shape, kernels, log_every, platform)
-    if not p.fits:
+    if p.spare < 0:
         raise PlanError(f"{shape} ({shape.n_params:,} parameters) needs about {p.peak:,} B of heap at its peak "
                         f"with the {kernels} kernels, and {platform.headroom:,} B free beside it: {-p.spare:,} B more "
                         f"than {platform.name}'s {platform.heap:,} B. Choose a smaller shape (`microgpt plan` "
                         "lists the largest that fit)")
+    if p.big_arrays > platform.area:
+        raise PlanError(f"{shape} ({shape.n_params:,} parameters) needs its weights, gradients and Adam's m and v, "
+                        f"{p.big_arrays:,} B, in one area of the heap, and {platform.name}'s largest is "
+                        f"{platform.area:,} B. Choose a smaller shape (`microgpt plan` lists the largest that fit)")
     return p
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .chip import DEFAULT
 from .fileio import write_atomic
 from .uart import RunState, UartParser
 
@@ -55,16 +56,20 @@ class Report:
         """The flat record report.json holds."""
         run, end, cfg = self.run, self.run.end or {}, self.run.config
         mean, window = loss_mean(run.losses)
+        # The model's shape: a start record without one came from a trainer of microgpt.py's only.
+        shape = cfg.get("shape", DEFAULT if cfg else None)
+        shape = None if shape is None else dataclasses.asdict(shape)
         return _finite({
             "engine": self.engine, "status": self.status, "error": self.error, "interrupted": self.interrupted,
-            "steps": run.steps, "params": cfg.get("params"), "losses": run.losses, "samples": run.samples,
+            "steps": run.steps, "params": cfg.get("params"), "shape": shape, "losses": run.losses,
+            "samples": run.samples,
             "loss_mean": mean, "loss_window": window,
             "ms_per_step": run.ms_per_step, "peak_heap_bytes": end.get("peak_heap", run.step_heap),
             "peak_src": "end" if end else "step" if run.step_heap is not None else None,
             "heap_total": end.get("heap_total", cfg.get("heap_total")), "platform": cfg.get("platform"),
             "emit": cfg.get("emit"), "kernels": cfg.get("kernels"), "freq_mhz": cfg.get("freq_mhz"),
             "ms_train": end.get("ms_train"), "alloc_per_step": end.get("alloc_per_step"),
-            "config": cfg, "boots": run.boots, "resumed_from": run.resumed_from,
+            "config": cfg | ({"shape": shape} if "shape" in cfg else {}), "boots": run.boots, "resumed_from": run.resumed_from,
             "checkpoints": run.checkpoints, "checkpoints_rejected": run.checkpoints_rejected,
             "bad_records": run.bad_records, "uart_log": self.uart_log, "weights": self.weights,
             "loss_curve": self.loss_curve,

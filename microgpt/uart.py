@@ -11,6 +11,9 @@ import dataclasses
 import re
 import struct
 
+from .chip import KNOBS, Shape
+from .errors import MicrogptError
+
 TAG = "MGPT "
 RESET_LOOP_BOOTS = 3  # boots in a row without reaching a new step: the chip is in a reset loop
 MAX_STEPS = 1_000_000  # a start asking for more is garbage; also bounds the loss list
@@ -57,7 +60,19 @@ def _value(s):
         return s
 
 
-# Required fields of each key=value record, with their types; other fields are kept as _value.
+def _shape(s):
+    """The start's shape: n_embd,n_head,n_layer,block_size."""
+    knobs = s.split(",")
+    if len(knobs) != len(KNOBS) or not all(k.isdigit() for k in knobs):
+        raise ValueError(s)
+    try:
+        return Shape(*map(int, knobs))
+    except MicrogptError:
+        raise ValueError(s) from None
+
+
+# Required fields of each key=value record, with their types; other fields are kept as _value,
+# but those of OPTIONAL, which have their own types.
 FIELDS = {
     "start": {"params": _int, "steps": _int},
     "resume": {"step": _int},
@@ -66,6 +81,7 @@ FIELDS = {
     "ckpt": {"step": _int},
     "end": {"steps": _int, "ms_train": _num, "ms_per_step": _num, "peak_heap": _int, "heap_total": _int},
 }
+OPTIONAL = {"start": {"shape": _shape}}  # a trainer before shapes sent none: microgpt.py's
 TEXT_RECORDS = ("sample", "error", "tb")  # free text as the rest of the line
 
 
@@ -76,7 +92,7 @@ def _fields(kind, rest):
         key, eq, value = token.partition("=")
         if not key or not eq:
             raise ValueError(token)  # typically a line cut short
-        fields[key] = required.get(key, _value)(value)
+        fields[key] = (required.get(key) or OPTIONAL.get(kind, {}).get(key, _value))(value)
     if required.keys() - fields.keys():
         raise ValueError("missing fields")
     return fields

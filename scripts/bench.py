@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from microgpt import chip_speed, dataset, mpy, payload, reference, scalar
+from microgpt import chip, chip_speed, dataset, mpy, payload, reference, scalar
 from microgpt.chip import ESP32_HEAP
 from microgpt.engines.host import HostEngine
 from microgpt.engines.qemu import find_insn_plugin, find_qemu
@@ -52,7 +52,14 @@ def main():
     ap.add_argument("--qemu", action="store_true", help="also count guest instructions per step in Espressif's QEMU")
     ap.add_argument("--qemu-bin", default=None, help="qemu-system-xtensa [default: $QEMU_XTENSA, PATH]")
     ap.add_argument("--firmware", type=Path, default=None, help="ESP32 firmware for the QEMU image")
+    ap.add_argument("--qemu-kernels", choices=("c", "python", "both"), default="both",
+                    help="whose instructions --qemu counts (the MicroPython kernels' count takes minutes)")
+    ap.add_argument("--chip-only", action="store_true", help="with --qemu: only the chip's figures, no VM or CPython")
+    for knob in chip.KNOBS:
+        ap.add_argument("--" + knob.replace("_", "-"), type=int, default=getattr(chip.DEFAULT, knob),
+                        help=f"the model's {knob} for --qemu's count [default: microgpt.py's]")
     args = ap.parse_args()
+    shape = chip.Shape(*(getattr(args, knob) for knob in chip.KNOBS))
     docs = dataset.load_names(args.names)
     rows = []
 
@@ -61,21 +68,21 @@ def main():
         plugin = find_insn_plugin(qemu=qemu)
         if plugin is None:
             raise SystemExit("QEMU's tests/plugin/libinsn.so was not found: set $QEMU_INSN_PLUGIN")
-        for kernels in ("c", "python"):
-            options = payload.RunOptions(kernels=kernels)
+        for kernels in ("c", "python") if args.qemu_kernels == "both" else (args.qemu_kernels,):
+            options = payload.RunOptions(kernels=kernels, shape=shape)
             speed = chip_speed.instructions_per_step(options, docs, args.firmware, qemu, plugin)
             steps, report = max(speed.reports.items())
             r = report.to_json()
             how = (f"the {steps - 1} steps between the first and the last of a {steps}-step run printing nothing"
                    " meanwhile" if kernels == "c" else f"a {chip_speed.LONG}-step run less a {chip_speed.SHORT}-step"
                    " one")
-            print(f"ESP32 in QEMU, {kernels} kernels ({r['emit']}): {speed.per_step / 1e6:.3f} M guest instructions"
+            print(f"ESP32 in QEMU, {kernels} kernels ({r['emit']}), {shape}: {speed.per_step / 1e6:.3f} M guest instructions"
                   f" per training step on cpu 1 ({how}); peak heap {r['peak_heap_bytes']:,} B")
             if kernels == "c":
-                default = payload.RunOptions()
+                default = payload.RunOptions(shape=shape)
                 uart = chip_speed.uart_bytes_per_step(default, docs, args.firmware, qemu)
                 u = uart.report.to_json()
-                print(f"ESP32 in QEMU, default run ({default.steps} steps, log every {default.log_every}, "
+                print(f"ESP32 in QEMU, a default run ({default.steps} steps, log every {default.log_every}, "
                       f"{default.samples} samples): {uart.per_step:.2f} UART bytes per step, start line through end "
                       f"line; mean of the last {u['loss_window']} losses {u['loss_mean']:.4f}; peak heap "
                       f"{u['peak_heap_bytes']:,} B")
@@ -83,6 +90,8 @@ def main():
                 print(f"a board, 1,000 steps at {chip_speed.CLOCK_HZ / 1e6:.0f} MHz and {chip_speed.BAUD} baud: "
                       f"at most {board:.2f} s (one instruction a cycle, and the UART's bytes as if the CPU waited for "
                       "each; its FIFO sends while the CPU computes)")
+        if args.chip_only:
+            return
 
     # At the ESP32's heap, then with a heap so large that the garbage collector hardly runs: the
     # difference is what collecting the float temporaries costs.
@@ -112,9 +121,9 @@ def main():
     for name, ms, note in rows:
         print(f"{name:72} {ms:>10.2f}   {scalar_ms / ms:6.1f}x  {note}")
 
-    chip = mpy.firmware_target("v1.25.0")
+    esp32 = mpy.firmware_target("v1.25.0")
     for emit in ("bytecode", "native"):
-        built = payload.build(payload.RunOptions(steps=1, emit=emit, kernels="c"), ["emma"], chip)
+        built = payload.build(payload.RunOptions(steps=1, emit=emit, kernels="c"), ["emma"], esp32)
         sizes = {k: len(v) for k, v in built.files.items() if k.endswith(".mpy")}
         print(f".mpy for xtensawin ({emit}): " + ", ".join(f"{k} {v:,} B" for k, v in sizes.items())
               + f"; total {sum(sizes.values()):,} B")

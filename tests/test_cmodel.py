@@ -9,7 +9,7 @@ import pytest
 from conftest import OFFICIAL_FIRMWARE
 
 from microgpt import basefw, mpy, natmod, payload, reference
-from microgpt.chip import N_PARAMS
+from microgpt.chip import KNOBS, Shape
 from microgpt.engines.qemu import QemuEngine
 
 SOURCE = payload.CMODEL_DIR / "cmodel.c"
@@ -48,7 +48,7 @@ def test_the_committed_glue_header_is_generated_from_natmods_table_and_the_c_sou
     # Fails when FUN_TABLE, cmodel.c's mp-> and QSTR() uses, and mp_glue.h drift apart.
     assert GLUE.read_text() == natmod.glue_header(SOURCE), "rerun scripts/build_cmodel.py"
     text = SOURCE.read_text()
-    assert natmod.qstr_names(text) == ["N_PARAMS", "ValueError", "WORK", "adam", "forward", "loss_and_grad"]
+    assert natmod.qstr_names(text) == ["ValueError", "adam", "forward", "loss_and_grad", "shape"]
     assert "raise_msg" in natmod.fun_table_uses(text)
 
 
@@ -76,12 +76,20 @@ from array import array
 sys.path.insert(0, {lib!r})
 import cmodel
 case = json.load(open({case!r}))
+out = {{'default_work': cmodel.shape(16, 4, 1, 16), 'refused_shapes': []}}
+for knobs in [(18, 2, 1, 16), (68, 4, 1, 16), (64, 2, 1, 16), (16, 3, 1, 16), (16, 4, 1, 256)]:
+    try:
+        cmodel.shape(*knobs)
+    except ValueError as e:
+        out['refused_shapes'].append(str(e))
+out['work'] = cmodel.shape(*case['shape'])
 params = array('f', case['params'])
-grads = array('f', bytes(4 * cmodel.N_PARAMS))
-work = array('f', bytes(4 * cmodel.WORK))
-out = {{'N_PARAMS': cmodel.N_PARAMS, 'losses': [], 'grads': []}}
+n = len(params)
+grads = array('f', bytes(4 * n))
+work = array('f', bytes(4 * out['work']))
+out['losses'], out['grads'] = [], []
 for name in case['names']:
-    for i in range(cmodel.N_PARAMS):
+    for i in range(n):
         grads[i] = 0.0
     out['losses'].append(cmodel.loss_and_grad(params, grads, work, name.encode()))
     out['grads'].append(list(grads))
@@ -92,11 +100,12 @@ out['logits'] = list(logits)
 out['refused'] = []
 for f, args in [
     (cmodel.loss_and_grad, (params, grads, array('f', [0.0]), b'a')),
-    (cmodel.loss_and_grad, (params, array('i', bytes(4 * cmodel.N_PARAMS)), work, b'a')),
+    (cmodel.loss_and_grad, (params, array('i', bytes(4 * n)), work, b'a')),
+    (cmodel.loss_and_grad, (params[:n - 1], grads, work, b'a')),
     (cmodel.loss_and_grad, (params, grads, work, b'emMa')),
     (cmodel.loss_and_grad, (params, grads, work, 26)),
     (cmodel.forward, (params, work, 27, 0, logits)),
-    (cmodel.forward, (params, work, 0, 16, logits)),
+    (cmodel.forward, (params, work, 0, case['shape'][3], logits)),
     (cmodel.forward, (params, work, 0, 0, array('f', [0.0]))),
     (cmodel.adam, (params, grads, params, 1.5, 0.01, 1.0)),
 ]:
@@ -104,46 +113,50 @@ for f, args in [
         f(*args)
     except ValueError as e:
         out['refused'].append(str(e))
-m, v = array('f', bytes(4 * cmodel.N_PARAMS)), array('f', bytes(4 * cmodel.N_PARAMS))
+m, v = array('f', bytes(4 * n)), array('f', bytes(4 * n))
 cmodel.adam(params, grads, m, v, 0.01, 1.0)
 out['adam'] = [list(params), list(m), list(v), max(abs(g) for g in grads)]
 print(json.dumps(out))
 """
+# microgpt.py's shape, and shapes that together differ from it in each knob (three layers included).
+SHAPES = [Shape(), Shape(n_embd=24), Shape(n_head=2), Shape(n_layer=2), Shape(block_size=8),
+          Shape(n_embd=8, n_head=1, n_layer=3, block_size=5)]
 
 
-@pytest.fixture(scope="module")
-def vm_cmodel(tmp_path_factory):
-    """The x64 build run in the MicroPython VM on random weights and four names."""
+@pytest.fixture(scope="module", params=SHAPES, ids=str)
+def vm_cmodel(request, tmp_path_factory):
+    """The x64 build run in the MicroPython VM on random weights and four names, for one shape."""
+    shape = request.param
     tmp = tmp_path_factory.mktemp("cmodel")
     (tmp / "cmodel.mpy").write_bytes(payload.cmodel_build("x64").read_bytes())
-    params = np.random.default_rng(7).normal(0, 0.3, N_PARAMS).astype(np.float32)
+    params = np.random.default_rng(7).normal(0, 0.3, shape.n_params).astype(np.float32)
     names = ["a", "emma", "xavier", "mariaguadalupeconcepcion"]
-    (tmp / "case.json").write_text(json.dumps({"params": params.tolist(), "names": names}))
+    (tmp / "case.json").write_text(json.dumps({"params": params.tolist(), "names": names,
+                                               "shape": [getattr(shape, k) for k in KNOBS]}))
     script = VM_PROBE.format(lib=str(tmp), case=str(tmp / "case.json"))
-    r = subprocess.run(["micropython", "-X", "heapsize=4000000", "-c", script], capture_output=True, text=True,
+    r = subprocess.run(["micropython", "-X", "heapsize=32000000", "-c", script], capture_output=True, text=True,
                        timeout=60, check=False)
     assert r.returncode == 0, r.stderr + r.stdout
-    return params.astype(np.float64), [reference.tokenize(n) for n in names], json.loads(r.stdout)
+    return shape, params.astype(np.float64), [reference.tokenize(n) for n in names], json.loads(r.stdout)
 
 
 def test_c_gradients_match_the_numpy_reference(vm_cmodel):
-    params, names, out = vm_cmodel
-    assert out["N_PARAMS"] == N_PARAMS
+    shape, params, names, out = vm_cmodel
     for tokens, loss, grad in zip(names, out["losses"], out["grads"]):
-        ref_loss, ref_grad = reference.loss_and_grad(params, tokens)
+        ref_loss, ref_grad = reference.loss_and_grad(params, tokens, shape=shape)
         rel = np.abs(np.array(grad) - ref_grad).max() / np.abs(ref_grad).max()
         assert rel <= 1e-5, rel  # float32 arithmetic against float64
         assert loss == pytest.approx(ref_loss, rel=1e-6)
 
 
 def test_c_forward_gives_the_reference_logits(vm_cmodel):
-    params, names, out = vm_cmodel
-    ref = reference.logits(params, names[1][:-1])[-1]
+    shape, params, names, out = vm_cmodel
+    ref = reference.logits(params, names[1][:-1], shape=shape)[-1]
     assert np.abs(np.array(out["logits"]) - ref).max() <= 1e-5
 
 
 def test_c_adam_is_microgpts_first_adam_step(vm_cmodel):
-    params, _, out = vm_cmodel
+    _, params, _, out = vm_cmodel
     grad = np.array(out["grads"][-1])  # what adam() was given: the last name's gradient
     p, m, v = params.copy(), np.zeros_like(params), np.zeros_like(params)
     reference.adam_step(p, grad, m, v, 0, 1)  # step 0 of a 1-step run: lr 0.01, bias corrections of t=1
@@ -155,17 +168,42 @@ def test_c_adam_is_microgpts_first_adam_step(vm_cmodel):
     assert grads_left == 0.0
 
 
+def test_c_work_follows_the_shape(vm_cmodel):
+    shape, _, _, out = vm_cmodel
+    n, rows = shape.n_embd, shape.block_size * shape.n_embd
+    # keys and values of every layer, the inputs of the layers above 0, one layer's gradients at
+    # keys, values (and outputs, with more than one), one position's scratch
+    scratch = 15 * n + 2 * shape.n_hidden + shape.n_head * shape.block_size + shape.block_size + 3 * 27
+    assert out["work"] == (3 * shape.n_layer - 1) * rows + 2 * rows + (rows if shape.n_layer > 1 else 0) + scratch
+    assert out["default_work"] == 1553
+
+
 def test_c_refuses_bad_arguments_saying_which_and_why(vm_cmodel):
-    assert vm_cmodel[2]["refused"] == [
-        "work must be an array('f') of cmodel.WORK floats",
-        "grads must be an array('f') of cmodel.N_PARAMS floats",
+    assert vm_cmodel[3]["refused"] == [
+        "work must be an array('f') of the floats shape() returned",
+        "grads must be an array('f') of the shape's parameters",
+        "params must be an array('f') of the shape's parameters",
         "name must be letters a-z",
         "name must be bytes-like",
         "token must be an int below 27",
-        "pos must be an int below 16",
+        "pos must be an int below block_size",
         "logits must be an array('f') of 27 floats",
-        "v must be an array('f') of cmodel.N_PARAMS floats",
+        "v must be an array('f')",
     ]
+    assert vm_cmodel[3]["refused_shapes"] == [
+        "n_embd must be a multiple of 4 from 4 to 64",
+        "n_embd must be a multiple of 4 from 4 to 64",
+        "n_head must divide n_embd into heads of at most 16",
+        "n_head must divide n_embd into heads of at most 16",
+        "block_size must be from 1 to 255",
+    ]
+
+
+def test_the_hosts_check_of_a_shape_for_the_c_kernels_is_the_modules(vm_cmodel):
+    # payload.cmodel_refuses decides --kernels auto before anything runs: it must refuse what the module refuses.
+    for knobs in [(18, 2, 1, 16), (68, 4, 1, 16), (64, 2, 1, 16), (16, 4, 1, 256)]:
+        assert payload.cmodel_refuses(Shape(*knobs))
+    assert not any(payload.cmodel_refuses(shape) for shape in SHAPES)
 
 
 # ---- The module on both targets: its error messages (rodata) and MicroPython's function table ----
@@ -199,9 +237,9 @@ obj_t mpy_init(const fun_bc_t *self, size_t n_args, size_t n_kw, const obj_t *ar
 TARGET_PROBE = """
 import cmodel
 from array import array
-z = array('f', bytes(4 * cmodel.N_PARAMS))
+z = array('f', bytes(4 * 4192))
 try:
-    cmodel.adam(z, z, z, array('f', [0.0]), 0.01, 1.0)
+    cmodel.adam(z, z, z, 1.5, 0.01, 1.0)
 except ValueError as e:
     print('PROBE message', e)
 print('PROBE adam', cmodel.adam(z, z, z, z, 0.01, 1.0))
@@ -262,7 +300,7 @@ def test_errors_carry_their_message_from_rodata(on_target):
     # takes no byte loads (MicroPython copies its own native preludes out of it for that reason).
     # Espressif's QEMU does not model that, so here it shows the loader's rodata path works on
     # v1.25; tests/test_natmod.py shows the strings stay out of the code.
-    assert on_target["message"] == "v must be an array('f') of cmodel.N_PARAMS floats"
+    assert on_target["message"] == "v must be an array('f')"
     assert on_target["adam"] == "None"  # function table entry 0, const_none
 
 

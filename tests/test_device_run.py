@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from vm_pty import VmPort
 
 from microgpt import payload
-from microgpt.chip import N_PARAMS
+from microgpt.chip import N_PARAMS, WEIGHTS_HEAD
 from microgpt.cli.device import device
 from microgpt.engines import Engine
 from microgpt.engines.serial import UploadEngine
@@ -54,7 +54,7 @@ def test_upload_run_matches_the_host_engine(board, device_cli, sim_run, tmp_path
 
     code, out, _ = device_cli("pull", "--port", board.path, "--out", tmp_path / "pulled.bin")
     assert code == 0, out
-    assert (tmp_path / "pulled.bin").read_bytes() == weights and len(weights) == N_PARAMS * 4
+    assert (tmp_path / "pulled.bin").read_bytes() == weights and len(weights) == WEIGHTS_HEAD.size + N_PARAMS * 4
 
 
 class ResetAt(Engine):

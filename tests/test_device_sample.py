@@ -58,13 +58,29 @@ def test_the_board_samples_what_the_run_sampled_and_the_host_replays(board, trai
         assert all(name.startswith(prefix) and len(name) <= 16 for name in names(on_board))
 
 
-def test_weights_with_their_shape_in_a_header(board):
-    plain = (board.cwd / chip.WEIGHTS).read_bytes()
+def test_weights_without_a_header_are_microgpt_py_s_shape(board):
+    # A weights.bin from before the header: the bare 4,192 floats.
+    data = (board.cwd / chip.WEIGHTS).read_bytes()
+    assert data[:4] == chip.WEIGHTS_MAGIC
     _, before = cli("device", "sample", "--port", board.path, "--count", 5, "--prefix", "an")
-    header = chip.WEIGHTS_HEAD.pack(chip.WEIGHTS_MAGIC, *(getattr(chip.DEFAULT, k) for k in chip.KNOBS))
-    (board.cwd / chip.WEIGHTS).write_bytes(header + plain)
+    (board.cwd / chip.WEIGHTS).write_bytes(data[chip.WEIGHTS_HEAD.size:])
     code, after = cli("device", "sample", "--port", board.path, "--count", 5, "--prefix", "an")
     assert code == 0 and after == before, after
+
+
+def test_a_run_of_another_shape_samples_on_the_board_as_on_the_host(tmp_path, names_path):
+    shape = ("--n-embd", 12, "--n-head", 3, "--n-layer", 2, "--block-size", 8)
+    with VmPort(tmp_path / "board") as board:
+        code, out = cli("device", "run", "--mode", "upload", "--port", board.start().path, "--steps", 10,
+                        "--samples", 3, *shape, "--data", names_path, "--report", tmp_path / "r" / "report.json",
+                        "--quiet")
+    assert code == 0, out
+    shutil.copy(tmp_path / "board" / chip.WEIGHTS, tmp_path / "w.bin")
+    with VmPort(tmp_path / "board") as board:
+        code, on_board = cli("device", "sample", "--port", board.start().path, "--count", 8, "--prefix", "ka")
+    code_host, on_host = cli("sample", "--weights", tmp_path / "w.bin", "--count", 8, "--prefix", "ka")
+    assert code == code_host == 0 and on_board == on_host, (on_board, on_host)
+    assert all(n.startswith("ka") and len(n) <= 8 for n in names(on_board))
 
 
 def test_no_weights_on_the_board(board):
@@ -79,14 +95,14 @@ def test_a_board_without_the_trainer(tmp_path):
     assert code == 1 and "no microgpt trainer (its infer.mpy) on the board: run `microgpt device run` first" in out
 
 
-def test_weights_of_a_shape_the_firmware_does_not_run(board):
+def test_weights_of_another_shape_than_the_boards_run(board):
     other = chip.Shape(n_embd=8, n_head=2, n_layer=1, block_size=16)
     head = chip.WEIGHTS_HEAD.pack(chip.WEIGHTS_MAGIC, *(getattr(other, k) for k in chip.KNOBS))
     (board.cwd / chip.WEIGHTS).write_bytes(head + bytes(4 * other.n_params))
     code, out = cli("device", "sample", "--port", board.path)
     assert code == 1 and out.count("\n") == 1, out
-    assert ("weights.bin on the board is a model of n_embd 8, n_head 2, n_layer 1, block_size 16, but the firmware "
-            "there runs n_embd 16, n_head 4, n_layer 1, block_size 16: run `microgpt device run` again") in out
+    assert ("weights.bin on the board is a model of n_embd 8, n_head 2, n_layer 1, block_size 16, but the board's "
+            "last run trained n_embd 16, n_head 4, n_layer 1, block_size 16: run `microgpt device run` again") in out
 
 
 def test_weights_cut_short(board):

@@ -6,6 +6,7 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from conftest import OFFICIAL_FIRMWARE
 
 from microgpt.cli import main
 
@@ -47,6 +48,31 @@ def test_values_that_are_not_usable_numbers_are_refused(tmp_path, args, message)
     finally:
         os.chdir(old)
     assert code == 2 and message in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--n-embd", 24, "--n-head", 5), "n_embd 24 must be a multiple of n_head 5"),
+    (("--n-layer", 0), "0 is not in the range x>=1"),
+])
+def test_a_shape_the_model_cannot_have_is_refused_before_anything_runs(names_path, tmp_path, args, message):
+    for command in (("build", "--firmware", OFFICIAL_FIRMWARE, "--out", tmp_path / "flash.bin"),
+                    ("sim", "run", "--report", tmp_path / "r.json")):
+        code, out = cli(*command, "--data", names_path, *args)
+        assert code != 0 and message in out, out
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_shape_the_c_kernels_cannot_take_is_refused_naming_why(names_path, tmp_path):
+    code, out = cli("build", "--firmware", OFFICIAL_FIRMWARE, "--out", tmp_path / "flash.bin", "--data", names_path,
+                    "--kernels", "c", "--n-embd", 18, "--n-head", 2)
+    assert code != 0 and not (tmp_path / "flash.bin").exists()
+    assert ("the C kernels cannot take n_embd 18, n_head 2, n_layer 1, block_size 16: n_embd 18 is not a multiple "
+            "of 4 up to 64; use --kernels python or another shape") in " ".join(out.split())
+
+
+def test_the_shape_options_are_run_options(tmp_path):
+    code, out = cli("sim", "run", "--resume", tmp_path, "--n-layer", 2)
+    assert code == 2 and "--n-layer does not go with --resume" in out
 
 
 def test_sample_refuses_weights_that_are_not_a_trained_model(tmp_path):

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from microgpt import reference
+from microgpt import chip, reference
 from microgpt.chip import N_PARAMS
 
 NAMES = ["a", "emma", "xavier", "mariaguadalupeconcepcion"]  # 1 letter ... longer than block_size
@@ -68,11 +68,16 @@ def test_c_kernels_are_the_default_where_built(sim_run):
     assert code == 0 and report["kernels"] == "c", out
 
 
+HEAP = 104_448
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kernels", ["c", "python"])
-def test_vm_trains_1000_steps_in_100k_heap_like_microgpt_py(sim_run, microgpt_losses, docs, kernels):
-    # The VM's default build (native loops, on x64) in a 100 KB heap; the ESP32 has ~163 KB.
-    code, out, report = sim_run("--steps", 1000, "--samples", 20, "--heap", 102400, "--kernels", kernels)
+def test_vm_trains_1000_steps_in_102k_heap_like_microgpt_py(sim_run, microgpt_losses, docs, kernels):
+    # The VM's default build (native loops, on x64) in a 102 KB heap; the ESP32 has ~163 KB. (100 KB
+    # until the shape became a run option: the MicroPython kernels' smallest heap went from 101.7 KB
+    # to about 103 KB, the shape's globals and the layers' code.)
+    code, out, report = sim_run("--steps", 1000, "--samples", 20, "--heap", HEAP, "--kernels", kernels)
     assert code == 0, out
     assert report["emit"] == "native" and report["kernels"] == kernels
     assert report["status"] == "ok" and len(report["losses"]) == 1000
@@ -80,14 +85,15 @@ def test_vm_trains_1000_steps_in_100k_heap_like_microgpt_py(sim_run, microgpt_lo
     assert worst_first_50 <= 2e-3, worst_first_50
     mean_last = np.mean(report["losses"][-100:])
     assert abs(mean_last - np.mean(microgpt_losses[1000][-100:])) <= 0.02, mean_last
-    assert report["peak_heap_bytes"] <= 102400 and report["ms_per_step"] > 0
+    assert report["peak_heap_bytes"] <= HEAP and report["ms_per_step"] > 0
     samples = report["samples"]
     assert len(samples) == 20 and all(re.fullmatch("[a-z]+", s) for s in samples), samples
     assert len(set(samples) - set(docs)) >= 5, "the model only repeats training names"
     # Pronounceable: no name without a vowel (y counts), no run of 4 consonants.
     assert all(re.search("[aeiouy]", s) and not re.search("[^aeiouy]{4}", s) for s in samples), samples
-    weights = np.fromfile(report["weights"], dtype="<f4")
-    assert weights.shape == (N_PARAMS,) and np.isfinite(weights).all()
+    shape, floats = chip.read_weights(open(report["weights"], "rb").read(), "of the run")
+    weights = np.frombuffer(floats, dtype="<f4")
+    assert shape == chip.DEFAULT and weights.shape == (N_PARAMS,) and np.isfinite(weights).all()
 
 
 def test_log_every_groups_steps_but_keeps_every_loss(sim_run, tmp_path):
@@ -147,7 +153,7 @@ def test_a_checkpoint_that_fails_its_check_leaves_no_trace(tmp_path, docs):
     class WithCheckpoint(HostEngine):
         def place(self, placed):
             super().place(placed)
-            head = struct.pack("<4sIIII", b"MGC3", placed.run_id, placed.options.steps, 3, 0)
+            head = struct.pack("<4sIIIIHHHH", b"MGC4", placed.run_id, placed.options.steps, 3, 0, 16, 4, 1, 16)
             arrays = placed.files["init.bin"] + struct.pack("<f", 1.0) * (2 * N_PARAMS)
             crc = binascii.crc32(head + arrays) ^ 1  # damaged
             bad = {"ckpt.bin": head + arrays + struct.pack("<I", crc)}

@@ -14,7 +14,7 @@ from microgpt.uart import UartParser
 
 LOGS = Path(__file__).parent / "data" / "uart"
 REPORT_KEYS = {
-    "engine", "status", "error", "interrupted", "steps", "params", "losses", "samples", "loss_mean", "loss_window",
+    "engine", "status", "error", "interrupted", "steps", "params", "shape", "losses", "samples", "loss_mean", "loss_window",
     "ms_per_step", "peak_heap_bytes", "uart_log", "config", "boots", "resumed_from", "checkpoints",
     "checkpoints_rejected", "heap_total", "platform", "emit", "kernels", "freq_mhz", "ms_train",
     "peak_src", "alloc_per_step", "bad_records", "weights", "loss_curve",
@@ -264,6 +264,21 @@ def test_str_and_bytes_lines_parse_alike():
 def test_malformed_records_are_counted_and_ignored(bad):
     r = parse_lines([start(), step(1, 3.0), bad, step(2, 2.0)])
     assert r.bad_records == 1 and r.losses == [3.0, 2.0]
+
+
+def test_the_start_names_the_models_shape():
+    r = parse_lines([start(1) + " shape=20,2,3,8", step(1, 3.0), end(1)])
+    assert r.status == "ok" and r.shape == {"n_embd": 20, "n_head": 2, "n_layer": 3, "block_size": 8}
+    assert r.config["shape"] == r.shape
+    # A trainer before shapes sent none: it trained microgpt.py's.
+    assert parse_lines([start(1), step(1, 3.0), end(1)]).shape == {"n_embd": 16, "n_head": 4, "n_layer": 1,
+                                                                   "block_size": 16}
+
+
+@pytest.mark.parametrize("shape", ["16,4,1", "16,3,1,16", "16,4,0,16", "a,b,c,d", "16,4,1,16,1"])
+def test_a_start_with_a_shape_that_is_none_is_a_bad_record(shape):
+    r = parse_lines([start(1) + f" shape={shape}", step(1, 3.0), end(1)])
+    assert r.bad_records >= 1 and r.status == "error"
 
 
 def test_steps_before_any_start_are_out_of_place():

@@ -94,4 +94,4 @@ typedef struct {
 } mp_fun_table_t;
 
 // Indices into the .mpy's qstr table: the file name, then each name the C file uses as QSTR(name).
-enum { Q_FILE, Q_N_PARAMS, Q_ValueError, Q_WORK, Q_adam, Q_forward, Q_loss_and_grad };
+enum { Q_FILE, Q_ValueError, Q_adam, Q_forward, Q_loss_and_grad, Q_shape };

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .. import dataset, payload
+from .. import chip, dataset, payload
 from ..errors import MicrogptError
 from ..fileio import output_error
 from ..report import loss_mean
@@ -73,7 +73,7 @@ def refuse_others(ctx: click.Context, who: str, takes: tuple[str, ...], candidat
             raise click.UsageError(f"{flag(name)} does not apply to {who} (it takes {accepted}): drop it")
 
 
-RUN_OPTIONS = ("steps", "data", "init", "seed", "samples", "log_every", "ckpt_every", "emit", "kernels")
+RUN_OPTIONS = ("steps", "data", "init", "seed", "samples", "log_every", "ckpt_every", "emit", "kernels") + chip.KNOBS
 
 
 def run_options(f):
@@ -100,10 +100,20 @@ def run_options(f):
     @click.option("--kernels", type=click.Choice(payload.KERNELS), default="auto", show_default=True,
                   help="The model's arithmetic: c (a native module, ~130x fewer instructions per step on the chip) "
                        "or python; auto is c wherever it is built for the target (the ESP32 and the x64 VM).")
+    @click.option("--n-embd", type=click.IntRange(min=1), default=chip.DEFAULT.n_embd, show_default=True,
+                  help="Embedding width (microgpt.py's n_embd; a multiple of --n-head).")
+    @click.option("--n-head", type=click.IntRange(min=1), default=chip.DEFAULT.n_head, show_default=True,
+                  help="Attention heads (microgpt.py's n_head).")
+    @click.option("--n-layer", type=click.IntRange(min=1), default=chip.DEFAULT.n_layer, show_default=True,
+                  help="Transformer layers (microgpt.py's n_layer).")
+    @click.option("--block-size", type=click.IntRange(min=1), default=chip.DEFAULT.block_size, show_default=True,
+                  help="Context length: the letters of a name the model reads (microgpt.py's block_size).")
     @functools.wraps(f)
-    def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, **kwargs):
+    def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, n_embd, n_head, n_layer,
+                block_size, **kwargs):
         options = payload.RunOptions(steps=steps, seed=seed, init=init, samples=samples,
-                                     log_every=min(log_every, steps), ckpt_every=ckpt_every, emit=emit, kernels=kernels)
+                                     log_every=min(log_every, steps), ckpt_every=ckpt_every, emit=emit, kernels=kernels,
+                                     shape=chip.Shape(n_embd, n_head, n_layer, block_size))
         return f(options=options, data=data, **kwargs)
 
     return wrapper

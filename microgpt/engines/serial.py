@@ -37,13 +37,13 @@ _HELD = f"""
 try:
     from infer import held
 except ImportError:
-    held = lambda weights: 'no-sampler'
-print(repr(held({chip.WEIGHTS!r})))
+    held = lambda weights, config: 'no-sampler'
+print(repr(held({chip.WEIGHTS!r}, {chip.CONFIG!r})))
 """
 
 
 def board_weights(repl: RawRepl) -> chip.Shape:
-    """The shape of the weights.bin on the board, which the firmware there must run. The board is
+    """The shape of the weights.bin on the board, which must be its last run's. The board is
     soft-reset first (a clean heap, as after a boot), its files mounted for quick imports."""
     repl.soft_reset()
     repl.fast_flash()
@@ -51,11 +51,11 @@ def board_weights(repl: RawRepl) -> chip.Shape:
     if held in (None, "no-sampler"):
         what = f"no {chip.WEIGHTS}" if held is None else "no microgpt trainer (its infer.mpy)"
         raise MissingFile(f"there is {what} on the board: run `microgpt device run` first")
-    head, size, runs = held
+    head, size, trained = held
     shape, _ = chip.weights_shape(head, size, "on the board")
-    if shape != chip.Shape(*runs):
-        raise EngineError(f"{chip.WEIGHTS} on the board is a model of {shape}, but the firmware there runs "
-                          f"{chip.Shape(*runs)}: run `microgpt device run` again, so that both come from one run")
+    if shape != chip.Shape(*trained):
+        raise EngineError(f"{chip.WEIGHTS} on the board is a model of {shape}, but the board's last run trained "
+                          f"{chip.Shape(*trained)}: run `microgpt device run` again, so that both come from one run")
     return shape
 
 
