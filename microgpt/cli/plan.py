@@ -25,11 +25,12 @@ def plan(n_embd, n_head, n_layer, block_size, kernels):
         click.echo(f"  {what:<40} {size:>9,} B")
     click.echo(f"  {'code, objects, interpreter (measured)':<40} {p.overhead:>9,} B")
     click.echo(f"  {'predicted peak':<40} {p.peak:>9,} B")
-    verdict = f"fits, {p.spare:,} B to spare" if p.spare >= 0 else f"does NOT fit: {-p.spare:,} B short"
-    click.echo(f"  {'weights, gradients, m, v in one area':<40} {p.big_arrays:>9,} B  of the largest area's "
-               f"{p.platform.area:,} B: " + ("fit" if p.big_arrays <= p.platform.area else "do NOT fit"))
+    room = f"{p.spare:,} B to spare" if p.spare >= 0 else f"{-p.spare:,} B short"
     click.echo(f"  {'with the collector headroom (measured)':<40} {p.peak + p.platform.headroom:>9,} B  of the "
-               f"{p.platform.heap:,} B heap: {verdict}")
+               f"{p.platform.heap:,} B heap: {room}")
+    click.echo(f"  {'weights, gradients, m, v in one area':<40} {p.big_arrays:>9,} B  of the largest area's "
+               f"{p.platform.area:,} B (measured)")
+    click.echo(f"{shape}: " + ("fits" if p.fits else "does NOT fit"))
     click.echo(f"largest that fit (n_head {n_head}, block_size {block_size}, {kernels} kernels):")
     for best in planner.largest(kernels, payload.LOG_EVERY, n_head, block_size):
         click.echo(f"  {best.shape}: {best.shape.n_params:>7,} parameters, peak {best.peak:,} B")
