@@ -4,11 +4,20 @@ from pathlib import Path
 
 import click
 
-from .. import chip, reference
+from .. import chip
 from ..fileio import write_atomic
 from ..ports import FLASH_BAUD, UART_BAUD, find_port
 from ..run import RunDir
-from .options import BUILD_IMAGE, FiniteFloat, Group, launch, refuse_others, report_options, resume_dir, run_options
+from .options import (
+    BUILD_IMAGE,
+    Group,
+    launch,
+    refuse_others,
+    report_options,
+    resume_dir,
+    run_options,
+    sampling_options,
+)
 from .sample import check_prefix
 
 port_option = click.option("--port", default=None,
@@ -108,12 +117,7 @@ def pull(port, out, baud):
 
 @device.command("sample")
 @port_option
-@click.option("--count", type=click.IntRange(min=1), default=20, show_default=True, help="Names to sample.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
-              help="Seed of the draws: a run's --seed gives that run's samples.")
-@click.option("--temperature", type=FiniteFloat(0, 100, low_open=True), default=reference.TEMPERATURE,
-              show_default=True, help="Softmax temperature: lower is safer, higher more inventive.")
-@click.option("--prefix", default="", help="Letters every name begins with (a-z, fewer than the model's block size).")
+@sampling_options
 @baud_option
 def device_sample(port, count, seed, temperature, prefix, baud):
     """Sample names on the board from the weights its last run left there (no training): the

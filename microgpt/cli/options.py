@@ -12,6 +12,7 @@ import click
 from .. import chip, dataset, payload
 from ..errors import MicrogptError
 from ..fileio import output_error
+from ..reference import TEMPERATURE
 from ..report import loss_mean
 from ..run import RunDir, run
 from .progress import Terminal
@@ -73,6 +74,32 @@ def refuse_others(ctx: click.Context, who: str, takes: tuple[str, ...], candidat
             raise click.UsageError(f"{flag(name)} does not apply to {who} (it takes {accepted}): drop it")
 
 
+def shape_options(f):
+    """microgpt.py's four knobs, as --n-embd, --n-head, --n-layer, --block-size (defaults: its own)."""
+    for knob, help in reversed([
+            ("n_embd", "Embedding width (microgpt.py's n_embd; a multiple of --n-head)."),
+            ("n_head", "Attention heads (microgpt.py's n_head)."),
+            ("n_layer", "Transformer layers (microgpt.py's n_layer)."),
+            ("block_size", "Context length: the letters of a name the model reads (microgpt.py's block_size).")]):
+        f = click.option(flag(knob), type=click.IntRange(min=1), default=getattr(chip.DEFAULT, knob),
+                         show_default=True, help=help)(f)
+    return f
+
+
+def sampling_options(f):
+    """--count, --seed, --temperature, --prefix: how names are drawn from trained weights."""
+    for option in reversed([
+            click.option("--count", type=click.IntRange(min=1), default=20, show_default=True, help="Names to sample."),
+            click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
+                         help="Seed of the draws: a run's --seed gives that run's samples."),
+            click.option("--temperature", type=FiniteFloat(0, 100, low_open=True), default=TEMPERATURE,
+                         show_default=True, help="Softmax temperature: lower is safer, higher more inventive."),
+            click.option("--prefix", default="",
+                         help="Letters every name begins with (a-z, fewer than the model's block size).")]):
+        f = option(f)
+    return f
+
+
 RUN_OPTIONS = ("steps", "data", "init", "seed", "samples", "log_every", "ckpt_every", "emit", "kernels") + chip.KNOBS
 
 
@@ -98,16 +125,9 @@ def run_options(f):
                   help="How mpy-cross compiles the trainer's MicroPython loops: auto is native in the VM, bytecode "
                        "on the ESP32 (little executable RAM).")
     @click.option("--kernels", type=click.Choice(payload.KERNELS), default="auto", show_default=True,
-                  help="The model's arithmetic: c (a native module, ~130x fewer instructions per step on the chip) "
+                  help="The model's arithmetic: c (a native module, ~400x fewer instructions per step on the chip) "
                        "or python; auto is c wherever it is built for the target (the ESP32 and the x64 VM).")
-    @click.option("--n-embd", type=click.IntRange(min=1), default=chip.DEFAULT.n_embd, show_default=True,
-                  help="Embedding width (microgpt.py's n_embd; a multiple of --n-head).")
-    @click.option("--n-head", type=click.IntRange(min=1), default=chip.DEFAULT.n_head, show_default=True,
-                  help="Attention heads (microgpt.py's n_head).")
-    @click.option("--n-layer", type=click.IntRange(min=1), default=chip.DEFAULT.n_layer, show_default=True,
-                  help="Transformer layers (microgpt.py's n_layer).")
-    @click.option("--block-size", type=click.IntRange(min=1), default=chip.DEFAULT.block_size, show_default=True,
-                  help="Context length: the letters of a name the model reads (microgpt.py's block_size).")
+    @shape_options
     @functools.wraps(f)
     def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, n_embd, n_head, n_layer,
                 block_size, **kwargs):

@@ -2,17 +2,11 @@
 import click
 
 from .. import chip, payload, planner
+from .options import shape_options
 
 
 @click.command("plan")
-@click.option("--n-embd", type=click.IntRange(min=1), default=chip.DEFAULT.n_embd, show_default=True,
-              help="Embedding width.")
-@click.option("--n-head", type=click.IntRange(min=1), default=chip.DEFAULT.n_head, show_default=True,
-              help="Attention heads (n_embd a multiple of it).")
-@click.option("--n-layer", type=click.IntRange(min=1), default=chip.DEFAULT.n_layer, show_default=True,
-              help="Transformer layers.")
-@click.option("--block-size", type=click.IntRange(min=1), default=chip.DEFAULT.block_size, show_default=True,
-              help="Longest context (letters of a name).")
+@shape_options
 @click.option("--kernels", type=click.Choice(planner.KERNELS), default="c", show_default=True,
               help="The model's arithmetic: c (cmodel.mpy) or python (the MicroPython loops, as bytecode).")
 def plan(n_embd, n_head, n_layer, block_size, kernels):

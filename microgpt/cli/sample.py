@@ -6,18 +6,13 @@ import numpy as np
 
 from .. import chip, reference
 from ..errors import MicrogptError
-from .options import FiniteFloat
+from .options import sampling_options
 
 
 @click.command("sample")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Trained weights: from `device pull`, or <report>.weights.bin beside a run's report.")
-@click.option("--count", type=click.IntRange(min=1), default=20, show_default=True, help="Names to sample.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
-              help="Seed of the draws: a run's --seed gives that run's samples.")
-@click.option("--temperature", type=FiniteFloat(0, 100, low_open=True), default=reference.TEMPERATURE,
-              show_default=True, help="Softmax temperature: lower is safer, higher more inventive.")
-@click.option("--prefix", default="", help="Letters every name begins with (a-z, fewer than the model's block size).")
+@sampling_options
 def sample_names(weights, count, seed, temperature, prefix):
     """Sample names on the host from trained weights, with the chip's sampling rule and its PRNG:
     a run's weights and --seed (and temperature) give exactly the names the chip sampled after
