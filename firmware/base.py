@@ -44,6 +44,16 @@ def set_shape(n_embd, n_head, n_layer, block_size):
 
 set_shape(N_EMBD, N_HEAD, N_LAYER, BLOCK)
 
+
+def knobs(shape):
+    # config.json's shape as set_shape's arguments.
+    return shape["n_embd"], shape["n_head"], shape["n_layer"], shape["block_size"]
+
+
+# weights.bin: this header, then the float32 weights in the flat order above.
+WEIGHTS_HEAD = "<4sHHHH"  # magic, n_embd, n_head, n_layer, block_size
+WEIGHTS_MAGIC = b"MGW1"
+
 RMS_EPS = 1e-5
 
 

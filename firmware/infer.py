@@ -4,11 +4,12 @@
 # the block), then runs names(). The host names the files (train.py defines them): each module
 # imported costs flash reads, many of them on a board emulated in QEMU.
 import json
+import struct
 
 import base
 from rng import Rng
 
-HEAD = 12  # bytes of weights.bin's header: b"MGW1", then n_embd, n_head, n_layer, block_size (uint16)
+HEAD = struct.calcsize(base.WEIGHTS_HEAD)
 
 
 def run_of(config):
@@ -17,8 +18,7 @@ def run_of(config):
     with open(config) as f:
         cfg = json.load(f)
     s = cfg.get("shape")
-    shape = (s["n_embd"], s["n_head"], s["n_layer"], s["block_size"]) if s else (
-        base.N_EMBD, base.N_HEAD, base.N_LAYER, base.BLOCK)
+    shape = base.knobs(s) if s else (base.N_EMBD, base.N_HEAD, base.N_LAYER, base.BLOCK)
     return shape, cfg["kernels"]
 
 
@@ -46,7 +46,7 @@ def names(config, weights, count, seed, temperature, prefix):
         from model import GPT
     params = base.zeros(base.N_PARAMS)
     with open(weights, "rb") as f:
-        f.seek(HEAD if f.read(4) == b"MGW1" else 0)
+        f.seek(HEAD if f.read(4) == base.WEIGHTS_MAGIC else 0)
         f.readinto(params)
     gpt = GPT(params, None)
     rng = Rng(seed)

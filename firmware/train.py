@@ -19,7 +19,6 @@ CONFIG = "config.json"
 DATA = "names.txt"  # the host writes it in training order, one name per line
 INIT = "init.bin"  # with init "microgpt": the shape's float32 initial weights from the host
 WEIGHTS = "weights.bin"
-WEIGHTS_HEAD = "<4sHHHH"  # weights.bin: MGW1, n_embd, n_head, n_layer, block_size, then the float32 weights
 CKPT = "ckpt.bin"
 
 LR = 0.01
@@ -140,10 +139,8 @@ def main(mount_flash=lambda fast: None):
     steps, seed = cfg["steps"], cfg["seed"]
     log_every, ckpt_every = cfg["log_every"], cfg["ckpt_every"]
     freq_boot, freq = clock()
-    shape = cfg.pop("shape")  # kept as the knobs alone: every KB of heap counts
-    knobs = shape["n_embd"], shape["n_head"], shape["n_layer"], shape["block_size"]
+    knobs = base.knobs(cfg.pop("shape"))  # kept as the knobs alone: every KB of heap counts
     base.set_shape(*knobs)  # before the model's modules import its names
-    del shape
     n_params = base.N_PARAMS
 
     # The four big arrays go first, into a heap that importing the model has not yet fragmented,
@@ -240,7 +237,7 @@ def main(mount_flash=lambda fast: None):
     gc.collect()
     mount_flash(True)
     with open(WEIGHTS + ".tmp", "wb") as f:
-        f.write(struct.pack(WEIGHTS_HEAD, b"MGW1", *knobs))
+        f.write(struct.pack(base.WEIGHTS_HEAD, base.WEIGHTS_MAGIC, *knobs))
         f.write(params)
     os.rename(WEIGHTS + ".tmp", WEIGHTS)
     from sample import sample

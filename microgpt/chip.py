@@ -131,8 +131,8 @@ DEFAULT = Shape()
 N_PARAMS = DEFAULT.n_params  # 4,192: microgpt.py's own model
 # weights.bin: magic, n_embd, n_head, n_layer, block_size, then the float32 weights. A file of
 # just the default shape's floats (before the header existed) is the default shape.
-WEIGHTS_HEAD = struct.Struct(_TRAIN["WEIGHTS_HEAD"])
-WEIGHTS_MAGIC = b"MGW1"
+WEIGHTS_HEAD = struct.Struct(_MODEL["WEIGHTS_HEAD"])
+WEIGHTS_MAGIC = _MODEL["WEIGHTS_MAGIC"]
 
 
 def weights_shape(head: bytes, size: int, where: str) -> tuple[Shape, int]:
