@@ -55,21 +55,11 @@ class UartLoad(NamedTuple):
     report: Report        # the run's
 
 
-class _Qemu(QemuEngine):
-    """QemuEngine that keeps its plugin's output: the run removes its work directory when it succeeds."""
-    plugin_output = ""
-
-    def stop(self) -> None:
-        super().stop()
-        if self.insn_plugin and self.insn_log.is_file():
-            self.plugin_output = self.insn_log.read_text(errors="replace")
-
-
 def _qemu_run(options: payload.RunOptions, docs: list[str], firmware: Path | None, qemu: str,
-              plugin: str | None) -> tuple[Report, _Qemu, bytes]:
+              plugin: str | None) -> tuple[Report, QemuEngine, bytes]:
     """One run in QEMU: its report, the engine (instruction counts, plugin output) and its UART log."""
     with tempfile.TemporaryDirectory() as tmp, RunDir(Path(tmp) / "report.json").claim() as rundir:
-        engine = _Qemu(rundir.work, qemu=qemu, firmware=firmware, insn_plugin=plugin)
+        engine = QemuEngine(rundir.work, qemu=qemu, firmware=firmware, insn_plugin=plugin)
         report = run(engine, rundir, options, docs)
         if report.error:
             raise RuntimeError(f"the {options.steps}-step QEMU run failed: {report.error}")
@@ -118,7 +108,7 @@ def instructions_per_step(options: payload.RunOptions, docs: list[str], firmware
         return ChipSpeed((counts[LONG] - counts[SHORT]) / (LONG - SHORT), reports)
     report, engine, _ = _qemu_run(dataclasses.replace(quiet, steps=STEPS, log_every=STEPS), docs, firmware, qemu,
                                   f"{plugin},match={MARK}")
-    return ChipSpeed(per_step_between_marks(marks(engine.plugin_output), STEPS), {STEPS: report})
+    return ChipSpeed(per_step_between_marks(marks(engine.insn_output), STEPS), {STEPS: report})
 
 
 def uart_bytes(log: bytes) -> int:

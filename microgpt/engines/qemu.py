@@ -136,6 +136,7 @@ class QemuEngine(ProcessEngine):
         self.insn_plugin = insn_plugin
         self.insn_log = self.workdir / "qemu-insn.log"
         self.instructions: dict[int, int] = {}  # with insn_plugin: guest instructions per CPU, after stop()
+        self.insn_output = ""  # with insn_plugin: all the plugin wrote, after stop() (the work dir may go)
 
     def settings(self) -> dict:
         return {"qemu": self.qemu}
@@ -157,7 +158,8 @@ class QemuEngine(ProcessEngine):
     def stop(self) -> None:
         super().stop()  # SIGTERM first: QEMU exits cleanly and the plugin writes its counts
         if self.insn_plugin and self.insn_log.is_file():
-            self.instructions = read_insn_counts(self.insn_log.read_text(errors="replace"))
+            self.insn_output = self.insn_log.read_text(errors="replace")
+            self.instructions = read_insn_counts(self.insn_output)
 
     def read_file(self, name: str) -> bytes | None:
         """From QEMU's flash, as the chip left it."""
