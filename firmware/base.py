@@ -55,6 +55,9 @@ WEIGHTS_HEAD = "<4sHHHH"  # magic, n_embd, n_head, n_layer, block_size
 WEIGHTS_MAGIC = b"MGW1"
 
 RMS_EPS = 1e-5
+BETA1 = 0.85  # Adam's
+BETA2 = 0.99
+ADAM_EPS = 1e-8
 
 
 def zeros(n):

@@ -4,7 +4,7 @@
 import cmodel
 from base import BLOCK, N_EMBD, N_HEAD, N_LAYER, VOCAB, zeros
 
-adam = cmodel.adam  # (params, grads, m, v, step, unbias), as train.adam
+adam = cmodel.adam  # (params, grads, m, v, step, unbias), as model.adam
 
 
 class GPT:

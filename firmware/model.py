@@ -20,6 +20,9 @@ import math
 
 import micropython
 from base import (
+    ADAM_EPS,
+    BETA1,
+    BETA2,
     BLOCK,
     BOS,
     FC1,
@@ -57,11 +60,27 @@ _ATT_SCALE = HEAD_DIM ** -0.5
 
 
 @micropython.native
+def adam(p, g, m, v, step, unbias):
+    # microgpt's Adam with train.adam_factors' constants (m and v kept divided by 1 - beta);
+    # zeroes the gradient for the next step.
+    b1, b2, eps, sqrt = BETA1, BETA2, ADAM_EPS, math.sqrt
+    for i in range(len(p)):
+        gi = g[i]
+        mi = b1 * m[i] + gi
+        vi = b2 * v[i] + gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step * mi / (sqrt(vi * unbias) + eps)
+        g[i] = 0.0
+
+
+@micropython.native
 def rmsnorm(x, xo, y):
     # y = x[xo:xo+N_EMBD] / rms(x) (y may be x); returns the scale 1/rms, which the backward needs.
     ss = 0.0
     for i in range(N_EMBD):
-        ss += x[xo + i] * x[xo + i]
+        xi = x[xo + i]
+        ss += xi * xi
     s = (ss / N_EMBD + RMS_EPS) ** -0.5
     for i in range(N_EMBD):
         y[i] = x[xo + i] * s
@@ -163,8 +182,9 @@ class GPT:
                 att[a + t] /= total
             for j in range(HEAD_DIM):
                 s = 0.0
+                vj = r + hd + j  # values' column j of the head: v[vj + t * N_EMBD]
                 for t in range(pos + 1):
-                    s += att[a + t] * v[r + t * N_EMBD + hd + j]
+                    s += att[a + t] * v[vj + t * N_EMBD]
                 o[hd + j] = s
         x2, x3, hid, x4 = self.x2, self.x3, self.h, self.x4
         matvec(p, w + WO, N_EMBD, o, 0, x2, 0)
@@ -239,11 +259,12 @@ class GPT:
             # Through out = sum_t w_t v_t: dv_t += w_t do, and dw_t = do . v_t.
             dot = 0.0
             for t in range(pos + 1):
-                vt = t * N_EMBD + hd
+                vt = t * N_EMBD + hd  # dv's row t, head h (dk and dv hold one layer: no r)
+                rvt = r + vt
                 wt = att[a + t]
                 s = 0.0
                 for j in range(HEAD_DIM):
-                    s += do[hd + j] * v[r + vt + j]
+                    s += do[hd + j] * v[rvt + j]
                     dv[vt + j] += wt * do[hd + j]
                 datt[t] = s
                 dot += wt * s
@@ -252,9 +273,10 @@ class GPT:
                 dq[hd + j] = 0.0
             for t in range(pos + 1):
                 kt = t * N_EMBD + hd
+                rkt = r + kt
                 dlog = att[a + t] * (datt[t] - dot) * _ATT_SCALE
                 for j in range(HEAD_DIM):
-                    dq[hd + j] += dlog * k[r + kt + j]
+                    dq[hd + j] += dlog * k[rkt + j]
                     dk[kt + j] += dlog * q[hd + j]
         dx1 = self.dx1
         clear(dx1, N_EMBD)

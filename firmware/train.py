@@ -4,7 +4,6 @@
 import binascii
 import gc
 import json
-import math
 import os
 import struct
 import sys
@@ -12,8 +11,7 @@ import time
 
 import base
 import micropython
-from base import zeros
-from rng import Rng
+from base import BETA1, BETA2, zeros
 
 CONFIG = "config.json"
 DATA = "names.txt"  # the host writes it in training order, one name per line
@@ -22,9 +20,6 @@ WEIGHTS = "weights.bin"
 CKPT = "ckpt.bin"
 
 LR = 0.01
-BETA1 = 0.85
-BETA2 = 0.99
-EPS = 1e-8
 INIT_STD = 0.08
 
 
@@ -32,22 +27,8 @@ def adam_factors(lr, beta1_t, beta2_t):
     # microgpt's Adam with bias correction at step t = 1, 2, ..., given BETA1**t and BETA2**t: the
     # arrays hold m / (1 - beta1) and v / (1 - beta2) (every float operation allocates on the
     # chip), so those factors and the bias corrections fold into two constants. Float rounding
-    # aside, adam() is then p -= lr * (m / c1) / (sqrt(v / c2) + eps).
+    # aside, the kernels' adam() is then p -= lr * (m / c1) / (sqrt(v / c2) + eps).
     return lr * (1.0 - BETA1) / (1.0 - beta1_t), (1.0 - BETA2) / (1.0 - beta2_t)
-
-
-@micropython.native
-def adam(p, g, m, v, step, unbias):
-    # The update with adam_factors' constants; zeroes the gradient for the next step.
-    b1, b2, eps, sqrt = BETA1, BETA2, EPS, math.sqrt
-    for i in range(len(p)):
-        gi = g[i]
-        mi = b1 * m[i] + gi
-        vi = b2 * v[i] + gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] -= step * mi / (sqrt(vi * unbias) + eps)
-        g[i] = 0.0
 
 
 class Names:
@@ -151,12 +132,9 @@ def main(mount_flash=lambda fast: None):
     names_buf = bytearray(1024)  # Names' chunks
     mount_flash(True)
     if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
-        from cgpt import GPT
-        from cgpt import adam as update
+        from cgpt import GPT, adam
     else:
-        from model import GPT
-
-        update = adam
+        from model import GPT, adam
     gc.collect()
     gpt = GPT(params, grads)
     heap_total = gc.mem_alloc() + gc.mem_free()
@@ -186,6 +164,8 @@ def main(mount_flash=lambda fast: None):
             if f.readinto(params) != n_params * 4:
                 raise ValueError("%s is short: rebuild the run files with the host tool" % INIT)
     else:
+        from rng import Rng
+
         rng = Rng(seed)
         for i in range(n_params):
             params[i] = rng.gauss(0.0, INIT_STD)
@@ -209,7 +189,7 @@ def main(mount_flash=lambda fast: None):
         beta1_t *= BETA1
         beta2_t *= BETA2
         step_size, unbias = adam_factors(LR * (1.0 - step / steps), beta1_t, beta2_t)
-        update(params, grads, m, v, step_size, unbias)
+        adam(params, grads, m, v, step_size, unbias)
         done = step + 1
         save_now = ckpt_every and done % ckpt_every == 0
         # Report before checkpointing: a reset then never skips a step the host has not seen.
@@ -240,6 +220,7 @@ def main(mount_flash=lambda fast: None):
         f.write(struct.pack(base.WEIGHTS_HEAD, base.WEIGHTS_MAGIC, *knobs))
         f.write(params)
     os.rename(WEIGHTS + ".tmp", WEIGHTS)
+    from rng import Rng
     from sample import sample
 
     rng = Rng(seed)  # sampling draws from the seed alone, whatever came before: the host replays it

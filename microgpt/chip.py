@@ -66,11 +66,11 @@ def firmware_module(name: str):
 _MODEL, _TRAIN = constants("base"), constants("train")
 
 # The model (firmware/base.py).
-VOCAB, BOS, N_EMBD, N_HEAD, BLOCK = (_MODEL[k] for k in ("VOCAB", "BOS", "N_EMBD", "N_HEAD", "BLOCK"))
-N_LAYER = _MODEL.get("N_LAYER", 1)
-RMS_EPS = _MODEL["RMS_EPS"]
+VOCAB, BOS, N_EMBD, N_HEAD, N_LAYER, BLOCK = (
+    _MODEL[k] for k in ("VOCAB", "BOS", "N_EMBD", "N_HEAD", "N_LAYER", "BLOCK"))
+RMS_EPS, BETA1, BETA2, ADAM_EPS = (_MODEL[k] for k in ("RMS_EPS", "BETA1", "BETA2", "ADAM_EPS"))
 # Training (firmware/train.py).
-LR, BETA1, BETA2, ADAM_EPS, INIT_STD = (_TRAIN[k] for k in ("LR", "BETA1", "BETA2", "EPS", "INIT_STD"))
+LR, INIT_STD = _TRAIN["LR"], _TRAIN["INIT_STD"]
 # Files on the chip's filesystem (firmware/train.py).
 CONFIG, DATA, INIT, WEIGHTS, CKPT = (_TRAIN[k] for k in ("CONFIG", "DATA", "INIT", "WEIGHTS", "CKPT"))
 # MicroPython runs main.py at power-up; the trainer's boot entry is firmware/main.py, whose

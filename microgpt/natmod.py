@@ -193,6 +193,7 @@ class Arch(NamedTuple):
     stub: int                                    # bytes at the start of text for the entry jump
     entry_jump: Callable[[int], bytes]           # those bytes, jumping to the entry at that text offset
     relocations: dict                            # ELF relocation type -> ABSOLUTE or patch(text, at, target)
+    code_room: int | None                        # the most code the target's loader can place, if it is short
 
 
 def _compile_x64(source: Path, obj: Path, scratch: Path) -> None:
@@ -252,10 +253,12 @@ R_X86_64_PC32 = 2
 R_XTENSA_32, R_XTENSA_SLOT0_OP = 1, 20
 ARCHES = {
     # The ESP32: code in IRAM, strings and zeroed data in the loader's RAM.
+    # ESP32_GENERIC v1.25 leaves 14,336 bytes of executable RAM in one block after boot
+    # (esp32.idf_heap_info(esp32.HEAP_EXEC)); the port's loader takes a 4-byte link from it.
     "xtensawin": Arch("xtensawin", 94, 31, _compile_xtensawin, _xtensa_region, 4, _xtensa_jump,
-                      {R_XTENSA_32: ABSOLUTE, R_XTENSA_SLOT0_OP: _xtensa_l32r}),
+                      {R_XTENSA_32: ABSOLUTE, R_XTENSA_SLOT0_OP: _xtensa_l32r}, 14_336 - 4),
     # The MicroPython VM on x86-64: everything in the code's own (writable) memory.
-    "x64": Arch("x64", 62, 63, _compile_x64, lambda sec: TEXT, 16, _x64_jump, {R_X86_64_PC32: _x64_pc32}),
+    "x64": Arch("x64", 62, 63, _compile_x64, lambda sec: TEXT, 16, _x64_jump, {R_X86_64_PC32: _x64_pc32}, None),
 }
 
 
@@ -367,6 +370,9 @@ def link(obj: bytes, arch: str) -> Linked:
     if elf.header.machine != target.machine:
         raise NatmodError(f"the object is for ELF machine {elf.header.machine}, not {arch}")
     lay = layout(elf, target)
+    if target.code_room is not None and len(lay.text) > target.code_room:
+        raise NatmodError(f"{len(lay.text):,} bytes of code: {arch}'s loader places at most {target.code_room:,} "
+                          "(the executable RAM the firmware leaves); make the C smaller")
     relocs = resolve(elf, target, lay)
     place_entry(elf, target, lay)
     return Linked(bytes(lay.text), bytes(lay.rodata), lay.bss_size, relocs)

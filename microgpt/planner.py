@@ -43,20 +43,20 @@ class Platform:
 
 # The chip: ESP32_GENERIC v1.25.0, measured in Espressif's QEMU
 # (`microgpt sim run --engine qemu --firmware FW --steps 50 [--kernels python]`).
-# Its headroom is the VM's, the most of (smallest heap - peak) over the kernels: 98,867 - 92,896 B
-# with the C kernels, 103,498 - 97,984 B with the MicroPython ones (scripts/bench.py's min_heap).
-HEADROOM = 98_867 - 92_896
+# Its headroom is the VM's, the most of (smallest heap - peak) over the kernels: 95,808 - 91,584 B
+# with the C kernels, 102,470 - 96,928 B with the MicroPython ones (scripts/bench.py's min_heap).
+HEADROOM = 102_470 - 96_928
 # Its largest area: at boot the GC heap is 56,000 B (`micropython.mem_info()`: "max new split:
 # 110592"), and it grows by an area from ESP-IDF's heap; the largest bytearray after boot is
 # 107,812 B, the next 46,141 B (the first area, which the trainer's modules then share). Measured
 # in QEMU: 4 x 24.8 KB (n_embd 20, 6,200 parameters) train, 4 x 29.1 KB (n_embd 16 with 2 layers,
 # 7,264) fail with a MemoryError before step 1 although the heap's total would hold them.
 ESP32 = Platform("ESP32_GENERIC v1.25.0", ESP32_HEAP, block=16, array_head=32,
-                 measured={"c": 88_752, "python": 95_488}, headroom=HEADROOM, area=107_812)
+                 measured={"c": 87_824, "python": 94_784}, headroom=HEADROOM, area=107_812)
 # The MicroPython VM (x64) at the chip's heap, its MicroPython kernels native
 # (`microgpt sim run --engine host --heap 166592 --steps 50 [--kernels python]`).
 VM = Platform("the MicroPython VM (x64)", ESP32_HEAP, block=32, array_head=32,
-              measured={"c": 92_896, "python": 97_984}, headroom=HEADROOM, area=ESP32_HEAP)  # one piece
+              measured={"c": 91_584, "python": 96_928}, headroom=HEADROOM, area=ESP32_HEAP)  # one piece
 
 
 def work_floats(shape: Shape) -> int:

@@ -84,6 +84,9 @@ def test_strings_go_to_the_loaders_ram_on_xtensa_and_follow_the_code_on_x64(tmp_
     # The loader's RAM for rodata is word-aligned only.
     ("typedef float v4 __attribute__((vector_size(16)));\nstatic const v4 t = {1, 2, 3, 4};\n"
      + "const v4 *mpy_init(void) { return &t; }", "needs 16-byte alignment"),
+    # The firmware leaves 14,336 bytes of executable RAM: a bigger module fails to import on the chip.
+    ("void mpy_init(volatile int *p) {" + "".join(f" p[{i % 200}] = {i};" for i in range(5000)) + " }",
+     "places at most 14,332"),
 ])
 def test_what_the_chip_cannot_load_is_refused_with_the_reason(tmp_path, source, reason):
     with pytest.raises(natmod.NatmodError, match=reason):

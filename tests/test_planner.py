@@ -1,10 +1,12 @@
 """The heap planner (microgpt/planner.py): its arrays are the ones the firmware allocates, its
 prediction for the default shape is the VM's measured peak within 5% (the chip's: test_qemu_chip),
 and a shape that cannot fit is refused with its figures before anything is built."""
+import json
 import subprocess
 
 import pytest
 from click.testing import CliRunner
+from conftest import OFFICIAL_FIRMWARE
 
 from microgpt import chip, payload, planner
 from microgpt.cli import main
@@ -82,6 +84,22 @@ def test_the_default_shapes_peak_is_the_vms_within_5_percent(sim_run, kernels):
     assert code == 0, out
     predicted = planner.plan(chip.DEFAULT, kernels, payload.LOG_EVERY, planner.VM).peak
     assert abs(report["peak_heap_bytes"] - predicted) <= 0.05 * predicted, (report["peak_heap_bytes"], predicted)
+
+
+def test_the_chips_peak_with_the_micropython_kernels_and_two_layers_within_5_percent(qemu, names_path, tmp_path):
+    # The MicroPython kernels on the emulated chip, for a shape unlike the calibration's: another
+    # width (kernels_any.py instead of kernels.py), two layers, a shorter block.
+    shape, steps = chip.Shape(8, 2, 2, 8), 3
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["sim", "run", "--engine", "qemu", "--qemu", qemu, "--firmware",
+                                       str(OFFICIAL_FIRMWARE), "--data", str(names_path), "--steps", str(steps),
+                                       "--samples", "2", "--kernels", "python", "--report", str(report_path),
+                                       "--quiet", "--n-embd", "8", "--n-head", "2", "--n-layer", "2",
+                                       "--block-size", "8"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    measured = json.loads(report_path.read_text())["peak_heap_bytes"]
+    predicted = planner.plan(shape, "python", steps).peak
+    assert abs(measured - predicted) <= 0.05 * predicted, (measured, predicted)
 
 
 def test_the_default_shape_fits_and_the_largest_listed_are_the_largest():

@@ -20,6 +20,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define INLINE static inline __attribute__((always_inline))
+#define NOINLINE static __attribute__((noinline))  // one copy of code LLVM would repeat at each call
+
 // ---- The model: its shape, given at run time, and its fixed vocabulary ----
 #define VOCAB 27
 #define BOS 26  // begins and ends every name; a-z are 0-25
@@ -147,8 +150,13 @@ static float log_pos(float x) {
     return (float)e * LN2_HI + ((float)e * LN2_LO + 2.0f * f + 2.0f * f * s);
 }
 
-static void clear(float *a, int n) {
-    for (int i = 0; i < n; i++) a[i] = 0.0f;
+// for i from 0 to n - 1, n a multiple of 4 (as is every size n_embd bounds), four at a time:
+// LLVM unrolls the inner loop, where a plain loop with a size known only at run time pays its
+// step and branch on every element.
+#define FOR4(i, n) for (int i##4 = 0; i##4 < (n); i##4 += 4) for (int i = i##4; i < i##4 + 4; i++)
+
+static void clear(float *a, int n) {  // n a multiple of 4
+    FOR4(i, n) a[i] = 0.0f;
 }
 
 // ---- The layers ----
@@ -159,26 +167,25 @@ static void embed_forward(float *out, const float *wte, const float *wpe, int to
     // out [n_embd] = wte [VOCAB][n_embd] row token + wpe [block_size][n_embd] row pos
     int n = S.n_embd;
     const float *te = wte + token * n, *pe = wpe + pos * n;
-    for (int i = 0; i < n; i++) out[i] = te[i] + pe[i];
+    FOR4(i, n) out[i] = te[i] + pe[i];
 }
 
 static void embed_backward(float *dwte, float *dwpe, const float *dout, int token, int pos) {
     int n = S.n_embd;
     float *te = dwte + token * n, *pe = dwpe + pos * n;
-    for (int i = 0; i < n; i++) {
+    FOR4(i, n) {
         // out[i] = te[i] + pe[i]
         te[i] += dout[i];
         pe[i] += dout[i];
     }
 }
 
-#define INLINE static inline __attribute__((always_inline))
 // Each size of the default shape (n_embd 16, head_dim 4) goes into the loops it bounds as a
 // constant (DEFAULT_OR), so that LLVM lays them out as when the shape was fixed; any other
 // shape runs the same code with its sizes. Each copy costs code, and the ESP32's executable RAM
-// is nearly full (v1.25 leaves ~14 KB: a 15.8 KB xtensawin .mpy no longer loaded): the copies
+// is nearly full (v1.25 leaves 14,336 bytes in one piece for this module's code): the copies
 // kept are those that pay (measured: a step without the attention's costs 4% more, without
-// the MLP's about 2%).
+// the MLP's about 2%, without RMSNorm's 1.2%).
 #define DEFAULT_OR(size, value, call) ((size) == (value) ? call(value) : call(size))
 
 INLINE void rmsnorm_forward_n(float *out, float *rstd, const float *inp, int n) {
@@ -442,7 +449,7 @@ INLINE void mlp_backward_n(float *dinp, float *dfc1, float *dfc2, float *dh, con
     // MADD(s0, c[0], x) ... over the active columns => dfc2[:, j] += dout h[k], dh[k] = fc2[:, j] . dout
     // (j = active[k]), four rows of fc2 at a time; relu keeps the gradient of the positive entries
     // only, which are the active ones.
-    clear(dh, nactive);
+    for (int k = 0; k < nactive; k++) dh[k] = 0.0f;
     for (int i = 0; i < n; i += 4) {
         const float *c = fc2 + i * nh;
         float *g = dfc2 + i * nh;
@@ -493,39 +500,60 @@ static void crossentropy_backward(float *dlogits, const float *probs, int target
     dlogits[target] -= dloss;
 }
 
+// Adam's step for one weight: p + num / (sqrt(x) + eps), x = v * unbias >= 0, num = -step m.
 #if defined(__xtensa__)
-#define ADAM_X_FAST 0x1p-27f  // v * unbias above it: sqrt >= 2^13.5 eps, adam_ratio's short way holds
-
-static float adam_ratio_slow(float num, float x) { return div_(num, sqrt_(x) + ADAM_EPS); }
-
-static inline float adam_ratio(float num, float x) {
-    // num / (sqrt(x) + eps) for x >= 0. With r = 1/sqrt(x) and e = eps r, 1/(sqrt(x) + eps) =
-    // r (1 - e + e^2 ...); above ADAM_X_FAST, e < 2^-13.5, so r - eps r^2 is exact to float
-    // rounding. It folds into rsqrt's last Newton step: r (1.5 + r (-x/2 r - eps)), within 1.3e-7.
-    if (__builtin_expect(x > ADAM_X_FAST, 1)) {
-        float r = rsqrt_guess(x), nh = -0.5f * x;
-        for (int i = 0; i < 2; i++) r = r * fma_(nh * r, r, 1.5f);
-        return num * (r * fma_(fma_(nh, r, -ADAM_EPS), r, 1.5f));
-    }
-    return adam_ratio_slow(num, x);
+static inline bool adam_short_holds(float x) {
+    // x > 2^-27, so sqrt(x) >= 2^13.5 eps: read from x's bits (in order as the values, x >= 0),
+    // which keeps an FPU register free for adam_update's constants.
+    bits_t b = {x};
+    return b.u > 0x32000000u;
 }
+
+static inline float adam_short(float p, float num, float x) {
+    // adam_short_holds(x). With r = 1/sqrt(x) and e = eps r, 1/(sqrt(x) + eps) = r (1 - e + e^2 ...);
+    // e < 2^-13.5, so r - eps r^2 is exact to float rounding. It folds into rsqrt's last Newton
+    // step: r (1.5 + r (-x/2 r - eps)), within 1.3e-7; its product with num lands on p in one
+    // rounding (madd.s).
+    float r = rsqrt_guess(x), nh = -0.5f * x;
+    for (int i = 0; i < 2; i++) r = r * fma_(nh * r, r, 1.5f);
+    return fma_(num, r * fma_(fma_(nh, r, -ADAM_EPS), r, 1.5f), p);
+}
+
+static float adam_long(float p, float num, float x) { return p - div_(-num, sqrt_(x) + ADAM_EPS); }
 #else
-static inline float adam_ratio(float num, float x) { return num / (__builtin_sqrtf(x) + ADAM_EPS); }
+static inline bool adam_short_holds(float x) { return x > 0.0f; }
+static inline float adam_short(float p, float num, float x) { return p + num / (__builtin_sqrtf(x) + ADAM_EPS); }
+static float adam_long(float p, float num, float x) { return adam_short(p, num, x); }
 #endif
 
-static void adam_update(float *params, float *m, float *v, float *grads, float step, float unbias, int n) {
-    // [n] each. train.adam's update: microgpt.py's Adam with m and v kept divided by
-    // (1 - beta), so step and unbias fold in the learning rate and the bias corrections
-    // (train.adam_factors): p -= step m / (sqrt(v unbias) + eps). Zeroes grads for the next step.
-    for (float *end = params + n; params < end; params++, m++, v++, grads++) {
+NOINLINE int adam_short_run(float *params, float *m, float *v, float *grads, float nstep, float unbias, int i, int n) {
+    // Weights i, i + 1, ... of adam_update, up to the first that adam_short cannot take (its m, v
+    // and grad done, returned) or n. Its own function, without calls: its constants stay in the
+    // FPU's registers (in a loop with adam_long's path, LLVM reloads some at every weight).
+    float *p = params + i, *end = params + n;
+    for (m += i, v += i, grads += i; p < end; p++, m++, v++, grads++) {
         float gi = *grads, mi = gi, vi = gi * gi;
         MADD(mi, BETA1, *m);
         MADD(vi, BETA2, *v);
         *m = mi;
         *v = vi;
-        *params -= adam_ratio(step * mi, vi * unbias);
         *grads = 0.0f;
+        float x = vi * unbias;
+        if (!adam_short_holds(x)) {
+            if (x == 0.0f && mi == 0.0f) continue;  // no gradient yet (a wpe row of a long name): p stays
+            break;
+        }
+        *p = adam_short(*p, nstep * mi, x);
     }
+    return (int)(p - params);
+}
+
+static void adam_update(float *params, float *m, float *v, float *grads, float step, float unbias, int n) {
+    // [n] each. model.adam's update: microgpt.py's Adam with m and v kept divided by
+    // (1 - beta), so step and unbias fold in the learning rate and the bias corrections
+    // (train.adam_factors): p -= step m / (sqrt(v unbias) + eps). Zeroes grads for the next step.
+    for (int i = 0; (i = adam_short_run(params, m, v, grads, -step, unbias, i, n)) < n; i++)
+        params[i] = adam_long(params[i], -step * m[i], v[i] * unbias);
 }
 
 // ---- The model: one name, one position at a time ----
@@ -572,7 +600,7 @@ typedef struct {
     uint8_t active[4 * MAX_EMBD];               // their indices
 } work_t;
 
-static int work_layout(work_t *w, uintptr_t at) {
+NOINLINE int work_layout(work_t *w, uintptr_t at) {
     // w's arrays one after the other from address `at` (0: only their size counts); returns their floats.
     int n = S.n_embd, rows = S.block_size * n, layers = S.n_layer;
     uintptr_t start = at;
@@ -660,10 +688,10 @@ static void layer_forward(float *out, work_t *w, const float *p, int l, int pos,
     linear_forward(values + pos * n, w->attn_in, lp + WV * nn, n, n);
     attention_forward(w->attn_out, w->att, w->query, keys, values, pos);
     linear_forward(w->after_attn, w->attn_out, lp + WO * nn, n, n);
-    for (int i = 0; i < n; i++) w->after_attn[i] += x[i];
+    FOR4(i, n) w->after_attn[i] += x[i];
     rmsnorm_forward(w->mlp_in, &w->mlp_in_rstd, w->after_attn);
     mlp_forward(out, w->hidden, w->active, &w->nactive, w->mlp_in, lp + FC1 * nn, lp + FC2 * nn);
-    for (int i = 0; i < n; i++) out[i] += w->after_attn[i];
+    FOR4(i, n) out[i] += w->after_attn[i];
 }
 
 static void inputs_backward(float *g, work_t *w, int token, int pos) {
@@ -695,7 +723,7 @@ static void layer_backward(float *g, work_t *w, const float *p, int l, int token
     mlp_backward(w->dmlp_in, lg + FC1 * nn, lg + FC2 * nn, w->dhidden, dout, w->mlp_in, w->hidden, w->active,
                  w->nactive, lp + FC1 * nn, lp + FC2 * nn);
     // out[i] += w->after_attn[i]
-    for (int i = 0; i < n; i++) w->dafter_attn[i] = dout[i];
+    FOR4(i, n) w->dafter_attn[i] = dout[i];
     // rmsnorm_forward(w->mlp_in, &w->mlp_in_rstd, w->after_attn)
     rmsnorm_backward(w->dafter_attn, w->dmlp_in, w->mlp_in, w->mlp_in_rstd);
     // linear_forward(w->after_attn, w->attn_out, lp + WO * nn, n, n)
@@ -710,7 +738,7 @@ static void layer_backward(float *g, work_t *w, const float *p, int l, int token
     linear_backward(w->dattn_in, lg + WQ * nn, w->dquery, w->attn_in, lp + WQ * nn, NULL, n, n);
     // w->after_attn[i] += x[i]; rmsnorm_forward(w->attn_in, &w->attn_in_rstd, x)
     float *dx = input_gradient(w, l, pos);
-    for (int i = 0; i < n; i++) dx[i] = w->dafter_attn[i];
+    FOR4(i, n) dx[i] = w->dafter_attn[i];
     rmsnorm_backward(dx, w->dattn_in, w->attn_in, w->attn_in_rstd);
     if (l == 0) inputs_backward(g, w, token, pos);
 }
@@ -809,7 +837,7 @@ static _Noreturn void value_error(const char *msg) {
     mp->raise_msg(mp->load_global(QSTR(ValueError)), msg);
 }
 
-static float *floats_len(obj_t o, size_t n, size_t *len, const char *msg) {
+NOINLINE float *floats_len(obj_t o, size_t n, size_t *len, const char *msg) {
     // The float32 array behind o, which must hold at least n floats; *len its length.
     buffer_t b;
     if (!mp->get_buffer(o, &b, BUFFER_RW) || b.typecode != 'f' || b.len < n * sizeof(float)) value_error(msg);
@@ -832,10 +860,9 @@ static float *params_of(obj_t o, const char *msg) {
     return floats(o, (size_t)S.n_params, msg);
 }
 
-static work_t work_of(obj_t o) {
-    work_t w;
-    work_layout(&w, (uintptr_t)floats(o, (size_t)S.work, "work must be an array('f') of the floats shape() returned"));
-    return w;
+NOINLINE void work_of(work_t *w, obj_t o) {
+    // w's arrays in the float32 array behind o.
+    work_layout(w, (uintptr_t)floats(o, (size_t)S.work, "work must be an array('f') of the floats shape() returned"));
 }
 
 static obj_t py_shape(size_t n_args, const obj_t *args) {
@@ -854,7 +881,8 @@ static obj_t py_loss_and_grad(size_t n_args, const obj_t *args) {
     // adds its gradient to grads.
     const float *p = params_of(args[0], "params must be an array('f') of the shape's parameters");
     float *g = params_of(args[1], "grads must be an array('f') of the shape's parameters");
-    work_t w = work_of(args[2]);
+    work_t w;
+    work_of(&w, args[2]);
     buffer_t nb;
     if (!mp->get_buffer(args[3], &nb, BUFFER_READ)) value_error("name must be bytes-like");
     const uint8_t *name = nb.buf;
@@ -877,7 +905,8 @@ static obj_t py_forward(size_t n_args, const obj_t *args) {
     // forward(params, work, token, pos, logits): one position of inference (positions 0..pos-1
     // went before, as in sampling); writes the 27 logits into the float array `logits`.
     const float *p = params_of(args[0], "params must be an array('f') of the shape's parameters");
-    work_t w = work_of(args[1]);
+    work_t w;
+    work_of(&w, args[1]);
     int token = small_int(args[2], 0, VOCAB - 1, "token must be an int below 27");
     int pos = small_int(args[3], 0, S.block_size - 1, "pos must be an int below block_size");
     float *logits = floats(args[4], VOCAB, "logits must be an array('f') of 27 floats");
@@ -887,7 +916,7 @@ static obj_t py_forward(size_t n_args, const obj_t *args) {
 }
 
 static obj_t py_adam(size_t n_args, const obj_t *args) {
-    // adam(params, grads, m, v, step, unbias): train.adam, in C, over the arrays' common length
+    // adam(params, grads, m, v, step, unbias): model.adam, in C, over the arrays' common length
     // (the shape's parameters in the trainer): a count known at run time keeps the loop walking four pointers.
     size_t n[4];
     float *p = floats_len(args[0], 1, &n[0], "params must be an array('f')");
@@ -900,7 +929,7 @@ static obj_t py_adam(size_t n_args, const obj_t *args) {
     return mp->const_none;
 }
 
-static void define(size_t name, fun_var_t fun, int n_args) {
+NOINLINE void define(size_t name, fun_var_t fun, int n_args) {
     fun_builtin_var_t *f = mp->realloc_(NULL, sizeof(fun_builtin_var_t), false);
     f->type = mp->type_fun_builtin_var;
     f->sig = FUN_SIG(n_args);
