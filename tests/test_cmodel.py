@@ -234,7 +234,16 @@ obj_t mpy_init(const fun_bc_t *self, size_t n_args, size_t n_kw, const obj_t *ar
 }
 """
 
+# Adam's paths, one weight each (params, grads, m, v): ordinary; no gradient yet (left as it is);
+# v zero but m not (sqrt(v) + eps is eps); v tiny (on the chip, the long way); ordinary; v just
+# above and near the chip's short-way bound; a NaN gradient.
+ADAM_CASES = ([0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, 0.8],
+              [0.5, 0.0, 0.0, 1e-5, -0.3, 1e-3, 2e-4, float("nan")],
+              [0.1, 0.0, 0.001, 0.0, 0.05, 0.0, 0.0, 0.0],
+              [0.2, 0.0, 0.0, 0.0, 0.01, 0.0, 0.0, 0.0])
+
 TARGET_PROBE = """
+ADAM_CASES = """ + repr(ADAM_CASES).replace("nan", "float('nan')") + """
 import cmodel
 from array import array
 z = array('f', bytes(4 * 4192))
@@ -243,6 +252,11 @@ try:
 except ValueError as e:
     print('PROBE message', e)
 print('PROBE adam', cmodel.adam(z, z, z, z, 0.01, 1.0))
+import binascii
+p, g, m, v = (array('f', x) for x in ADAM_CASES)
+cmodel.adam(p, g, m, v, 0.01, 1.0)
+print('PROBE adam_p', binascii.hexlify(p).decode())
+print('PROBE adam_g', binascii.hexlify(g).decode())
 try:
     import probe
     print('PROBE entries', probe.ENTRIES == (None, False, True, type, str, list, dict, Exception))
@@ -302,6 +316,19 @@ def test_errors_carry_their_message_from_rodata(on_target):
     # v1.25; tests/test_natmod.py shows the strings stay out of the code.
     assert on_target["message"] == "v must be an array('f')"
     assert on_target["adam"] == "None"  # function table entry 0, const_none
+
+
+def test_c_adam_takes_every_path_as_microgpt_py_on_the_target(on_target):
+    # p -= lr m_hat / (sqrt(v_hat) + eps) with m, v kept divided by 1 - beta (model.adam), in float64.
+    p, g, m, v = (np.array(x, dtype=np.float32).astype(np.float64) for x in ADAM_CASES)
+    m, v = 0.85 * m + g, 0.99 * v + g * g
+    want = p - 0.01 * m / (np.sqrt(v) + 1e-8)
+    got = np.frombuffer(bytes.fromhex(on_target["adam_p"]), dtype="<f4").astype(np.float64)
+    assert got[1] == p[1]  # never a gradient: left exactly as it is
+    assert np.isnan(got[7]) and np.isnan(want[7])
+    ok = np.abs(got - want) <= 1e-6 * np.abs(want - p) + 2 * np.spacing(np.float32(np.abs(want)))
+    assert ok[:7].all(), (got, want)
+    assert bytes.fromhex(on_target["adam_g"]) == bytes(4 * len(p))  # the gradient zeroed for the next step
 
 
 @needs_llvm

@@ -1,5 +1,5 @@
 // microgpt's training step in C, for the chip: the same forward, backward and Adam as
-// firmware/model.py and firmware/train.py, over the same float32 arrays, as a MicroPython
+// firmware/model.py, over the same float32 arrays, as a MicroPython
 // native module (.mpy). In MicroPython every float is a heap object; here they are registers.
 //
 // Built by scripts/build_cmodel.py (clang-22 for xtensawin and x64, linked into .mpy by
@@ -183,7 +183,7 @@ static void embed_backward(float *dwte, float *dwpe, const float *dout, int toke
 // Each size of the default shape (n_embd 16, head_dim 4) goes into the loops it bounds as a
 // constant (DEFAULT_OR), so that LLVM lays them out as when the shape was fixed; any other
 // shape runs the same code with its sizes. Each copy costs code, and the ESP32's executable RAM
-// is nearly full (v1.25 leaves 14,336 bytes in one piece for this module's code): the copies
+// is nearly full (v1.25 leaves 14,336 bytes in one piece, 14,332 for this module's code): the copies
 // kept are those that pay (measured: a step without the attention's costs 4% more, without
 // the MLP's about 2%, without RMSNorm's 1.2%).
 #define DEFAULT_OR(size, value, call) ((size) == (value) ? call(value) : call(size))
@@ -503,15 +503,15 @@ static void crossentropy_backward(float *dlogits, const float *probs, int target
 // Adam's step for one weight: p + num / (sqrt(x) + eps), x = v * unbias >= 0, num = -step m.
 #if defined(__xtensa__)
 static inline bool adam_short_holds(float x) {
-    // x > 2^-27, so sqrt(x) >= 2^13.5 eps: read from x's bits (in order as the values, x >= 0),
-    // which keeps an FPU register free for adam_update's constants.
+    // x > 2^-27, so sqrt(x) > 2^13 eps: read from x's bits (in order as the values, x >= 0),
+    // which keeps an FPU register free for adam_short_run's constants.
     bits_t b = {x};
     return b.u > 0x32000000u;
 }
 
-static inline float adam_short(float p, float num, float x) {
+INLINE float adam_short(float p, float num, float x) {
     // adam_short_holds(x). With r = 1/sqrt(x) and e = eps r, 1/(sqrt(x) + eps) = r (1 - e + e^2 ...);
-    // e < 2^-13.5, so r - eps r^2 is exact to float rounding. It folds into rsqrt's last Newton
+    // e < 2^-13, so r - eps r^2 is exact to a quarter of float rounding. It folds into rsqrt's last Newton
     // step: r (1.5 + r (-x/2 r - eps)), within 1.3e-7; its product with num lands on p in one
     // rounding (madd.s).
     float r = rsqrt_guess(x), nh = -0.5f * x;
