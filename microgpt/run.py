@@ -170,8 +170,9 @@ class RunDir:
 
 
 @contextlib.contextmanager
-def _interruptible():
-    """SIGINT, SIGTERM and SIGHUP end the run as Ctrl-C does: the report is still written."""
+def interruptible():
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread, so that whatever runs ends
+    as after Ctrl-C (a run still writes its report; a virtual board is powered off)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -200,7 +201,7 @@ def run(engine, rundir: RunDir, options: payloads.RunOptions | None = None, docs
     parser = UartParser(steps)
     engine_error = interrupted = None
     try:
-        with _interruptible():
+        with interruptible():
             try:
                 if resume:
                     with open(rundir.uart_log, "rb") as earlier:

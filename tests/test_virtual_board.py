@@ -172,6 +172,42 @@ def test_a_board_in_its_rom_bootloader_is_named_not_waited_for(qemu, board_flash
         proc.wait()
 
 
+def qemus_on(flash: Path) -> list[int]:
+    """The pids of the QEMUs running on this flash file."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if any(b"qemu-system" in a for a in argv[:1]) and f"file={flash},".encode() in b"".join(argv):
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_board_powers_off_when_terminated_or_hung_up(qemu, tmp_path, sig):
+    # A supervisor's SIGTERM or a closed terminal's SIGHUP reach the tool alone, not QEMU: the
+    # board is powered off all the same, and the exit status names the signal as a shell does.
+    flash = tmp_path / "b.bin"
+    proc = subprocess.Popen([*CLI, "sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--flash", str(flash),
+                             "--qemu", qemu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "virtual ESP32" in proc.stdout.readline()
+        assert qemus_on(flash)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    left = qemus_on(flash)
+    for pid in left:  # no QEMU outlives a failed test either
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+    assert proc.returncode == 128 + sig, out
+    assert not left, "QEMU still runs"
+    assert signal.Signals(sig).name in out
+
+
 def test_board_command_line_and_flash_file(qemu, tmp_path):
     # `sim board` makes a new board's flash (the firmware, its filesystem erased), prints the port.
     flash = tmp_path / "b.bin"

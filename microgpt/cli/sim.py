@@ -1,5 +1,6 @@
 """`microgpt sim`: the trainer without a board, in the MicroPython VM, QEMU or Wokwi (`sim run`),
 and Espressif's QEMU as a board on a serial port for the board commands (`sim board`)."""
+import signal
 from pathlib import Path
 
 import click
@@ -7,7 +8,7 @@ import click
 from .. import basefw, chip
 from ..engines.host import MAX_HEAP, MIN_HEAP
 from ..errors import MicrogptError
-from ..run import RunDir
+from ..run import Interrupted, RunDir, interruptible
 from .options import Group, launch, refuse_others, report_options, resume_dir, run_options
 
 # The engine options of `sim run`: each engine takes its own (Engine.OPTIONS) and refuses the others'.
@@ -94,16 +95,21 @@ def board(image, flash, new, qemu, tcp):
         VirtualBoard.make_flash(flash, basefw.resolve(image))
         what = f"new, from {image}" if image else "new: MicroPython v1.25.0 with an empty filesystem"
     virtual = VirtualBoard(flash, qemu=qemu, tcp=tcp)
-    try:  # from the start: a Ctrl-C at any moment powers the board off cleanly
-        port = virtual.start()
-        click.echo(f"virtual ESP32 (Espressif's QEMU) on {port}\n"
-                   f"  flash: {flash.resolve()} ({what}; kept: start it again with the same --flash for a power cycle)\n"
-                   f"  try:   microgpt device run --mode upload --port {port} --steps 100\n"
-                   "Ctrl-C powers it off.")
-        code = virtual.wait()
-    except KeyboardInterrupt:
-        code = 0
+    ended_by = None
+    try:  # from the start: a signal at any moment powers the board off cleanly
+        with interruptible():
+            port = virtual.start()
+            click.echo(f"virtual ESP32 (Espressif's QEMU) on {port}\n"
+                       f"  flash: {flash.resolve()} ({what}; kept: start it again with the same --flash for a power "
+                       f"cycle)\n  try:   microgpt device run --mode upload --port {port} --steps 100\n"
+                       "Ctrl-C powers it off.")
+            code = virtual.wait()
+    except (KeyboardInterrupt, Interrupted) as e:
+        code, ended_by = 0, getattr(e, "signum", signal.SIGINT)
     finally:
         virtual.stop()
+    if ended_by not in (None, signal.SIGINT):  # a supervisor's SIGTERM, a closed terminal's SIGHUP
+        click.echo(f"virtual ESP32 powered off ({signal.Signals(ended_by).name})", err=True)
+        raise SystemExit(128 + ended_by)  # as a shell reports it
     if code:
         raise MicrogptError(f"QEMU ended with code {code}")
