@@ -95,44 +95,56 @@ class RunDir:
         """Hold the run's files for this process: refused when another run holds them; when an
         earlier run's files are there (unless `overwrite` replaces them or `resume` continues
         it); when the directory cannot be written. A claim that ends in an exception before the
-        run started leaves nothing behind."""
+        run started leaves nothing behind; whatever it removes, it removes while it holds the lock,
+        and never what another run holds."""
         made_parent = self._made_parent or not self.report.parent.exists()
         try:
             self.report.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.report.parent):
                 pass  # a read-only or full directory is refused now, not after the run
-            made_work = not self.work.exists()
-            self.work.mkdir(exist_ok=True)
-            lock = open(self.work / "lock", "a+")
+            self._lock, made_work = self._lock_work()
         except OSError as e:
             raise output_error(e, self.report.parent) from None
         try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise OutputError(f"{self.report} is in use by another run: wait for it to end, or name "
-                                      "another --report") from None
-            self._check(overwrite, resume, made_work)
+            self._check(overwrite, resume)
         except BaseException:
-            lock.close()
             self._discard(made_work, made_parent)
+            self.release()
             raise
-        self._lock = lock
         try:
             yield self
         except BaseException:
             if not self.report.exists():  # no report of this run: leave no trace of it
-                self.release()
                 self.uart_log.unlink(missing_ok=True)
                 self._discard(made_work, made_parent)
             raise
         finally:
             self.release()
 
-    def _check(self, overwrite: bool, resume: bool, made_work: bool) -> None:
+    def _lock_work(self):
+        """The work directory's lock, held, and whether the directory held nothing else (no
+        earlier run's state). A lock file that a finishing or refused run removed while this one
+        waited for it is no longer the lock: this one then takes the file that is there now."""
+        while True:
+            self.work.mkdir(parents=True, exist_ok=True)
+            lock = open(self.work / "lock", "a+")
+            if fcntl is None:
+                break
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                raise OutputError(f"{self.report} is in use by another run: wait for it to end, or name "
+                                  "another --report") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(lock.fileno()), os.stat(self.work / "lock")):
+                    break
+            lock.close()
+        return lock, {p.name for p in self.work.iterdir()} == {"lock"}
+
+    def _check(self, overwrite: bool, resume: bool) -> None:
         earlier = [p.name for p in self.outputs if p.exists()]
-        if not made_work and (self.work / RECORD).exists():
+        if (self.work / RECORD).exists():
             earlier.append(self.work.name)
         if resume:
             if not (self.work / RECORD).is_file():
@@ -151,8 +163,9 @@ class RunDir:
     def _discard(self, made_work: bool, made_parent: bool) -> None:
         if made_work:
             shutil.rmtree(self.work, ignore_errors=True)
-        if made_parent and self.report.parent.is_dir() and not any(self.report.parent.iterdir()):
-            self.report.parent.rmdir()
+        if made_parent:
+            with contextlib.suppress(OSError):  # not empty: another run is starting in it
+                self.report.parent.rmdir()
 
     def write_record(self, record: dict) -> None:
         write_atomic(self.work / RECORD, json.dumps(record, indent=2).encode())
@@ -161,12 +174,13 @@ class RunDir:
         return json.loads((self.work / RECORD).read_text())
 
     def release(self, finished: bool = False) -> None:
-        """Let go of the claim; a finished run's work directory goes (nothing there to resume)."""
+        """Let go of the claim; a finished run's work directory goes (nothing there to resume),
+        while the claim still holds it."""
+        if finished:
+            shutil.rmtree(self.work, ignore_errors=True)
         if self._lock:
             self._lock.close()
             self._lock = None
-        if finished:
-            shutil.rmtree(self.work, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 earlier run is never replaced unless asked, a full or read-only disk is one line naming the path,
 an interrupted run keeps its report and can be resumed to the same result."""
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from conftest import OFFICIAL_FIRMWARE as FIRMWARE
 
 from microgpt.cli import main
+from microgpt.errors import OutputError
 from microgpt.run import RunDir
 
 CLI = [sys.executable, "-c", "from microgpt.cli import main; main()"]
@@ -96,6 +98,38 @@ def test_runs_aimed_at_one_report_never_mix(names_path, tmp_path):
     assert f"seed={seed} " in log and log.count("MGPT start") == 1
     replay = CliRunner().invoke(main, ["sample", "--weights", winner["weights"], "--count", "3", "--seed", str(seed)])
     assert [line[3:] for line in replay.output.splitlines()] == winner["samples"]
+
+
+def _claim_and_finish(report, start, results):
+    start.wait()
+    try:
+        with RunDir(report).claim() as rundir:
+            time.sleep(0.02)  # the run
+            rundir.report.write_text("{}")
+            rundir.release(finished=True)
+        results.put("ran")
+    except OutputError as e:
+        results.put("refused" if "in use by another run" in str(e) or "belongs to an earlier run" in str(e) else str(e))
+    except Exception as e:  # noqa: BLE001 - the winner's files removed under it: report it, not hang
+        results.put(repr(e))
+
+
+def test_claims_started_together_let_exactly_one_run(tmp_path):
+    # The race that let two of the four runs above win, or removed the winner's directory under
+    # it: a refused claim removed the work directory (and the lock in it) it thought it had made.
+    # Before the fix, 25 of 200 such rounds had two winners and 14 lost the winner's report.
+    context = multiprocessing.get_context("fork")
+    for round_ in range(30):
+        report = tmp_path / str(round_) / "report.json"
+        start, results = context.Barrier(4), context.Queue()
+        procs = [context.Process(target=_claim_and_finish, args=(report, start, results)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        outcomes = sorted(results.get(timeout=30) for _ in procs)
+        for proc in procs:
+            proc.join()
+        assert outcomes == ["ran", "refused", "refused", "refused"], (round_, outcomes)
+        assert sorted(p.name for p in report.parent.iterdir()) == ["report.json"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
