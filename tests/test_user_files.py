@@ -20,6 +20,7 @@ from microgpt.errors import OutputError
 from microgpt.run import RunDir
 
 CLI = [sys.executable, "-c", "from microgpt.cli import main; main()"]
+REFUSALS = ("in use by another run", "belongs to an earlier run")  # the claim's two ways to refuse a run
 
 
 def sim(names_path, report, *args):
@@ -90,7 +91,7 @@ def test_runs_aimed_at_one_report_never_mix(names_path, tmp_path):
     codes = [p.returncode for p in procs]
     assert codes.count(0) == 1, outs
     refused = [out for code, out in zip(codes, outs) if code]
-    assert all("in use by another run" in out or "belongs to an earlier run" in out for out in refused), refused
+    assert all(any(why in out for why in REFUSALS) for out in refused), refused
     winner = json.loads(report.read_text())
     seed = winner["config"]["seed"]
     assert winner["status"] == "ok" and (seed, 0) in zip((1, 2, 3, 4), codes)
@@ -109,7 +110,7 @@ def _claim_and_finish(report, start, results):
             rundir.release(finished=True)
         results.put("ran")
     except OutputError as e:
-        results.put("refused" if "in use by another run" in str(e) or "belongs to an earlier run" in str(e) else str(e))
+        results.put("refused" if any(why in str(e) for why in REFUSALS) else str(e))
     except Exception as e:  # noqa: BLE001 - the winner's files removed under it: report it, not hang
         results.put(repr(e))
 

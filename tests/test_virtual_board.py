@@ -2,7 +2,9 @@
 v1.25.0 firmware as a board on a pseudo-terminal (microgpt sim board), driven exactly as a user
 drives a board on USB: `device run --mode upload`, `device pull`, `device sample`, a power cut and `--resume`,
 Ctrl-C, and boards that are not MicroPython."""
+import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -202,7 +204,8 @@ def test_board_powers_off_when_terminated_or_hung_up(qemu, tmp_path, sig):
         proc.wait()
     left = qemus_on(flash)
     for pid in left:  # no QEMU outlives a failed test either
-        subprocess.run(["kill", "-9", str(pid)], check=False)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 128 + sig, out
     assert not left, "QEMU still runs"
     assert signal.Signals(sig).name in out

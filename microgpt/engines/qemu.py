@@ -135,7 +135,6 @@ class QemuEngine(ProcessEngine):
         self.flash = self.workdir / FLASH
         self.insn_plugin = insn_plugin
         self.insn_log = self.workdir / "qemu-insn.log"
-        self.instructions: dict[int, int] = {}  # with insn_plugin: guest instructions per CPU, after stop()
         self.insn_output = ""  # with insn_plugin: all the plugin wrote, after stop() (the work dir may go)
 
     def settings(self) -> dict:
@@ -159,7 +158,11 @@ class QemuEngine(ProcessEngine):
         super().stop()  # SIGTERM first: QEMU exits cleanly and the plugin writes its counts
         if self.insn_plugin and self.insn_log.is_file():
             self.insn_output = self.insn_log.read_text(errors="replace")
-            self.instructions = read_insn_counts(self.insn_output)
+
+    @property
+    def instructions(self) -> dict[int, int]:
+        """With insn_plugin, after stop(): guest instructions per CPU."""
+        return read_insn_counts(self.insn_output)
 
     def read_file(self, name: str) -> bytes | None:
         """From QEMU's flash, as the chip left it."""
