@@ -12,7 +12,7 @@ PACKAGE = ROOT / "microgpt"
 # Bottom to top; a module may import from its own layer or those below.
 LAYERS = [
     ("chip contract/errors", ["chip", "errors", "fileio"]),
-    ("image/payload", ["payload", "image", "basefw", "mpy", "dataset", "download", "reference", "scalar", "natmod", "planner"]),
+    ("image/payload", ["payload", "image", "basefw", "mpy", "dataset", "download", "qemu_install", "reference", "scalar", "natmod", "planner"]),
     ("engines", ["engines", "rawrepl", "ports", "flash"]),
     ("run pipeline", ["run", "uart", "report", "chip_speed"]),
     ("cli", ["cli"]),

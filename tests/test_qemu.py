@@ -79,9 +79,10 @@ def engine_with_flash(tmp_path, **kwargs) -> QemuEngine:
 
 @pytest.fixture
 def no_qemu(tmp_path, monkeypatch):
-    """An environment with no QEMU anywhere: empty PATH, no $QEMU_XTENSA, empty ESP-IDF tools dir."""
+    """An environment with no QEMU anywhere: empty PATH, no $QEMU_XTENSA, empty tool cache and ESP-IDF tools dir."""
     monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
     monkeypatch.delenv("QEMU_XTENSA", raising=False)
+    monkeypatch.setenv("MICROGPT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("IDF_TOOLS_PATH", str(tmp_path / "idf-tools"))
 
 
@@ -111,6 +112,9 @@ def test_binary_lookup_order(tmp_path, monkeypatch, no_qemu):
     monkeypatch.delenv("QEMU_XTENSA")
     assert find_qemu() == str(on_path)
     monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
+    ours = simulator(tmp_path / "cache" / "qemu-xtensa" / "qemu" / "bin", BINARY)  # `microgpt sim install-qemu`'s
+    assert find_qemu() == str(ours)
+    ours.unlink()
     assert find_qemu() == str(newest)  # numeric version order: 10 > 9
     monkeypatch.delenv("IDF_TOOLS_PATH")  # ESP-IDF's default: ~/.espressif
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -122,7 +126,7 @@ def test_missing_binary_says_how_to_install(tmp_path, no_qemu):
     with pytest.raises(EngineError) as e:
         QemuEngine(tmp_path / "run")
     message = str(e.value)
-    for hint in ("idf_tools.py install qemu-xtensa", "https://github.com/espressif/qemu/releases",
+    for hint in ("microgpt sim install-qemu", "idf_tools.py install qemu-xtensa", "https://github.com/espressif/qemu/releases",
                  "QEMU_XTENSA", "--qemu PATH"):
         assert hint in message
     with pytest.raises(EngineError, match=r"--qemu .*nowhere/qemu-system-xtensa: no such executable"):

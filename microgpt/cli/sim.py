@@ -1,5 +1,6 @@
 """`microgpt sim`: the trainer without a board, in the MicroPython VM, QEMU or Wokwi (`sim run`),
-and Espressif's QEMU as a board on a serial port for the board commands (`sim board`)."""
+Espressif's QEMU as a board on a serial port for the board commands (`sim board`), and that QEMU
+installed into the tool's cache (`sim install-qemu`)."""
 import signal
 from pathlib import Path
 
@@ -113,3 +114,35 @@ def board(image, flash, new, qemu, tcp):
         raise SystemExit(128 + ended_by)  # as a shell reports it
     if code:
         raise MicrogptError(f"QEMU ended with code {code}")
+
+
+@sim.command("install-qemu")
+@click.option("--archive", default=None, metavar="PATH_OR_URL",
+              help="Install this archive instead of Espressif's release for this host (a mirror, an air-gapped lab, "
+                   "a newer release); the release's layout: qemu/bin/qemu-system-xtensa. Needs --sha256.")
+@click.option("--sha256", default=None, metavar="HEX", help="The sha256 of the --archive.")
+def install_qemu(archive, sha256):
+    """Install Espressif's QEMU (the emulated ESP32) into the tool's cache, where `sim run --engine qemu`
+    and `sim board` find it. A second call only checks the install."""
+    from .. import qemu_install
+
+    if (archive is None) != (sha256 is None):
+        raise click.UsageError("--archive and --sha256 go together: the archive is checked against the hash before "
+                               "it is unpacked")
+    chosen = qemu_install.given_archive(archive, sha256) if archive else qemu_install.pinned_archive()
+    binary, version = qemu_install.install(chosen, _DownloadProgress())
+    click.echo(f"Espressif's QEMU: {binary} ({version})\n"
+               "  try: microgpt sim run --engine qemu --steps 100")
+
+
+class _DownloadProgress:
+    """The download's progress on stderr, every tenth of it."""
+
+    def __init__(self):
+        self.tenth = -1
+
+    def __call__(self, received: int, total: int | None) -> None:
+        tenth = received * 10 // total if total else -1
+        if tenth > self.tenth:
+            self.tenth = tenth
+            click.echo(f"  {received / 1e6:.1f} of {total / 1e6:.1f} MB", err=True)

@@ -18,21 +18,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import basefw, image, mpy
+from .. import basefw, image, mpy, qemu_install
 from ..errors import EngineError
 from ..fileio import write_atomic
 from ..payload import Payload
+from ..qemu_install import BINARY, EXE
 from . import ProcessEngine
 
-BINARY = "qemu-system-xtensa"
 FLASH = "qemu-flash.bin"
 FLASH_SIZES = tuple(mb << 20 for mb in (2, 4, 8, 16))  # the only sizes QEMU's esp32 flash accepts
 INSTALL_HELP = (
-    f"{BINARY} (Espressif's QEMU fork) was not found. Install it with ESP-IDF:\n"
-    "    python $IDF_PATH/tools/idf_tools.py install qemu-xtensa\n"
-    "or unpack a qemu-xtensa release from https://github.com/espressif/qemu/releases\n"
-    "(Linux also needs: sudo apt-get install -y libgcrypt20 libglib2.0-0 libpixman-1-0 libsdl2-2.0-0 libslirp0),\n"
-    f"then put it on PATH, set QEMU_XTENSA=/path/to/{BINARY}, or pass --qemu PATH."
+    f"{BINARY} (Espressif's QEMU fork) was not found. Install it into the tool's cache with:\n"
+    "    microgpt sim install-qemu\n"
+    "or with ESP-IDF (python $IDF_PATH/tools/idf_tools.py install qemu-xtensa), or unpack a qemu-xtensa release\n"
+    "from https://github.com/espressif/qemu/releases (Linux also needs: sudo apt-get install -y libgcrypt20\n"
+    "libglib2.0-0 libpixman-1-0 libsdl2-2.0-0 libslirp0) and put it on PATH, set QEMU_XTENSA=/path/to/"
+    f"{BINARY}, or pass --qemu PATH."
 )
 # Documented switch that stops QEMU emulating the Timer Group watchdogs (TG0's is armed at reset,
 # TG1's is ESP-IDF's interrupt watchdog). Off by default: QEMU's timers follow the host's clock, so
@@ -46,7 +47,8 @@ MICROPYTHON_CPU = 1
 
 
 def find_qemu(explicit: str | os.PathLike | None = None) -> str:
-    """The qemu-system-xtensa to run: --qemu PATH, $QEMU_XTENSA, PATH, then an ESP-IDF tools install."""
+    """The qemu-system-xtensa to run, in one order everywhere: --qemu PATH, $QEMU_XTENSA, PATH, the
+    tool's install (`microgpt sim install-qemu`), then an ESP-IDF tools install."""
     for given, origin in ((explicit, "--qemu"), (os.environ.get("QEMU_XTENSA"), "$QEMU_XTENSA")):
         if given:
             if Path(given).is_file() and os.access(given, os.X_OK):
@@ -55,10 +57,12 @@ def find_qemu(explicit: str | os.PathLike | None = None) -> str:
     on_path = shutil.which(BINARY)
     if on_path:
         return on_path
+    ours = qemu_install.installed()
+    if ours:
+        return str(ours)
     # idf_tools.py installs to $IDF_TOOLS_PATH/tools/qemu-xtensa/<version>/qemu/bin (default ~/.espressif).
     tools = Path(os.environ.get("IDF_TOOLS_PATH") or Path.home() / ".espressif") / "tools" / "qemu-xtensa"
-    exe = BINARY + (".exe" if os.name == "nt" else "")
-    installed = sorted(tools.glob(f"*/qemu/bin/{exe}"), key=lambda p: [int(n) for n in re.findall(r"\d+", p.parts[-4])])
+    installed = sorted(tools.glob(f"*/qemu/bin/{EXE}"), key=lambda p: [int(n) for n in re.findall(r"\d+", p.parts[-4])])
     if installed:
         return str(installed[-1])  # newest version
     raise EngineError(INSTALL_HELP)
