@@ -63,14 +63,14 @@ def missing_target(reason: str):
 
 @pytest.fixture(scope="session")
 def qemu():
-    """Espressif's qemu-system-xtensa ($QEMU_XTENSA or PATH)."""
+    """Espressif's qemu-system-xtensa, found as the engine finds it."""
     from microgpt.engines.qemu import find_qemu
     from microgpt.errors import EngineError
 
     try:
         return find_qemu()
     except EngineError:
-        missing_target("Espressif's qemu-system-xtensa is not installed ($QEMU_XTENSA or PATH)")
+        missing_target("Espressif's qemu-system-xtensa is not installed ($QEMU_XTENSA, PATH, or `microgpt sim install-qemu`)")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """The GitHub workflow: its test job runs README's test command, the QEMU job installs Espressif's
-QEMU from a release and trains on it, and the Wokwi job runs only where the token exists."""
+QEMU with the tool, as a user does, and trains on it, and the Wokwi job runs only where the token exists."""
 import re
 
 import yaml
@@ -18,11 +18,11 @@ def test_the_test_job_runs_readmes_test_command():
     assert "pip install -e '.[test]'" in steps("tests")
 
 
-def test_the_qemu_job_trains_on_a_released_espressif_qemu():
+def test_the_qemu_job_installs_qemu_with_the_tool_and_trains_on_it():
     run = steps("qemu")
-    assert "github.com/espressif/qemu/releases/download/${QEMU_RELEASE}/${QEMU_ARCHIVE}" in run
-    assert WORKFLOW["env"]["QEMU_ARCHIVE"].startswith("qemu-xtensa-softmmu-") and "QEMU_XTENSA=" in run
-    assert "microgpt sim run --engine qemu" in run
+    assert "microgpt sim install-qemu" in run
+    assert run.index("microgpt sim install-qemu") < run.index("microgpt sim run --engine qemu")
+    assert "QEMU_XTENSA" not in run and "--qemu" not in run and "releases/download" not in run  # the tool finds its own
 
 
 def test_the_wokwi_job_needs_the_token():
