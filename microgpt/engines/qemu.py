@@ -92,9 +92,18 @@ def qemu_argv(qemu: str, flash: Path, *, serial: str | None = None, watchdog: bo
               plugin: Path | None = None, plugin_log: Path | None = None, extra: Sequence[str] = ()) -> list[str]:
     """The documented invocation, without the Timer Group watchdogs unless `watchdog` (see NO_WATCHDOG).
     `serial`: where UART0 goes instead of stdout (a board's port: "pty", "tcp:...")."""
+    # Checked against Espressif's hw/xtensa/esp32.c and hw/timer/esp32_timg.c as stored from its
+    # esp-develop branch (the tree at tag esp-develop-9.2.2-20250228 could not be read here) and against
+    # the 7.2.50 build in ../shared: the machine is "esp32"; the flash is the first if=mtd drive, of
+    # 2, 4, 8 or 16 MB only; the first -serial is UART0; wdt_disable is a property of timer.esp32.timg
+    # (an unknown one stops QEMU at once: "can't apply global"). QEMU 9.x prints "char device
+    # redirected to <pty> (label serial0)" on stdout (qemu_printf), older QEMU on stderr: the board
+    # reads both. No -icount: the 7.2.50 build hangs with it after the second-stage bootloader.
     argv = [qemu, "-nographic", "-machine", "esp32", "-drive", f"file={flash},if=mtd,format=raw"]
     if serial:
         argv += ["-serial", serial, "-monitor", "none"]
+    # A plugin is built against one QEMU's plugin API (QEMU refuses another version's), so it is looked
+    # for beside the QEMU used; Espressif's release archives carry none.
     if plugin:  # its counts go to a log of their own, not to the UART
         argv += ["-plugin", str(plugin), "-d", "plugin", "-D", str(plugin_log)]
     return argv + ([] if watchdog else NO_WATCHDOG) + list(extra)
