@@ -36,10 +36,10 @@ CHECK_TIMEOUT_S = 60
 
 # The release the tool installs: Espressif's QEMU as ESP-IDF's idf_tools.py installs it. Every sha256
 # below is copied from ESP-IDF's tools/tools.json, tool "qemu-xtensa", version esp_develop_9.2.2_20250817
-# (github.com/espressif/esp-idf, tags v5.5.2 and v6.0). The release esp_develop_9.2.2_20250228 is in
-# no version of that file, so no hash of it could be read from a public source.
-RELEASE = "esp_develop_9.2.2_20250817"
-RELEASE_URL = "https://github.com/espressif/qemu/releases/download/esp-develop-9.2.2-20250817/"
+# (github.com/espressif/esp-idf, tags v5.5.2 and v6.0). The release esp_develop_9.2.2_20250228 is in no
+# commit of that file on any of ESP-IDF's branches, so no public source gave a hash of it.
+TAG = "esp-develop-9.2.2-20250817"  # of github.com/espressif/qemu
+RELEASE = TAG.replace("-", "_")  # as the archives' names spell it
 PINNED = {  # (platform.system(), machine as below): (host in the archive's name, sha256)
     ("Linux", "x86_64"): ("x86_64-linux-gnu", "588bfaccd0f929650655d10a580f020c6ba9c131712d8fa519280081b8d126eb"),
     ("Linux", "aarch64"): ("aarch64-linux-gnu", "317f6e0fd1dba0886d8110709823d909593ef29438822a14f81ebe19d72ce7cd"),
@@ -48,9 +48,9 @@ PINNED = {  # (platform.system(), machine as below): (host in the archive's name
     ("Windows", "x86_64"): ("x86_64-w64-mingw32", "ef550b912726997f3c1ff4a4fb13c1569e2b692efdc5c9f9c3c926a8f7c540fa"),
 }
 MACHINES = {"amd64": "x86_64", "arm64": "aarch64"}  # Windows' and macOS's names for them
-BY_HAND = (f"download a qemu-xtensa-softmmu archive for your host from {RELEASE_URL.replace('/download/', '/tag/')} "
-           f"and install it with `microgpt sim install-qemu --archive FILE --sha256 HEX` (HEX: the file's sha256), or "
-           f"build Espressif's QEMU and pass --qemu PATH")
+BY_HAND = (f"download a qemu-xtensa-softmmu archive for your host from https://github.com/espressif/qemu/releases/tag/{TAG} "
+           "and install it with `microgpt sim install-qemu --archive FILE --sha256 HEX` (HEX: the file's sha256), or "
+           "build Espressif's QEMU and pass --qemu PATH")
 
 # The shared libraries Espressif's builds load from the system, and what installs each:
 # (its name's start, Debian/Ubuntu package, Homebrew formula).
@@ -85,7 +85,8 @@ def pinned_archive() -> Archive:
     if host is None:
         raise EngineError(f"no Espressif QEMU build is pinned for {system} {machine}: {BY_HAND}")
     name, sha256 = host
-    return Archive(f"{RELEASE_URL}qemu-xtensa-softmmu-{RELEASE}-{name}.tar.xz", sha256)
+    return Archive(f"https://github.com/espressif/qemu/releases/download/{TAG}/qemu-xtensa-softmmu-{RELEASE}-{name}.tar.xz",
+                   sha256)
 
 
 def given_archive(source: str, sha256: str) -> Archive:
