@@ -3,22 +3,22 @@
 // native module (.mpy). In MicroPython every float is a heap object; here they are registers.
 //
 // Built by scripts/build_cmodel.py (clang-22 for xtensawin and x64, linked into .mpy by
-// microgpt/natmod.py). Freestanding: no libc, no libm. The ESP32's FPU has no divide or square
-// root instruction, so on Xtensa those are Newton iterations on its fused multiply-add (madd.s),
-// from first guesses made of the bits: its estimate instructions (recip0.s, rsqrt0.s) read an
-// implementation-defined table, and clang has no inline-asm constraint for FP registers anyway.
-// Sums of products are madd.s on Xtensa (MADD); the x64 build for the VM rounds them as the
-// MicroPython kernels do.
+// microgpt/natmod.py). Freestanding: no libc, no libm; its float arithmetic (Newton steps for
+// division and square root, series for exp and log) is float_math.h's, and MicroPython's ABI
+// (the module's objects, its function table, the argument checks) mp_abi.h's.
 //
-// Laid out as llm.c's train_gpt2.c: each layer a *_forward / *_backward pair, outputs first,
-// shapes in brackets; a backward adds (+=) into the gradients it is given, which the caller
-// clears where a gradient starts, and its comments quote the forward lines it differentiates.
-// The model's shape (microgpt.py's n_embd, n_head, n_layer, block_size) is given at run time
-// (shape()); matrix rows go four at a time (inner sizes multiples of 4).
+// Laid out as llm.c's train_gpt2.c: the constants, the layers, the model, the entry points. Each
+// layer a *_forward / *_backward pair, outputs first, shapes in brackets; a backward adds (+=)
+// into the gradients it is given, which the caller clears where a gradient starts, and its
+// comments quote the forward lines it differentiates. The model's shape (microgpt.py's n_embd,
+// n_head, n_layer, block_size) is given at run time (shape()); matrix rows go four at a time
+// (inner sizes multiples of 4).
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "float_math.h"
 
 #define INLINE static inline __attribute__((always_inline))
 #define NOINLINE static __attribute__((noinline))  // one copy of code LLVM would repeat at each call
@@ -55,100 +55,6 @@ typedef struct {
 #define LAYER_MATRICES 12
 
 static shape_t S;  // set by shape(); microgpt.py's (16, 4, 1, 16) from the import on
-
-// ---- float helpers: multiply-add, division, square root, exp and log without libm ----
-typedef union { float f; uint32_t u; } bits_t;
-
-#if defined(__xtensa__)
-// acc += a * b as the FPU's madd.s: one rounding, and a load, a madd per term of a dot product.
-#define MADD(acc, a, b) ((acc) = __builtin_fmaf((a), (b), (acc)))
-static inline float fma_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-
-static inline float recip(float b) {
-    // 1/b for b > 0: a bit-level first guess (within 5.1%), then Newton steps, each squaring the
-    // error: 2.6e-3, 6.6e-6, then float rounding (a fourth step gains nothing).
-    bits_t x = {b};
-    x.u = 0x7EF311C3u - x.u;
-    float r = x.f;
-    for (int i = 0; i < 3; i++) r = fma_(r, fma_(-b, r, 1.0f), r);
-    return r;
-}
-
-static inline float div_(float a, float b) {
-    // a/b for b > 0: a * (1/b), then one residual correction (rounds as a true division almost always).
-    float r = recip(b);
-    float q = a * r;
-    return fma_(fma_(-b, q, a), r, q);
-}
-
-static inline float rsqrt_guess(float x) {
-    // 1/sqrt(x) within 3.4% for x > 0, from the bits.
-    bits_t y = {x};
-    y.u = 0x5F3759DFu - (y.u >> 1);
-    return y.f;
-}
-
-static inline float rsqrt(float x) {
-    // 1/sqrt(x) for x > 0: Newton steps from rsqrt_guess, 1.8e-3, 4.7e-6, then float rounding (1.3e-7).
-    float r = rsqrt_guess(x), h = 0.5f * x;
-    for (int i = 0; i < 3; i++) r = r * fma_(-h * r, r, 1.5f);
-    return r;
-}
-
-static inline float sqrt_(float x) {
-    // sqrt(x) for x >= 0: x / sqrt(x), then one residual correction.
-    if (x == 0.0f) return 0.0f;
-    float r = rsqrt(x), s = x * r;
-    return fma_(fma_(-s, s, x), 0.5f * r, s);
-}
-
-static void scale(float *a, int n, float total) {
-    // a [n] /= total (total > 0), as products with one reciprocal: within an ulp of the quotients.
-    float r = recip(total);
-    for (int i = 0; i < n; i++) a[i] *= r;
-}
-#else
-// The VM's build rounds products and sums apart, as the MicroPython kernels do (x86-64's baseline
-// has no fused multiply-add either).
-#define MADD(acc, a, b) ((acc) += (a) * (b))
-static inline float div_(float a, float b) { return a / b; }
-static inline float recip(float b) { return 1.0f / b; }
-static inline float rsqrt(float x) { return 1.0f / __builtin_sqrtf(x); }
-static void scale(float *a, int n, float total) {
-    for (int i = 0; i < n; i++) a[i] /= total;
-}
-#endif
-
-#define LN2_HI 0.693145751953125f  // ln 2 split so k * LN2_HI is exact for |k| < 2^11
-#define LN2_LO 1.428606765330187e-06f
-
-static float exp_neg(float x) {
-    // e^x for x <= 0 (softmax after subtracting the maximum): x = k ln2 + r with |r| <= ln2/2,
-    // e^r from its Taylor series to r^7 (error < 1e-8), 2^k into the exponent bits.
-    if (x < -87.0f) return 0.0f;
-    int k = (int)(x * 1.44269504f - 0.5f);
-    float r = (x - (float)k * LN2_HI) - (float)k * LN2_LO;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120
-              + r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    bits_t pow2k = {.u = (uint32_t)(k + 127) << 23};
-    return p * pow2k.f;
-}
-
-static float log_pos(float x) {
-    // ln x for normal x > 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(f) with
-    // f = (m-1)/(m+1), |f| < 0.172, from its series to f^9.
-    bits_t b = {x};
-    int e = (int)(b.u >> 23) - 127;
-    b.u = (b.u & 0x007FFFFFu) | 0x3F800000u;
-    float m = b.f;
-    if (m > 1.41421356f) {
-        m *= 0.5f;
-        e += 1;
-    }
-    float f = div_(m - 1.0f, m + 1.0f), f2 = f * f;
-    float s = f2 * (1.0f / 3 + f2 * (1.0f / 5 + f2 * (1.0f / 7 + f2 * (1.0f / 9))));
-    return (float)e * LN2_HI + ((float)e * LN2_LO + 2.0f * f + 2.0f * f * s);
-}
 
 // for i from 0 to n - 1, n a multiple of 4 (as is every size n_embd bounds), four at a time:
 // LLVM unrolls the inner loop, where a plain loop with a size known only at run time pays its
@@ -800,60 +706,8 @@ static float loss_and_grad(float *g, work_t *w, const float *p, const uint8_t *t
     return div_(loss, count);
 }
 
-// ---- MicroPython's side: the module's functions, their argument checks, its entry ----
-// Layouts from py/obj.h, py/bc.h, py/nativeglue.h (identical in v1.25 and the VM's v1.29).
-typedef void *obj_t;
-typedef struct { void *buf; size_t len; int typecode; } buffer_t;  // mp_buffer_info_t
-typedef obj_t (*fun_var_t)(size_t n_args, const obj_t *args);
-typedef struct { const void *type; uint32_t sig; fun_var_t fun; } fun_builtin_var_t;
-typedef struct { const void *type; void *globals; const uint16_t *qstr_table; obj_t *obj_table; } module_context_t;
-typedef struct { const void *type; const module_context_t *context; } fun_bc_t;
-
-// The function-table entries this file uses as mp->name, typed; mp_glue.h (generated) puts each at its index.
-typedef obj_t mp_const_none_t;
-typedef void *(*mp_swap_globals_t)(void *globals);
-typedef obj_t (*mp_load_global_t)(size_t qst);
-typedef void (*mp_store_global_t)(size_t qst, obj_t value);
-typedef void *(*mp_realloc__t)(void *ptr, size_t n, bool allow_move);
-typedef __attribute__((noreturn)) void (*mp_raise_msg_t)(const void *exc_type, const char *msg);
-typedef obj_t (*mp_obj_new_float_from_f_t)(float f);
-typedef float (*mp_obj_get_float_to_f_t)(obj_t o);
-typedef bool (*mp_get_buffer_t)(obj_t o, buffer_t *info, unsigned flags);
-typedef const void *mp_type_fun_builtin_var_t;
-#include "mp_glue.h"
-
-static const mp_fun_table_t *mp;
-static const uint16_t *qstrs;  // the .mpy's qstr table, interned by the loader
-#define QSTR(name) (qstrs[Q_##name])
-
-#define BUFFER_READ 1
-#define BUFFER_RW 3
-#define SMALL_INT(o) ((intptr_t)(o) >> 1)
-#define IS_SMALL_INT(o) (((intptr_t)(o) & 1) != 0)
-#define SMALL_INT_OBJ(n) ((obj_t)(((intptr_t)(n) << 1) | 1))
-#define FUN_SIG(n) (((uint32_t)(n) << 17) | ((uint32_t)(n) << 1))  // n positional arguments, no keywords
-
-static _Noreturn void value_error(const char *msg) {
-    mp->raise_msg(mp->load_global(QSTR(ValueError)), msg);
-}
-
-NOINLINE float *floats_len(obj_t o, size_t n, size_t *len, const char *msg) {
-    // The float32 array behind o, which must hold at least n floats; *len its length.
-    buffer_t b;
-    if (!mp->get_buffer(o, &b, BUFFER_RW) || b.typecode != 'f' || b.len < n * sizeof(float)) value_error(msg);
-    *len = b.len / sizeof(float);
-    return b.buf;
-}
-
-static float *floats(obj_t o, size_t n, const char *msg) {
-    size_t len;
-    return floats_len(o, n, &len, msg);
-}
-
-static int small_int(obj_t o, int lo, int hi, const char *msg) {
-    if (!IS_SMALL_INT(o) || SMALL_INT(o) < lo || SMALL_INT(o) > hi) value_error(msg);
-    return (int)SMALL_INT(o);
-}
+// ---- Entry points: the module's functions, their argument checks, its entry ----
+#include "mp_abi.h"
 
 static float *params_of(obj_t o, const char *msg) {
     // The float32 array behind o, which must hold the shape's parameters (or more).
@@ -927,14 +781,6 @@ static obj_t py_adam(size_t n_args, const obj_t *args) {
         if (n[i] < n[0]) n[0] = n[i];
     adam_update(p, m, v, g, mp->obj_get_float_to_f(args[4]), mp->obj_get_float_to_f(args[5]), (int)n[0]);
     return mp->const_none;
-}
-
-NOINLINE void define(size_t name, fun_var_t fun, int n_args) {
-    fun_builtin_var_t *f = mp->realloc_(NULL, sizeof(fun_builtin_var_t), false);
-    f->type = mp->type_fun_builtin_var;
-    f->sig = FUN_SIG(n_args);
-    f->fun = fun;
-    mp->store_global(name, f);
 }
 
 // The module's body: the loader calls it at import as a viper function, (self, n_args, n_kw, args).
