@@ -226,17 +226,17 @@ static void softmax_forward(float *probs, float *max, float *sum, const float *l
     *sum = total;
 }
 
-INLINE void attention_forward_hs(float *out, float *att, const float *q, const float *keys, const float *values,
+INLINE void attention_forward_hs(float *out, float *att, const float *query, const float *keys, const float *values,
                                  int pos, int hs) {
     // out [n_embd]: per head h, sum over t <= pos of att[h][t] * values[t], the heads concatenated;
-    // att [n_head][block_size]: per head, softmax over t <= pos of q . keys[t] / sqrt(head_dim);
-    // q [n_embd]; keys, values [block_size][n_embd], rows 0..pos. Heads are head_dim-wide slices,
+    // att [n_head][block_size]: per head, softmax over t <= pos of query . keys[t] / sqrt(head_dim);
+    // query [n_embd]; keys, values [block_size][n_embd], rows 0..pos. Heads are head_dim-wide slices,
     // their query and output in locals while t runs.
     int n = S.n_embd;
     for (int h = 0; h < S.n_head; h++) {
         int hd = h * hs;
         float *a = att + h * S.block_size, max, sum, qh[MAX_HEAD_DIM], o[MAX_HEAD_DIM];
-        for (int j = 0; j < hs; j++) qh[j] = q[hd + j];
+        for (int j = 0; j < hs; j++) qh[j] = query[hd + j];
         for (int t = 0; t <= pos; t++) {
             const float *k = keys + t * n + hd;
             float s = 0.0f;
@@ -253,11 +253,11 @@ INLINE void attention_forward_hs(float *out, float *att, const float *q, const f
     }
 }
 
-INLINE void attention_backward_hs(float *dq, float *dkeys, float *dvalues, float *datt, const float *dout,
-                                  const float *q, const float *keys, const float *values, const float *att, int pos,
+INLINE void attention_backward_hs(float *dquery, float *dkeys, float *dvalues, float *datt, const float *dout,
+                                  const float *query, const float *keys, const float *values, const float *att, int pos,
                                   int hs) {
     // dkeys, dvalues [block_size][n_embd] as keys, values; datt [block_size]: scratch, one head's
-    // gradient at its weights. Writes dq.
+    // gradient at its weights. Writes dquery.
     int n = S.n_embd;
     for (int h = 0; h < S.n_head; h++) {
         int hd = h * hs;
@@ -265,7 +265,7 @@ INLINE void attention_backward_hs(float *dq, float *dkeys, float *dvalues, float
         float d[MAX_HEAD_DIM], qh[MAX_HEAD_DIM], dqh[MAX_HEAD_DIM];
         for (int j = 0; j < hs; j++) {
             d[j] = dout[hd + j];
-            qh[j] = q[hd + j];
+            qh[j] = query[hd + j];
             dqh[j] = 0.0f;
         }
         // MADD(o[j], a[t], v[j]); out[hd + j] = o[j]
@@ -282,7 +282,7 @@ INLINE void attention_backward_hs(float *dq, float *dkeys, float *dvalues, float
             MADD(dot, a[t], s);
         }
         // softmax_forward(a, &max, &sum, a, pos + 1) => d(score t) = a[t] (datt[t] - dot);
-        // MADD(s, qh[j], k[j]); a[t] = s * att_scale => on to q and keys[t], times att_scale
+        // MADD(s, qh[j], k[j]); a[t] = s * att_scale => on to query and keys[t], times att_scale
         for (int t = 0; t <= pos; t++) {
             const float *k = keys + t * n + hd;
             float *dk = dkeys + t * n + hd, ds = a[t] * (datt[t] - dot) * S.att_scale;
@@ -291,51 +291,51 @@ INLINE void attention_backward_hs(float *dq, float *dkeys, float *dvalues, float
                 MADD(dk[j], ds, qh[j]);
             }
         }
-        for (int j = 0; j < hs; j++) dq[hd + j] = dqh[j];
+        for (int j = 0; j < hs; j++) dquery[hd + j] = dqh[j];
     }
 }
 
-static void attention_forward(float *out, float *att, const float *q, const float *keys, const float *values,
+static void attention_forward(float *out, float *att, const float *query, const float *keys, const float *values,
                               int pos) {
-#define CALL(hs) attention_forward_hs(out, att, q, keys, values, pos, hs)
+#define CALL(hs) attention_forward_hs(out, att, query, keys, values, pos, hs)
     DEFAULT_OR(S.head_dim, 4, CALL);
 #undef CALL
 }
 
-static void attention_backward(float *dq, float *dkeys, float *dvalues, float *datt, const float *dout,
-                               const float *q, const float *keys, const float *values, const float *att, int pos) {
-#define CALL(hs) attention_backward_hs(dq, dkeys, dvalues, datt, dout, q, keys, values, att, pos, hs)
+static void attention_backward(float *dquery, float *dkeys, float *dvalues, float *datt, const float *dout,
+                               const float *query, const float *keys, const float *values, const float *att, int pos) {
+#define CALL(hs) attention_backward_hs(dquery, dkeys, dvalues, datt, dout, query, keys, values, att, pos, hs)
     DEFAULT_OR(S.head_dim, 4, CALL);
 #undef CALL
 }
 
-static int relu_forward(float *h, uint8_t *active, int n) {
-    // h [n] = relu(h), kept as its nonzero values only: h[k] = the k-th positive entry, active[k]
-    // its index; returns how many. The zeros (about half) take no part in fc2 or in fc1's backward.
+static int relu_forward(float *hidden, uint8_t *active, int n) {
+    // hidden [n] = relu(hidden), kept as its nonzero values only: hidden[k] = the k-th positive entry,
+    // active[k] its index; returns how many. The zeros (about half) take no part in fc2 or in fc1's backward.
     int m = 0;
     for (int i = 0; i < n; i++) {
-        float v = h[i];
+        float v = hidden[i];
         if (v > 0.0f) {
-            h[m] = v;
+            hidden[m] = v;
             active[m++] = (uint8_t)i;
         }
     }
     return m;
 }
 
-INLINE void mlp_forward_n(float *out, float *h, uint8_t *active, int *nactive, const float *inp, const float *fc1,
+INLINE void mlp_forward_n(float *out, float *hidden, uint8_t *active, int *nactive, const float *inp, const float *fc1,
                           const float *fc2, int n) {
-    // h = relu(fc1 [n_hidden][n_embd] inp [n_embd]), kept as relu_forward leaves it (active [nactive]);
-    // out [n_embd] = fc2 [n_embd][n_hidden] h, over the active columns in order.
+    // hidden = relu(fc1 [n_hidden][n_embd] inp [n_embd]), kept as relu_forward leaves it (active [nactive]);
+    // out [n_embd] = fc2 [n_embd][n_hidden] hidden, over the active columns in order.
     int nh = 4 * n;
-    linear_forward(h, inp, fc1, nh, n);
-    int m = *nactive = relu_forward(h, active, nh);
+    linear_forward(hidden, inp, fc1, nh, n);
+    int m = *nactive = relu_forward(hidden, active, nh);
     for (int i = 0; i < n; i += 4) {
         const float *w = fc2 + i * nh;
         float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
         for (int k = 0; k < m; k++) {
             const float *c = w + active[k];
-            float x = h[k];
+            float x = hidden[k];
             MADD(s0, c[0], x);
             MADD(s1, c[nh], x);
             MADD(s2, c[2 * nh], x);
@@ -348,46 +348,47 @@ INLINE void mlp_forward_n(float *out, float *h, uint8_t *active, int *nactive, c
     }
 }
 
-INLINE void mlp_backward_n(float *dinp, float *dfc1, float *dfc2, float *dh, const float *dout, const float *inp,
-                           const float *h, const uint8_t *active, int nactive, const float *fc1, const float *fc2, int n) {
-    // dh [nactive]: scratch, the gradient at the active h.
+INLINE void mlp_backward_n(float *dinp, float *dfc1, float *dfc2, float *dhidden, const float *dout, const float *inp,
+                           const float *hidden, const uint8_t *active, int nactive, const float *fc1, const float *fc2,
+                           int n) {
+    // dhidden [nactive]: scratch, the gradient at the active hidden.
     int nh = 4 * n;
-    // MADD(s0, c[0], x) ... over the active columns => dfc2[:, j] += dout h[k], dh[k] = fc2[:, j] . dout
+    // MADD(s0, c[0], x) ... over the active columns => dfc2[:, j] += dout hidden[k], dhidden[k] = fc2[:, j] . dout
     // (j = active[k]), four rows of fc2 at a time; relu keeps the gradient of the positive entries
     // only, which are the active ones.
-    for (int k = 0; k < nactive; k++) dh[k] = 0.0f;
+    for (int k = 0; k < nactive; k++) dhidden[k] = 0.0f;
     for (int i = 0; i < n; i += 4) {
         const float *c = fc2 + i * nh;
         float *g = dfc2 + i * nh;
         float d0 = dout[i], d1 = dout[i + 1], d2 = dout[i + 2], d3 = dout[i + 3];
         for (int k = 0; k < nactive; k++) {
             const float *cj = c + active[k];
-            float *gj = g + active[k], s = dh[k], hk = h[k];
+            float *gj = g + active[k], s = dhidden[k], hk = hidden[k];
             MADD(s, cj[0], d0);
             MADD(s, cj[nh], d1);
             MADD(s, cj[2 * nh], d2);
             MADD(s, cj[3 * nh], d3);
-            dh[k] = s;
+            dhidden[k] = s;
             MADD(gj[0], d0, hk);
             MADD(gj[nh], d1, hk);
             MADD(gj[2 * nh], d2, hk);
             MADD(gj[3 * nh], d3, hk);
         }
     }
-    // linear_forward(h, inp, fc1, n_hidden, n_embd), its active rows
-    linear_backward(dinp, dfc1, dh, inp, fc1, active, nactive, n);
+    // linear_forward(hidden, inp, fc1, n_hidden, n_embd), its active rows
+    linear_backward(dinp, dfc1, dhidden, inp, fc1, active, nactive, n);
 }
 
-static void mlp_forward(float *out, float *h, uint8_t *active, int *nactive, const float *inp, const float *fc1,
+static void mlp_forward(float *out, float *hidden, uint8_t *active, int *nactive, const float *inp, const float *fc1,
                         const float *fc2) {
-#define CALL(n) mlp_forward_n(out, h, active, nactive, inp, fc1, fc2, n)
+#define CALL(n) mlp_forward_n(out, hidden, active, nactive, inp, fc1, fc2, n)
     DEFAULT_OR(S.n_embd, 16, CALL);
 #undef CALL
 }
 
-static void mlp_backward(float *dinp, float *dfc1, float *dfc2, float *dh, const float *dout, const float *inp,
-                         const float *h, const uint8_t *active, int nactive, const float *fc1, const float *fc2) {
-#define CALL(n) mlp_backward_n(dinp, dfc1, dfc2, dh, dout, inp, h, active, nactive, fc1, fc2, n)
+static void mlp_backward(float *dinp, float *dfc1, float *dfc2, float *dhidden, const float *dout, const float *inp,
+                         const float *hidden, const uint8_t *active, int nactive, const float *fc1, const float *fc2) {
+#define CALL(n) mlp_backward_n(dinp, dfc1, dfc2, dhidden, dout, inp, hidden, active, nactive, fc1, fc2, n)
     DEFAULT_OR(S.n_embd, 16, CALL);
 #undef CALL
 }
@@ -486,7 +487,7 @@ typedef struct {
     float *dkeys, *dvalues;  // [block_size][n_embd]: one layer's key and value gradients, complete with the name
     float *dinputs;          // [block_size][n_embd] (n_layer > 1): the gradient at a layer's output, then input
     // The position in progress, in the layer in progress:
-    float *emb;              // [n_embd] rmsnorm(wte[token] + wpe[pos])  [x: layer 0's input]
+    float *emb;              // [n_embd] rmsnorm(emb_sum), emb_sum = wte[token] + wpe[pos]  [x: layer 0's input]
     float *attn_in;          // [n_embd] rmsnorm(x): the input of query, key and value
     float *query;            // [n_embd]  [q]
     float *att;              // [n_head][block_size]: per head, the weights of positions 0..pos  [attn_weights]
@@ -499,7 +500,7 @@ typedef struct {
     // The loss's gradients at the above (d<name>): [n_embd], but dlogits [VOCAB], dhidden [n_hidden]
     float *dlogits, *dafter_mlp, *dhidden, *dmlp_in, *dafter_attn, *dattn_out, *dquery, *dattn_in, *demb;
     float *datt;             // [block_size] one head's, at a time
-    float *dsum;             // [n_embd] at wte[token] + wpe[pos]
+    float *demb_sum;         // [n_embd] at emb_sum, which emb holds before its rmsnorm  [tok_emb + pos_emb]
     // Kept in the call, not in the array:
     float emb_rstd, attn_in_rstd, mlp_in_rstd;  // each rmsnorm's 1 / rms
     int nactive;                                // how many of hidden are nonzero
@@ -538,7 +539,7 @@ NOINLINE int work_layout(work_t *w, uintptr_t at) {
     TAKE(dattn_in, n);
     TAKE(demb, n);
     TAKE(datt, S.block_size);
-    TAKE(dsum, n);
+    TAKE(demb_sum, n);
 #undef TAKE
     return (int)((at - start) / sizeof(float));
 }
@@ -603,10 +604,10 @@ static void layer_forward(float *out, work_t *w, const float *p, int l, int pos,
 static void inputs_backward(float *g, work_t *w, int token, int pos) {
     // From demb, the gradient at layer 0's input, on to the embeddings (emb as layer_input left it).
     // rmsnorm_forward(w->emb, &w->emb_rstd, w->emb)
-    clear(w->dsum, S.n_embd);
-    rmsnorm_backward(w->dsum, w->demb, w->emb, w->emb_rstd);
+    clear(w->demb_sum, S.n_embd);
+    rmsnorm_backward(w->demb_sum, w->demb, w->emb, w->emb_rstd);
     // embed_forward(w->emb, p, p + S.wpe, token, pos)
-    embed_backward(g, g + S.wpe, w->dsum, token, pos);
+    embed_backward(g, g + S.wpe, w->demb_sum, token, pos);
 }
 
 static float *input_gradient(work_t *w, int l, int pos) {
