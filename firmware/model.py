@@ -4,18 +4,21 @@
 # name, what each position keeps, and how more than one layer goes), for targets the C module
 # is not built for.
 #
-# microgpt.py's gpt() names -> the buffers here (one position, one layer; d<name> is its gradient):
-#   rmsnorm(tok_emb + pos_emb)                 x0  (layer 0's input x)
-#   x (a layer's input), x_residual            x, at xo of its array (layer_input)
-#   rmsnorm(x), the input of q, k, v           x1
-#   q; keys[li], values[li]                    q; k, v (one row of N_EMBD per layer and position)
-#   attn_logits -> attn_weights, per head      att (head-major rows of BLOCK, in place)
-#   x_attn (the heads' outputs, concatenated)  o
-#   linear(x_attn, wo) + x_residual            x2  (the MLP's x_residual)
-#   rmsnorm(x), the MLP's input                x3
-#   relu(linear(x, fc1))                       h
-#   linear(x, fc2) + x_residual                x4  (a layer's output; below the top, also the next input)
-#   logits                                     logits
+# The buffers have the names of cmodel.c's work_t (one position, one layer; d<name> is its
+# gradient), microgpt.py's gpt() names in brackets:
+#   emb          rmsnorm(tok_emb + pos_emb)  [x: layer 0's input]; emb_rstd its 1 / rms
+#   x            a layer's input, at xo of its array (layer_input)  [x, the attention's x_residual]
+#   attn_in      rmsnorm(x), the input of query, key and value; attn_in_rstd its 1 / rms
+#   query        [q]
+#   keys, values one row of N_EMBD per layer and position  [keys[li], values[li]]
+#   att          per head, the weights of positions 0..pos, head-major rows of BLOCK  [attn_weights]
+#   attn_out     the heads' outputs, concatenated  [x_attn]
+#   after_attn   wo attn_out + x  [x; the MLP's x_residual]
+#   mlp_in       rmsnorm(after_attn); mlp_in_rstd its 1 / rms
+#   hidden       relu(fc1 mlp_in)
+#   after_mlp    fc2 hidden + after_attn: a layer's output (below the top, also the next one's input, inputs)
+#   logits       lm_head after_mlp  [logits]
+#   demb_sum     the gradient at tok_emb + pos_emb
 import math
 
 import micropython
@@ -103,63 +106,66 @@ class GPT:
         self.params, self.grads = params, grads  # N_PARAMS float32 each: the weights and their gradient
         rows = BLOCK * N_EMBD
         # Kept per layer and position until the name is done (rows of N_EMBD, position-major).
-        self.k = zeros(N_LAYER * rows)
-        self.v = zeros(N_LAYER * rows)
+        self.keys = zeros(N_LAYER * rows)
+        self.values = zeros(N_LAYER * rows)
         self.inputs = zeros((N_LAYER - 1) * rows) if N_LAYER > 1 else None  # the input x of layers 1..
         # One layer's gradients at its keys, values and (with more than one layer) outputs, then inputs.
-        self.dk = zeros(rows)
-        self.dv = zeros(rows)
+        self.dkeys = zeros(rows)
+        self.dvalues = zeros(rows)
         self.dinputs = zeros(rows) if N_LAYER > 1 else None
-        # Scratch for the position being worked on.
-        self.x0 = zeros(N_EMBD)  # rmsnorm(token + position embedding): layer 0's input
-        self.x1 = zeros(N_EMBD)  # rmsnorm(x): input of q, k, v
-        self.s0 = self.s1 = 0.0  # their rmsnorm scales
-        self.q = zeros(N_EMBD)
-        self.att = zeros(N_HEAD * BLOCK)  # attention weights, head-major
-        self.o = zeros(N_EMBD)  # attention output, heads concatenated
-        self.x2 = zeros(N_EMBD)  # after attention + residual
-        self.x3 = zeros(N_EMBD)  # rmsnorm(x2): MLP input
-        self.h = zeros(N_HIDDEN)  # relu(fc1 x3)
-        self.x4 = zeros(N_EMBD)  # after MLP + residual
+        # The position in progress, in the layer in progress.
+        self.emb = zeros(N_EMBD)
+        self.attn_in = zeros(N_EMBD)
+        self.emb_rstd = self.attn_in_rstd = 0.0
+        self.query = zeros(N_EMBD)
+        self.att = zeros(N_HEAD * BLOCK)
+        self.attn_out = zeros(N_EMBD)
+        self.after_attn = zeros(N_EMBD)
+        self.mlp_in = zeros(N_EMBD)
+        self.hidden = zeros(N_HIDDEN)
+        self.after_mlp = zeros(N_EMBD)
         self.logits = zeros(VOCAB)
-        self.s3 = 0.0
+        self.mlp_in_rstd = 0.0
         self.dlogits = zeros(VOCAB)  # also sampling's probabilities (sample.py)
-        self.dx4 = zeros(N_EMBD)
-        self.dh = zeros(N_HIDDEN)
-        self.dx3 = zeros(N_EMBD)
-        self.dx2 = zeros(N_EMBD)  # in keys_values_backward, the gradient at x (reused: dx2 is free by then)
-        self.do = zeros(N_EMBD)
-        self.dq = zeros(N_EMBD)
-        self.datt = zeros(BLOCK)  # d(attention weight) of one head
-        self.dx1 = zeros(N_EMBD)  # gradient at x1, one part at a time
-        self.de = zeros(N_EMBD)  # gradient at the embedding sum
+        self.dafter_mlp = zeros(N_EMBD)
+        self.dhidden = zeros(N_HIDDEN)
+        self.dmlp_in = zeros(N_EMBD)
+        # Also, from layer_backward's end, the gradient at the layer's input x (to_input): the
+        # residual passes dafter_attn to x unchanged, and keys_values_backward gathers it there.
+        self.dafter_attn = zeros(N_EMBD)
+        self.dattn_out = zeros(N_EMBD)
+        self.dquery = zeros(N_EMBD)
+        self.datt = zeros(BLOCK)  # one head's
+        self.dattn_in = zeros(N_EMBD)  # one part at a time
+        self.demb_sum = zeros(N_EMBD)
 
     @micropython.native
     def layer_input(self, layer, token, pos):
-        # Layer `layer`'s input x at pos, as (array, offset): layer 0's is x0 = rmsnorm(wte[token] +
-        # wpe[pos]), computed here with its scale s0; a higher one's is what the layer below left.
+        # Layer `layer`'s input x at pos, as (array, offset): layer 0's is emb = rmsnorm(wte[token] +
+        # wpe[pos]), computed here with its emb_rstd; a higher one's is what the layer below left.
         if layer:
             return self.inputs, ((layer - 1) * BLOCK + pos) * N_EMBD
-        p, x0 = self.params, self.x0
+        p, emb = self.params, self.emb
         te = WTE + token * N_EMBD
         pe = WPE + pos * N_EMBD
         for i in range(N_EMBD):
-            x0[i] = p[te + i] + p[pe + i]
-        self.s0 = rmsnorm(x0, 0, x0)
-        return x0, 0
+            emb[i] = p[te + i] + p[pe + i]
+        self.emb_rstd = rmsnorm(emb, 0, emb)
+        return emb, 0
 
     @micropython.native
     def layer_forward(self, layer, pos, x, xo):
-        # One position through a layer, from its input x[xo:]: its output into x4 (and below the
-        # top into the next layer's input); keeps this position's k and v.
+        # One position through a layer, from its input x[xo:]: its output into after_mlp (and below
+        # the top into the next layer's input); keeps this position's key and value.
         p = self.params
         w = LAYER0 + layer * LAYER_SIZE
-        x1, k, v, q, att, o = self.x1, self.k, self.v, self.q, self.att, self.o
+        attn_in, keys, values, query, att, attn_out = (
+            self.attn_in, self.keys, self.values, self.query, self.att, self.attn_out)
         r = layer * BLOCK * N_EMBD  # this layer's keys and values
-        self.s1 = rmsnorm(x, xo, x1)
-        matvec(p, w + WQ, N_EMBD, x1, 0, q, 0)
-        matvec(p, w + WK, N_EMBD, x1, 0, k, r + pos * N_EMBD)
-        matvec(p, w + WV, N_EMBD, x1, 0, v, r + pos * N_EMBD)
+        self.attn_in_rstd = rmsnorm(x, xo, attn_in)
+        matvec(p, w + WQ, N_EMBD, attn_in, 0, query, 0)
+        matvec(p, w + WK, N_EMBD, attn_in, 0, keys, r + pos * N_EMBD)
+        matvec(p, w + WV, N_EMBD, attn_in, 0, values, r + pos * N_EMBD)
         for h in range(N_HEAD):
             hd = h * HEAD_DIM
             a = h * BLOCK
@@ -168,7 +174,7 @@ class GPT:
                 kt = r + t * N_EMBD + hd
                 s = 0.0
                 for j in range(HEAD_DIM):
-                    s += q[hd + j] * k[kt + j]
+                    s += query[hd + j] * keys[kt + j]
                 s *= _ATT_SCALE
                 att[a + t] = s
                 if s > top:
@@ -182,144 +188,146 @@ class GPT:
                 att[a + t] /= total
             for j in range(HEAD_DIM):
                 s = 0.0
-                vj = r + hd + j  # values' column j of the head: v[vj + t * N_EMBD]
+                vj = r + hd + j  # values' column j of the head: values[vj + t * N_EMBD]
                 for t in range(pos + 1):
-                    s += att[a + t] * v[vj + t * N_EMBD]
-                o[hd + j] = s
-        x2, x3, hid, x4 = self.x2, self.x3, self.h, self.x4
-        matvec(p, w + WO, N_EMBD, o, 0, x2, 0)
+                    s += att[a + t] * values[vj + t * N_EMBD]
+                attn_out[hd + j] = s
+        after_attn, mlp_in, hidden, after_mlp = self.after_attn, self.mlp_in, self.hidden, self.after_mlp
+        matvec(p, w + WO, N_EMBD, attn_out, 0, after_attn, 0)
         for i in range(N_EMBD):
-            x2[i] += x[xo + i]
-        self.s3 = rmsnorm(x2, 0, x3)
-        matvec(p, w + FC1, N_HIDDEN, x3, 0, hid, 0)
+            after_attn[i] += x[xo + i]
+        self.mlp_in_rstd = rmsnorm(after_attn, 0, mlp_in)
+        matvec(p, w + FC1, N_HIDDEN, mlp_in, 0, hidden, 0)
         for i in range(N_HIDDEN):
-            if hid[i] < 0.0:
-                hid[i] = 0.0
-        fc2_forward(p, w + FC2, hid, x4)
+            if hidden[i] < 0.0:
+                hidden[i] = 0.0
+        fc2_forward(p, w + FC2, hidden, after_mlp)
         for i in range(N_EMBD):
-            x4[i] += x2[i]
+            after_mlp[i] += after_attn[i]
         if layer + 1 < N_LAYER:
             nxt = (layer * BLOCK + pos) * N_EMBD
             inputs = self.inputs
             for i in range(N_EMBD):
-                inputs[nxt + i] = x4[i]
+                inputs[nxt + i] = after_mlp[i]
 
     @micropython.native
     def forward(self, token, pos):
-        # One position of microgpt's gpt(): fills self.logits and this position's k, v.
+        # One position of microgpt's gpt(): fills self.logits and this position's key and value.
         x, xo = self.layer_input(0, token, pos)
         for layer in range(N_LAYER):
             self.layer_forward(layer, pos, x, xo)
             x, xo = self.inputs, (layer * BLOCK + pos) * N_EMBD
-        matvec(self.params, LM_HEAD, VOCAB, self.x4, 0, self.logits, 0)
+        matvec(self.params, LM_HEAD, VOCAB, self.after_mlp, 0, self.logits, 0)
 
     @micropython.native
     def loss_backward(self, target, scale):
         # Cross-entropy of this position's logits against target, times `scale` (1/n for the mean
-        # over the name), back through lm_head into dx4 (the top layer's output). Returns the
+        # over the name), back through lm_head into dafter_mlp (the top layer's output). Returns the
         # unscaled loss.
         p, g = self.params, self.grads
-        logits, dl = self.logits, self.dlogits
-        top, total = exp_logits(logits, 1.0, dl)
+        logits, dlogits = self.logits, self.dlogits
+        top, total = exp_logits(logits, 1.0, dlogits)
         loss = math.log(total) - (logits[target] - top)
         for i in range(VOCAB):
-            dl[i] = dl[i] / total * scale
-        dl[target] -= scale
-        clear(self.dx4, N_EMBD)
-        linear_backward(p, g, LM_HEAD, VOCAB, self.x4, 0, dl, 0, self.dx4, 0)
+            dlogits[i] = dlogits[i] / total * scale
+        dlogits[target] -= scale
+        clear(self.dafter_mlp, N_EMBD)
+        linear_backward(p, g, LM_HEAD, VOCAB, self.after_mlp, 0, dlogits, 0, self.dafter_mlp, 0)
         return loss
 
     @micropython.native
     def layer_backward(self, layer, token, pos):
-        # From dx4, the gradient at the layer's output at pos, back through layer_forward (as it
-        # left the buffers), adding into the gradients: all but wk and wv (keys_values_backward's).
+        # From dafter_mlp, the gradient at the layer's output at pos, back through layer_forward (as
+        # it left the buffers), adding into the gradients: all but wk and wv (keys_values_backward's).
         p, g = self.params, self.grads
         w = LAYER0 + layer * LAYER_SIZE
-        dx4, hid, dh, x3, dx3, dx2 = self.dx4, self.h, self.dh, self.x3, self.dx3, self.dx2
-        o, do, q, dq, att = self.o, self.do, self.q, self.dq, self.att
-        fc2_backward(p, g, w + FC2, hid, dx4, dh)
-        clear(dx3, N_EMBD)
-        linear_backward(p, g, w + FC1, N_HIDDEN, x3, 0, dh, 0, dx3, 0)
+        dafter_mlp, hidden, dhidden, mlp_in, dmlp_in, dafter_attn = (
+            self.dafter_mlp, self.hidden, self.dhidden, self.mlp_in, self.dmlp_in, self.dafter_attn)
+        attn_out, dattn_out, query, dquery, att = self.attn_out, self.dattn_out, self.query, self.dquery, self.att
+        fc2_backward(p, g, w + FC2, hidden, dafter_mlp, dhidden)
+        clear(dmlp_in, N_EMBD)
+        linear_backward(p, g, w + FC1, N_HIDDEN, mlp_in, 0, dhidden, 0, dmlp_in, 0)
         for i in range(N_EMBD):
-            dx2[i] = dx4[i]
-        rmsnorm_backward(x3, self.s3, dx3, dx2)
-        clear(do, N_EMBD)
-        linear_backward(p, g, w + WO, N_EMBD, o, 0, dx2, 0, do, 0)
+            dafter_attn[i] = dafter_mlp[i]
+        rmsnorm_backward(mlp_in, self.mlp_in_rstd, dmlp_in, dafter_attn)
+        clear(dattn_out, N_EMBD)
+        linear_backward(p, g, w + WO, N_EMBD, attn_out, 0, dafter_attn, 0, dattn_out, 0)
 
         r = layer * BLOCK * N_EMBD  # this layer's keys and values
         c = pos * N_EMBD
-        k, v, dk, dv = self.k, self.v, self.dk, self.dv
+        keys, values, dkeys, dvalues = self.keys, self.values, self.dkeys, self.dvalues
         for i in range(N_EMBD):
-            dk[c + i] = 0.0  # this position's key and value get their first gradient now
-            dv[c + i] = 0.0
+            dkeys[c + i] = 0.0  # this position's key and value get their first gradient now
+            dvalues[c + i] = 0.0
         datt = self.datt
         for h in range(N_HEAD):
             hd = h * HEAD_DIM
             a = h * BLOCK
-            # Through out = sum_t w_t v_t: dv_t += w_t do, and dw_t = do . v_t.
+            # Through attn_out = sum_t att_t values_t: dvalues_t += att_t dattn_out, datt_t = dattn_out . values_t.
             dot = 0.0
             for t in range(pos + 1):
-                vt = t * N_EMBD + hd  # dv's row t, head h (dk and dv hold one layer: no r)
+                vt = t * N_EMBD + hd  # dvalues' row t, head h (dkeys and dvalues hold one layer: no r)
                 rvt = r + vt
                 wt = att[a + t]
                 s = 0.0
                 for j in range(HEAD_DIM):
-                    s += do[hd + j] * v[rvt + j]
-                    dv[vt + j] += wt * do[hd + j]
+                    s += dattn_out[hd + j] * values[rvt + j]
+                    dvalues[vt + j] += wt * dattn_out[hd + j]
                 datt[t] = s
                 dot += wt * s
-            # Through the softmax and the 1/sqrt(head_dim) scale, into q and the keys.
+            # Through the softmax and the 1/sqrt(head_dim) scale, into query and the keys.
             for j in range(HEAD_DIM):
-                dq[hd + j] = 0.0
+                dquery[hd + j] = 0.0
             for t in range(pos + 1):
                 kt = t * N_EMBD + hd
                 rkt = r + kt
                 dlog = att[a + t] * (datt[t] - dot) * _ATT_SCALE
                 for j in range(HEAD_DIM):
-                    dq[hd + j] += dlog * k[rkt + j]
-                    dk[kt + j] += dlog * q[hd + j]
-        dx1 = self.dx1
-        clear(dx1, N_EMBD)
-        linear_backward(p, g, w + WQ, N_EMBD, self.x1, 0, dq, 0, dx1, 0)
-        self.to_input(layer, token, pos, dx2, dx1)  # dx2 is also the gradient at x (residual)
+                    dquery[hd + j] += dlog * keys[rkt + j]
+                    dkeys[kt + j] += dlog * query[hd + j]
+        dattn_in = self.dattn_in
+        clear(dattn_in, N_EMBD)
+        linear_backward(p, g, w + WQ, N_EMBD, self.attn_in, 0, dquery, 0, dattn_in, 0)
+        self.to_input(layer, token, pos, dafter_attn, dattn_in)  # the residual: dafter_attn is also at x
 
     @micropython.native
     def keys_values_backward(self, layer, tokens, n):
         # The layer's keys and values have all their gradient now: take them back to its inputs.
         p, g = self.params, self.grads
         w = LAYER0 + layer * LAYER_SIZE
-        x1, dx, dx1, dk, dv = self.x1, self.dx2, self.dx1, self.dk, self.dv
+        attn_in, dattn_in, dkeys, dvalues = self.attn_in, self.dattn_in, self.dkeys, self.dvalues
+        dx = self.dafter_attn  # the gradient at x, in dafter_attn's array (see __init__)
         for pos in range(n):
             r = pos * N_EMBD
             x, xo = self.layer_input(layer, tokens[pos], pos)
-            self.s1 = rmsnorm(x, xo, x1)
-            clear(dx1, N_EMBD)
-            linear_backward(p, g, w + WK, N_EMBD, x1, 0, dk, r, dx1, 0)
-            linear_backward(p, g, w + WV, N_EMBD, x1, 0, dv, r, dx1, 0)
+            self.attn_in_rstd = rmsnorm(x, xo, attn_in)
+            clear(dattn_in, N_EMBD)
+            linear_backward(p, g, w + WK, N_EMBD, attn_in, 0, dkeys, r, dattn_in, 0)
+            linear_backward(p, g, w + WV, N_EMBD, attn_in, 0, dvalues, r, dattn_in, 0)
             clear(dx, N_EMBD)
-            self.to_input(layer, tokens[pos], pos, dx, dx1)
+            self.to_input(layer, tokens[pos], pos, dx, dattn_in)
 
     @micropython.native
-    def to_input(self, layer, token, pos, dx, dx1):
-        # Gradients at the layer's input x (dx) and at x1 = rmsnorm(x) (dx1), as one at x: for
-        # layer 0 through its RMSNorm onto the token's and the position's embedding rows (self.x0
+    def to_input(self, layer, token, pos, dx, dattn_in):
+        # Gradients at the layer's input x (dx) and at attn_in = rmsnorm(x) (dattn_in), as one at x:
+        # for layer 0 through its RMSNorm onto the token's and the position's embedding rows (self.emb
         # must hold this position's: see layer_input); above, added into dinputs. Overwrites dx.
-        rmsnorm_backward(self.x1, self.s1, dx1, dx)
+        rmsnorm_backward(self.attn_in, self.attn_in_rstd, dattn_in, dx)
         if layer:
-            di = self.dinputs
+            dinputs = self.dinputs
             c = pos * N_EMBD
             for i in range(N_EMBD):
-                di[c + i] += dx[i]
+                dinputs[c + i] += dx[i]
             return
-        de = self.de
-        clear(de, N_EMBD)
-        rmsnorm_backward(self.x0, self.s0, dx, de)
+        demb_sum = self.demb_sum
+        clear(demb_sum, N_EMBD)
+        rmsnorm_backward(self.emb, self.emb_rstd, dx, demb_sum)
         g = self.grads
         te = WTE + token * N_EMBD
         pe = WPE + pos * N_EMBD
         for i in range(N_EMBD):
-            g[te + i] += de[i]
-            g[pe + i] += de[i]
+            g[te + i] += demb_sum[i]
+            g[pe + i] += demb_sum[i]
 
     @micropython.native
     def loss_and_grad(self, name):
@@ -342,14 +350,14 @@ class GPT:
             self.layer_backward(top, tokens[pos], pos)
         self.keys_values_backward(top, tokens, n)
         for layer in range(top - 1, -1, -1):  # its outputs' gradient is complete: walk the name again
-            di, dx4 = self.dinputs, self.dx4
+            dinputs, dafter_mlp = self.dinputs, self.dafter_mlp
             for pos in range(n):
                 x, xo = self.layer_input(layer, tokens[pos], pos)
                 self.layer_forward(layer, pos, x, xo)
                 c = pos * N_EMBD
                 for i in range(N_EMBD):
-                    dx4[i] = di[c + i]
-                    di[c + i] = 0.0  # from here on it gathers the gradient at the layer's input
+                    dafter_mlp[i] = dinputs[c + i]
+                    dinputs[c + i] = 0.0  # from here on it gathers the gradient at the layer's input
                 self.layer_backward(layer, tokens[pos], pos)
             self.keys_values_backward(layer, tokens, n)
         return loss / n

@@ -25,7 +25,8 @@ table entry type 0 loads as `&mp_fun_table`, and mp_fun_table_t's field order (p
 
 The module reaches MicroPython only through that function table and its qstr table; its entry
 point, `mpy_init`, is what the loader runs at import. `glue_header` writes the C declarations of
-both (mp_glue.h, beside the C file) from FUN_TABLE and the C file's own uses.
+both (mp_glue.h, beside the C file) from FUN_TABLE and the uses in the C file and the headers
+it includes from beside it.
 """
 import hashlib
 import re
@@ -452,6 +453,24 @@ FUN_TABLE = (
 )
 
 _COMMENTS_AND_DIRECTIVES = re.compile(r"//[^\n]*|/\*.*?\*/|^[ \t]*#[^\n]*", re.DOTALL | re.MULTILINE)
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"', re.MULTILINE)
+
+
+def sources(source: Path) -> list[Path]:
+    """The C file and the headers it includes from beside it (`#include "name.h"`, and theirs), the
+    C file first: what its build is made of, but mp_glue.h, which is generated from them."""
+    found, pending = [], [Path(source)]
+    while pending:
+        path = pending.pop(0)
+        if path not in found:
+            found.append(path)
+            pending += [path.parent / name for name in _LOCAL_INCLUDE.findall(path.read_text()) if name != GLUE_HEADER]
+    return found
+
+
+def source_text(source: Path) -> str:
+    """The text of the C file and of the headers it includes (sources), one after the other."""
+    return "\n".join(path.read_text() for path in sources(source))
 
 
 def _code(source_text: str) -> str:
@@ -476,7 +495,7 @@ def glue_header(source: Path) -> str:
     """mp_glue.h for the C file `source`: the function table with every entry at its index, those
     the C uses typed as it declares them (mp_<name>_t), and the indices of its qstrs."""
     source = Path(source)
-    text = source.read_text()
+    text = source_text(source)
     used = set(fun_table_uses(text))
     width = max(len(f"mp_{name}_t") for name in used) if used else len("void *")
     fields = [f"    {(f'mp_{name}_t' if name in used else 'void *').ljust(width)} {name};  // {i}"
@@ -508,7 +527,7 @@ def build(source: Path, arch: str) -> bytes:
     check_glue(source)
     with tempfile.TemporaryDirectory() as tmp:
         obj = compile_object(source, arch, Path(tmp))
-    return mpy_bytes(link(obj, arch), arch, [source.name] + qstr_names(source.read_text()))
+    return mpy_bytes(link(obj, arch), arch, [source.name] + qstr_names(source_text(source)))
 
 
 def sha256(data: bytes) -> str:

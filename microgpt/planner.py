@@ -41,11 +41,15 @@ class Platform:
         return self.array_head + -(-items * item_size // self.block) * self.block
 
 
+# The VM (x64) at the chip's heap, its MicroPython kernels native: report.json's peak_heap_bytes
+# of the default shape (`microgpt sim run --engine host --heap 166592 --steps 50 [--kernels python]`),
+# and the smallest heap that trains 1,000 steps and samples 20 names (`scripts/bench.py --min-heap`).
+VM_PEAK = {"c": 91_584, "python": 96_928}
+VM_MIN_HEAP = {"c": 95_808, "python": 102_470}
+# The collector's headroom, on the chip as in the VM: the most of (smallest heap - peak) over the kernels.
+HEADROOM = max(VM_MIN_HEAP[k] - VM_PEAK[k] for k in KERNELS)
 # The chip: ESP32_GENERIC v1.25.0, measured in Espressif's QEMU
 # (`microgpt sim run --engine qemu --firmware FW --steps 50 [--kernels python]`).
-# Its headroom is the VM's, the most of (smallest heap - peak) over the kernels: 95,808 - 91,584 B
-# with the C kernels, 102,470 - 96,928 B with the MicroPython ones (scripts/bench.py's min_heap).
-HEADROOM = 102_470 - 96_928
 # Its largest area: at boot the GC heap is 56,000 B (`micropython.mem_info()`: "max new split:
 # 110592"), and it grows by an area from ESP-IDF's heap; the largest bytearray after boot is
 # 107,812 B, the next 46,141 B (the first area, which the trainer's modules then share). Measured
@@ -53,10 +57,8 @@ HEADROOM = 102_470 - 96_928
 # 7,264) fail with a MemoryError before step 1 although the heap's total would hold them.
 ESP32 = Platform("ESP32_GENERIC v1.25.0", ESP32_HEAP, block=16, array_head=32,
                  measured={"c": 87_824, "python": 94_784}, headroom=HEADROOM, area=107_812)
-# The MicroPython VM (x64) at the chip's heap, its MicroPython kernels native
-# (`microgpt sim run --engine host --heap 166592 --steps 50 [--kernels python]`).
 VM = Platform("the MicroPython VM (x64)", ESP32_HEAP, block=32, array_head=32,
-              measured={"c": 91_584, "python": 96_928}, headroom=HEADROOM, area=ESP32_HEAP)  # one piece
+              measured=VM_PEAK, headroom=HEADROOM, area=ESP32_HEAP)  # one piece
 
 
 def work_floats(shape: Shape) -> int:
@@ -98,9 +100,14 @@ class Plan:
         return sum(size for _, size in self.buffers) + self.overhead
 
     @property
+    def heap_needed(self) -> int:
+        """The smallest heap that trains it: its peak and the collector's headroom."""
+        return self.peak + self.platform.headroom
+
+    @property
     def spare(self) -> int:
         """Heap left beside the peak and the collector's headroom (negative: short by that much)."""
-        return self.platform.heap - self.peak - self.platform.headroom
+        return self.platform.heap - self.heap_needed
 
     @property
     def big_arrays(self) -> int:

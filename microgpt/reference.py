@@ -38,13 +38,13 @@ def tokenize(name):
 
 
 def _rmsnorm(x, n):
-    scale = ((x * x).sum(axis=1, keepdims=True) / n + RMS_EPS) ** -0.5
-    return x * scale, scale
+    rstd = ((x * x).sum(axis=1, keepdims=True) / n + RMS_EPS) ** -0.5
+    return x * rstd, rstd
 
 
-def _rmsnorm_back(x, scale, dy, n):
-    # y = x * s with s = (mean(x^2) + eps)^-1/2, so ds/dx = -s^3 x / n
-    return scale * dy - x * (scale ** 3 * (dy * x).sum(axis=1, keepdims=True) / n)
+def _rmsnorm_back(x, rstd, dout, n):
+    # out = x * rstd with rstd = (mean(x^2) + eps)^-1/2, so d rstd / dx = -rstd^3 x / n
+    return rstd * dout - x * (rstd ** 3 * (dout * x).sum(axis=1, keepdims=True) / n)
 
 
 def _softmax(z):
@@ -53,28 +53,30 @@ def _softmax(z):
 
 
 def _forward(w, inp, shape):
-    """Run positions 0..T-1 for input ids `inp`; return logits (T, VOCAB) and what backward needs."""
+    """Run positions 0..T-1 for input ids `inp`; return logits (T, VOCAB) and what backward needs.
+    The activations have the names of cmodel.c's work_t (microgpt.py's in brackets there)."""
     t, e, h, d = len(inp), shape.n_embd, shape.n_head, shape.head_dim
     future = np.triu(np.ones((t, t), dtype=bool), k=1)  # causal mask
-    emb = w["wte"][inp] + w["wpe"][:t]
-    x, s0 = _rmsnorm(emb, e)
+    emb_sum = w["wte"][inp] + w["wpe"][:t]
+    emb, emb_rstd = _rmsnorm(emb_sum, e)
+    x = emb  # layer 0's input
     layers = []
     for i in range(shape.n_layer):
         lw = {name: w[f"layer{i}.{name}"] for name in PER_LAYER}
-        x_in = x  # the attention block's residual
-        x1, s1 = _rmsnorm(x_in, e)
-        q, k, v = (x1 @ lw[m].T for m in ("attn_wq", "attn_wk", "attn_wv"))
-        q, k, v = (a.reshape(t, h, d).transpose(1, 0, 2) for a in (q, k, v))  # each (H, T, D)
-        att = _softmax(np.where(future, -np.inf, q @ k.transpose(0, 2, 1) / d ** 0.5))
-        heads = (att @ v).transpose(1, 0, 2).reshape(t, e)
-        x2 = heads @ lw["attn_wo"].T + x_in  # the MLP block's residual
-        x3, s3 = _rmsnorm(x2, e)
-        hidden = x3 @ lw["mlp_fc1"].T
-        relu = np.maximum(hidden, 0)
-        x = relu @ lw["mlp_fc2"].T + x2
-        layers.append((lw, x_in, s1, x1, q, k, v, att, heads, x2, s3, x3, hidden, relu))
+        attn_in, attn_in_rstd = _rmsnorm(x, e)
+        query, keys, values = (attn_in @ lw[m].T for m in ("attn_wq", "attn_wk", "attn_wv"))
+        query, keys, values = (a.reshape(t, h, d).transpose(1, 0, 2) for a in (query, keys, values))  # each (H, T, D)
+        att = _softmax(np.where(future, -np.inf, query @ keys.transpose(0, 2, 1) / d ** 0.5))
+        attn_out = (att @ values).transpose(1, 0, 2).reshape(t, e)
+        after_attn = attn_out @ lw["attn_wo"].T + x
+        mlp_in, mlp_in_rstd = _rmsnorm(after_attn, e)
+        hidden = np.maximum(mlp_in @ lw["mlp_fc1"].T, 0)
+        after_mlp = hidden @ lw["mlp_fc2"].T + after_attn
+        layers.append((lw, x, attn_in_rstd, attn_in, query, keys, values, att, attn_out, after_attn, mlp_in_rstd,
+                       mlp_in, hidden))
+        x = after_mlp  # the next layer's input
     logits = x @ w["lm_head"].T
-    return logits, (emb, s0, layers, x)
+    return logits, (emb_sum, emb_rstd, layers, x)
 
 
 def logits(params, tokens, shape: Shape = DEFAULT):
@@ -88,38 +90,42 @@ def loss_and_grad(params, tokens, shape: Shape = DEFAULT):
     inp, tgt = tokens[:t], tokens[1:t + 1]
     e, h, d = shape.n_embd, shape.n_head, shape.head_dim
     w = views(params, shape)
-    z, (emb, s0, layers, x) = _forward(w, inp, shape)
-    probs = _softmax(z)
+    logits, (emb_sum, emb_rstd, layers, after_mlp) = _forward(w, inp, shape)
+    probs = _softmax(logits)
     eye = np.eye(VOCAB, dtype=params.dtype)
     loss_value = -np.log(probs[np.arange(t), tgt]).mean()
 
     grad = np.zeros_like(params)
     g = views(grad, shape)
-    dz = (probs - eye[tgt]) / t
-    np.matmul(dz.T, x, out=g["lm_head"])
-    dx = dz @ w["lm_head"]
-    for i, (lw, x_in, s1, x1, q, k, v, att, heads, x2, s3, x3, hidden, relu) in reversed(list(enumerate(layers))):
+    dlogits = (probs - eye[tgt]) / t
+    np.matmul(dlogits.T, after_mlp, out=g["lm_head"])
+    dout = dlogits @ w["lm_head"]  # the gradient at the top layer's output, after_mlp
+    for i, layer in reversed(list(enumerate(layers))):
+        lw, x, attn_in_rstd, attn_in, query, keys, values, att, attn_out, after_attn, mlp_in_rstd, mlp_in, hidden = layer
         lg = {name: g[f"layer{i}.{name}"] for name in PER_LAYER}
-        # MLP (its residual passes dx straight to x2)
-        np.matmul(dx.T, relu, out=lg["mlp_fc2"])
-        dhidden = (dx @ lw["mlp_fc2"]) * (hidden > 0)
-        np.matmul(dhidden.T, x3, out=lg["mlp_fc1"])
-        dx2 = dx + _rmsnorm_back(x2, s3, dhidden @ lw["mlp_fc1"], e)
-        # attention (its residual passes dx2 straight to the layer's input)
-        np.matmul(dx2.T, heads, out=lg["attn_wo"])
-        dheads = (dx2 @ lw["attn_wo"]).reshape(t, h, d).transpose(1, 0, 2)  # (H, T, D)
-        datt = dheads @ v.transpose(0, 2, 1)
-        dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) / d ** 0.5
-        dq, dk, dv = dscores @ k, dscores.transpose(0, 2, 1) @ q, att.transpose(0, 2, 1) @ dheads
-        dx1 = 0
-        for name, da in (("attn_wq", dq), ("attn_wk", dk), ("attn_wv", dv)):
-            da = da.transpose(1, 0, 2).reshape(t, e)
-            np.matmul(da.T, x1, out=lg[name])
-            dx1 = dx1 + da @ lw[name]
-        dx = dx2 + _rmsnorm_back(x_in, s1, dx1, e)
-    demb = _rmsnorm_back(emb, s0, dx, e)
-    np.matmul(eye[inp].T, demb, out=g["wte"])  # sums rows of repeated letters
-    g["wpe"][:t] = demb
+        # MLP (its residual passes dout straight to after_attn)
+        np.matmul(dout.T, hidden, out=lg["mlp_fc2"])
+        dhidden = (dout @ lw["mlp_fc2"]) * (hidden > 0)
+        np.matmul(dhidden.T, mlp_in, out=lg["mlp_fc1"])
+        dafter_attn = dout + _rmsnorm_back(after_attn, mlp_in_rstd, dhidden @ lw["mlp_fc1"], e)
+        # attention (its residual passes dafter_attn straight to the layer's input x)
+        np.matmul(dafter_attn.T, attn_out, out=lg["attn_wo"])
+        dattn_out = (dafter_attn @ lw["attn_wo"]).reshape(t, h, d).transpose(1, 0, 2)  # (H, T, D)
+        datt = dattn_out @ values.transpose(0, 2, 1)
+        dattn_logits = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) / d ** 0.5  # [attn_logits]
+        dquery = dattn_logits @ keys
+        dkeys = dattn_logits.transpose(0, 2, 1) @ query
+        dvalues = att.transpose(0, 2, 1) @ dattn_out
+        dattn_in = 0
+        for name, dproj in (("attn_wq", dquery), ("attn_wk", dkeys), ("attn_wv", dvalues)):
+            dproj = dproj.transpose(1, 0, 2).reshape(t, e)
+            np.matmul(dproj.T, attn_in, out=lg[name])
+            dattn_in = dattn_in + dproj @ lw[name]
+        dx = dafter_attn + _rmsnorm_back(x, attn_in_rstd, dattn_in, e)
+        dout = dx  # the gradient at the output of the layer below
+    demb_sum = _rmsnorm_back(emb_sum, emb_rstd, dout, e)
+    np.matmul(eye[inp].T, demb_sum, out=g["wte"])  # sums rows of repeated letters
+    g["wpe"][:t] = demb_sum
     return float(loss_value), grad
 
 

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .chip import DEFAULT
+from . import planner
+from .chip import DEFAULT, Shape
 from .fileio import write_atomic
 from .uart import RunState, UartParser
 
 LOSS_WINDOW = 100  # steps the loss is averaged over: one name's loss says little
-# The smallest VM heap, in bytes, that trains 1,000 steps and samples 20 names, by kernels
-# (`scripts/bench.py --min-heap`: C kernels with native loops, MicroPython kernels as bytecode).
-MIN_HEAP = {"c": 94_142, "python": 104_968}
 
 
 def loss_window(steps: int) -> int:
@@ -126,15 +124,28 @@ def _memory_advice(run, tb) -> str:
         return (": the trainer's modules did not fit while loading; if it was built with `--emit native`,"
                 " build with `--emit bytecode` (native code needs the chip's small executable RAM)")
     heap = run.config.get("heap_total")
-    kernels = run.config.get("kernels") or "c"
-    need = MIN_HEAP.get(kernels, MIN_HEAP["python"])
+    need = _heap_needed(run.config)
     if heap is None or heap < need:
-        return (f": the trainer needs a GC heap of about {need // 1000} KB with the {kernels} kernels (1,000 steps,"
-                " 20 samples)" + (f" and this one has {heap:,} bytes" if heap else "") + "; in the VM raise --heap, on"
+        return (f": the trainer needs a GC heap of about {need:,} bytes (`microgpt plan`'s estimate for its shape"
+                " and kernels)" + (f" and this one has {heap:,} bytes" if heap else "") + "; in the VM raise --heap, on"
                 " a board use ESP32_GENERIC (167 KB) and keep boot.py light")
     return (f": the chip's heap ({heap:,} bytes) holds what the trainer needs (about {need:,}), so something else"
             " took it: a boot.py that keeps objects alive, or a heap fragmented by many small allocations; reset"
             " the board and run again, and report the UART log if it persists")
+
+
+def _heap_needed(config: dict) -> int:
+    """The planner's heap for the run's shape, kernels and platform as its start record names them;
+    before a start record, the default run's on the chip."""
+    shape = config.get("shape") if isinstance(config.get("shape"), Shape) else DEFAULT
+    kernels = config.get("kernels") if config.get("kernels") in planner.KERNELS else "c"
+    platform = planner.ESP32 if config.get("platform") in (None, "esp32") else planner.VM
+    log_every, steps = config.get("log_every"), config.get("steps")
+    if isinstance(log_every, int) and isinstance(steps, int) and 0 < log_every and 0 < steps:
+        log_every = min(log_every, steps)
+    else:
+        log_every = planner.MEASURED_LOG_EVERY
+    return planner.plan(shape, kernels, log_every, platform).heap_needed
 
 
 def _finite(value):

@@ -3,11 +3,12 @@ firmware/cmodel/cmodel-<arch>.mpy, for the ESP32 (xtensawin) and the MicroPython
 and record what they were built from in firmware/cmodel/build.json.
 
 First it regenerates firmware/cmodel/mp_glue.h, the C declarations of MicroPython's function
-table and of the module's qstrs (microgpt/natmod.py's FUN_TABLE and the names cmodel.c uses).
+table and of the module's qstrs (microgpt/natmod.py's FUN_TABLE and the names cmodel.c and the
+headers it includes use).
 
 Needs LLVM 22 (Debian: apt-get install clang-22 llvm-22). Users need none of it: `microgpt
-build` ships the committed .mpy. Run it after every change to cmodel.c; a test checks that the
-committed builds match the source.
+build` ships the committed .mpy. Run it after every change to cmodel.c or its headers; a test
+checks that the committed builds match the sources.
 """
 import json
 import sys
@@ -30,7 +31,7 @@ def main():
         out.write_bytes(blob)
         built[out.name] = natmod.sha256(blob)
         print(f"{out}: {len(blob):,} bytes")
-    manifest = {"sources": {p.name: natmod.sha256(p.read_bytes()) for p in (SOURCE, GLUE)},
+    manifest = {"sources": {p.name: natmod.sha256(p.read_bytes()) for p in [*natmod.sources(SOURCE), GLUE]},
                 "compiler": natmod.compiler_version(), "files": built}
     MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
 

@@ -1,14 +1,17 @@
 """The C kernels (firmware/cmodel): the committed builds match their source and generated
 header, the linker's output loads in the real MicroPython VM and on the emulated ESP32, and the C
 arithmetic equals the reference's."""
+import ast
 import json
+import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import OFFICIAL_FIRMWARE
 
-from microgpt import basefw, mpy, natmod, payload, reference
+from microgpt import basefw, chip, mpy, natmod, payload, reference
 from microgpt.chip import KNOBS, Shape
 from microgpt.engines.qemu import QemuEngine
 
@@ -20,8 +23,10 @@ needs_llvm = pytest.mark.skipif(not HAVE_LLVM, reason="LLVM 22 (clang-22, llc-22
 
 
 def test_committed_builds_are_of_the_committed_source():
-    # No compiler needed: a cmodel.c edited without rerunning scripts/build_cmodel.py fails here.
-    for source in (SOURCE, GLUE):
+    # No compiler needed: a cmodel.c or header edited without rerunning scripts/build_cmodel.py fails here.
+    built_from = [*natmod.sources(SOURCE), GLUE]
+    assert sorted(MANIFEST["sources"]) == sorted(p.name for p in built_from), "rerun scripts/build_cmodel.py"
+    for source in built_from:
         assert MANIFEST["sources"][source.name] == natmod.sha256(source.read_bytes()), "rerun scripts/build_cmodel.py"
     for arch in natmod.ARCHES:
         built = payload.cmodel_build(arch)
@@ -47,9 +52,48 @@ def test_builds_are_native_modules_the_targets_import(arch, target):
 def test_the_committed_glue_header_is_generated_from_natmods_table_and_the_c_source():
     # Fails when FUN_TABLE, cmodel.c's mp-> and QSTR() uses, and mp_glue.h drift apart.
     assert GLUE.read_text() == natmod.glue_header(SOURCE), "rerun scripts/build_cmodel.py"
-    text = SOURCE.read_text()
+    text = natmod.source_text(SOURCE)
     assert natmod.qstr_names(text) == ["ValueError", "adam", "forward", "loss_and_grad", "shape"]
     assert "raise_msg" in natmod.fun_table_uses(text)
+
+
+def test_the_c_files_sources_are_it_and_the_headers_it_includes_from_beside_it(tmp_path):
+    # cmodel.c's float arithmetic and MicroPython ABI live in headers: their uses of the function
+    # table and qstrs count, and their bytes are part of what build.json records.
+    assert [p.name for p in natmod.sources(SOURCE)] == ["cmodel.c", "float_math.h", "mp_abi.h"]
+    (tmp_path / "probe.c").write_text('#include <stdint.h>\n#include "abi.h"\n#include "mp_glue.h"\n')
+    (tmp_path / "abi.h").write_text('#include "more.h"\nint f(void) { return mp->raise_msg(QSTR(ValueError)); }\n')
+    (tmp_path / "more.h").write_text("int g(void) { return QSTR(adam); }\n")
+    assert [p.name for p in natmod.sources(tmp_path / "probe.c")] == ["probe.c", "abi.h", "more.h"]
+    header = natmod.glue_header(tmp_path / "probe.c")
+    assert "mp_raise_msg_t" in header and "enum { Q_FILE, Q_ValueError, Q_adam };" in header
+
+
+def work_t_fields() -> set[str]:
+    """The fields of cmodel.c's work_t: the activations' names in the C, the MicroPython model and
+    the numpy reference alike."""
+    text = SOURCE.read_text()
+    body = text[text.index("typedef struct {\n    // Every position's so far:"):text.index("} work_t;")]
+    return set(re.findall(r"(\w+)\s*(?:\[[^\]]*\])?\s*[,;]", re.sub(r"//[^\n]*", "", body)))
+
+
+def function(path, name):
+    return next(node for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.FunctionDef) and node.name == name)
+
+
+def test_the_micropython_model_and_the_reference_name_their_activations_as_cmodel_c_does():
+    # One name per activation: model.GPT's buffers and the reference's saved activations are work_t's.
+    fields = work_t_fields()
+    assert {"emb", "attn_in", "query", "att", "attn_out", "after_attn", "mlp_in", "hidden", "after_mlp"} <= fields
+    init = function(chip.FIRMWARE_DIR / "model.py", "__init__")
+    buffers = {node.attr for node in ast.walk(init) if isinstance(node, ast.Attribute)
+               and isinstance(node.ctx, ast.Store) and getattr(node.value, "id", None) == "self"}
+    assert buffers - {"params", "grads"} - fields == set()
+    forward = function(Path(reference.__file__), "_forward")
+    saved = next(node.args[0] for node in ast.walk(forward)
+                 if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "append")
+    assert {element.id for element in saved.elts} - {"lw", "x"} - fields == set()
 
 
 def test_fun_table_has_nativeglue_hs_own_landmarks():

@@ -2,11 +2,12 @@
 prediction for the default shape is the VM's measured peak within 5% (the chip's: test_qemu_chip),
 and a shape that cannot fit is refused with its figures before anything is built."""
 import json
+import re
 import subprocess
 
 import pytest
 from click.testing import CliRunner
-from conftest import OFFICIAL_FIRMWARE
+from conftest import OFFICIAL_FIRMWARE, ROOT
 
 from microgpt import chip, payload, planner
 from microgpt.cli import main
@@ -139,3 +140,16 @@ def test_plan_command():
     assert result.exit_code == 0 and "does NOT fit" in result.output and "model buffers (24 arrays" in result.output
     result = CliRunner().invoke(main, ["plan", "--n-embd", "18"])
     assert result.exit_code == 1 and "n_embd 18 must be a multiple of n_head 4" in result.output
+
+
+def test_readmes_heap_figures_are_the_planners():
+    # The figures are measured once, in planner.py; the README quotes them.
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"{planner.VM_MIN_HEAP['c']:,} B with the C kernels, {planner.VM_MIN_HEAP['python']:,} B with the "
+            "MicroPython ones compiled native") in readme
+    assert f"({planner.HEADROOM:,} B: the VM's smallest heap that trains less its peak" in readme
+    calibrations = {"ESP32 in QEMU, C kernels (": planner.ESP32.measured["c"],
+                    "ESP32 in QEMU, MicroPython kernels (": planner.ESP32.measured["python"],
+                    "VM, C kernels (": planner.VM.measured["c"]}
+    for row, peak in calibrations.items():
+        assert re.search(re.escape(row) + rf"[^|]*\| {peak:,} B \| {peak:,} B \(", readme), row

@@ -2,8 +2,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from conftest import step_record
 
+from microgpt import chip, planner
 from microgpt.report import Report, from_log, plot_losses
 from microgpt.uart import UartParser
 
@@ -59,3 +61,26 @@ def test_the_summary_is_the_mean_of_the_last_100_steps():
         parser.feed(step_record(n, 3.0 if n <= 50 else 2.0))
     summary = Report("x", None, None, parser.state(), None).to_json()
     assert (summary["loss_window"], summary["loss_mean"]) == (100, 2.0)
+
+
+MEMORY_ERROR = ["MGPT error MemoryError: memory allocation failed, allocating 16768 bytes",
+                'MGPT tb   File "train.py", line 108, in main']
+
+
+@pytest.mark.parametrize("kernels, platform, shape", [
+    ("c", "esp32", chip.Shape(20, 4, 1, 16)), ("python", "esp32", chip.DEFAULT), ("python", "linux", chip.DEFAULT)])
+def test_memory_error_advice_is_the_planners_heap_for_the_runs_shape_and_kernels(kernels, platform, shape):
+    # The figure users see is the one `microgpt plan` and the run's own check work with.
+    knobs = ",".join(str(getattr(shape, k)) for k in chip.KNOBS)
+    start = (f"MGPT start v=2 params={shape.n_params} steps=1000 seed=42 init=microgpt docs=32033 log_every=25"
+             f" ckpt_every=0 samples=20 temp=0.5 lr=0.01 platform={platform} impl=1.25.0 emit=bytecode"
+             f" kernels={kernels} freq_mhz=240 freq_boot_mhz=160 heap_total=60000 shape={knobs}")
+    error = from_log([start, *MEMORY_ERROR]).error
+    on = planner.ESP32 if platform == "esp32" else planner.VM
+    need = planner.plan(shape, kernels, 25, on).heap_needed
+    assert f"the trainer needs a GC heap of about {need:,} bytes" in error and "this one has 60,000 bytes" in error
+
+
+def test_memory_error_advice_before_the_start_record_is_the_default_runs_on_the_chip():
+    need = planner.plan(chip.DEFAULT, "c", planner.MEASURED_LOG_EVERY, planner.ESP32).heap_needed
+    assert f"the trainer needs a GC heap of about {need:,} bytes" in from_log(MEMORY_ERROR).error

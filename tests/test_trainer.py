@@ -68,8 +68,7 @@ def test_c_kernels_are_the_default_where_built(sim_run):
     assert code == 0 and report["kernels"] == "c", out
 
 
-# 1 to 1.5 KB above the smallest VM heap that trains 1,000 steps and samples (scripts/bench.py
-# --min-heap): 95,808 B with the C kernels, 102,470 B with the MicroPython ones (native).
+# 1 to 1.5 KB above the smallest VM heap that trains 1,000 steps and samples (planner.VM_MIN_HEAP).
 HEAP = {"c": 95 * 1024, "python": 101 * 1024}
 
 

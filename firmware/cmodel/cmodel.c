@@ -3,22 +3,22 @@
 // native module (.mpy). In MicroPython every float is a heap object; here they are registers.
 //
 // Built by scripts/build_cmodel.py (clang-22 for xtensawin and x64, linked into .mpy by
-// microgpt/natmod.py). Freestanding: no libc, no libm. The ESP32's FPU has no divide or square
-// root instruction, so on Xtensa those are Newton iterations on its fused multiply-add (madd.s),
-// from first guesses made of the bits: its estimate instructions (recip0.s, rsqrt0.s) read an
-// implementation-defined table, and clang has no inline-asm constraint for FP registers anyway.
-// Sums of products are madd.s on Xtensa (MADD); the x64 build for the VM rounds them as the
-// MicroPython kernels do.
+// microgpt/natmod.py). Freestanding: no libc, no libm; its float arithmetic (Newton steps for
+// division and square root, series for exp and log) is float_math.h's, and MicroPython's ABI
+// (the module's objects, its function table, the argument checks) mp_abi.h's.
 //
-// Laid out as llm.c's train_gpt2.c: each layer a *_forward / *_backward pair, outputs first,
-// shapes in brackets; a backward adds (+=) into the gradients it is given, which the caller
-// clears where a gradient starts, and its comments quote the forward lines it differentiates.
-// The model's shape (microgpt.py's n_embd, n_head, n_layer, block_size) is given at run time
-// (shape()); matrix rows go four at a time (inner sizes multiples of 4).
+// Laid out as llm.c's train_gpt2.c: the constants, the layers, the model, the entry points. Each
+// layer a *_forward / *_backward pair, outputs first, shapes in brackets; a backward adds (+=)
+// into the gradients it is given, which the caller clears where a gradient starts, and its
+// comments quote the forward lines it differentiates. The model's shape (microgpt.py's n_embd,
+// n_head, n_layer, block_size) is given at run time (shape()); matrix rows go four at a time
+// (inner sizes multiples of 4).
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "float_math.h"
 
 #define INLINE static inline __attribute__((always_inline))
 #define NOINLINE static __attribute__((noinline))  // one copy of code LLVM would repeat at each call
@@ -55,100 +55,6 @@ typedef struct {
 #define LAYER_MATRICES 12
 
 static shape_t S;  // set by shape(); microgpt.py's (16, 4, 1, 16) from the import on
-
-// ---- float helpers: multiply-add, division, square root, exp and log without libm ----
-typedef union { float f; uint32_t u; } bits_t;
-
-#if defined(__xtensa__)
-// acc += a * b as the FPU's madd.s: one rounding, and a load, a madd per term of a dot product.
-#define MADD(acc, a, b) ((acc) = __builtin_fmaf((a), (b), (acc)))
-static inline float fma_(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-
-static inline float recip(float b) {
-    // 1/b for b > 0: a bit-level first guess (within 5.1%), then Newton steps, each squaring the
-    // error: 2.6e-3, 6.6e-6, then float rounding (a fourth step gains nothing).
-    bits_t x = {b};
-    x.u = 0x7EF311C3u - x.u;
-    float r = x.f;
-    for (int i = 0; i < 3; i++) r = fma_(r, fma_(-b, r, 1.0f), r);
-    return r;
-}
-
-static inline float div_(float a, float b) {
-    // a/b for b > 0: a * (1/b), then one residual correction (rounds as a true division almost always).
-    float r = recip(b);
-    float q = a * r;
-    return fma_(fma_(-b, q, a), r, q);
-}
-
-static inline float rsqrt_guess(float x) {
-    // 1/sqrt(x) within 3.4% for x > 0, from the bits.
-    bits_t y = {x};
-    y.u = 0x5F3759DFu - (y.u >> 1);
-    return y.f;
-}
-
-static inline float rsqrt(float x) {
-    // 1/sqrt(x) for x > 0: Newton steps from rsqrt_guess, 1.8e-3, 4.7e-6, then float rounding (1.3e-7).
-    float r = rsqrt_guess(x), h = 0.5f * x;
-    for (int i = 0; i < 3; i++) r = r * fma_(-h * r, r, 1.5f);
-    return r;
-}
-
-static inline float sqrt_(float x) {
-    // sqrt(x) for x >= 0: x / sqrt(x), then one residual correction.
-    if (x == 0.0f) return 0.0f;
-    float r = rsqrt(x), s = x * r;
-    return fma_(fma_(-s, s, x), 0.5f * r, s);
-}
-
-static void scale(float *a, int n, float total) {
-    // a [n] /= total (total > 0), as products with one reciprocal: within an ulp of the quotients.
-    float r = recip(total);
-    for (int i = 0; i < n; i++) a[i] *= r;
-}
-#else
-// The VM's build rounds products and sums apart, as the MicroPython kernels do (x86-64's baseline
-// has no fused multiply-add either).
-#define MADD(acc, a, b) ((acc) += (a) * (b))
-static inline float div_(float a, float b) { return a / b; }
-static inline float recip(float b) { return 1.0f / b; }
-static inline float rsqrt(float x) { return 1.0f / __builtin_sqrtf(x); }
-static void scale(float *a, int n, float total) {
-    for (int i = 0; i < n; i++) a[i] /= total;
-}
-#endif
-
-#define LN2_HI 0.693145751953125f  // ln 2 split so k * LN2_HI is exact for |k| < 2^11
-#define LN2_LO 1.428606765330187e-06f
-
-static float exp_neg(float x) {
-    // e^x for x <= 0 (softmax after subtracting the maximum): x = k ln2 + r with |r| <= ln2/2,
-    // e^r from its Taylor series to r^7 (error < 1e-8), 2^k into the exponent bits.
-    if (x < -87.0f) return 0.0f;
-    int k = (int)(x * 1.44269504f - 0.5f);
-    float r = (x - (float)k * LN2_HI) - (float)k * LN2_LO;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120
-              + r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    bits_t pow2k = {.u = (uint32_t)(k + 127) << 23};
-    return p * pow2k.f;
-}
-
-static float log_pos(float x) {
-    // ln x for normal x > 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(f) with
-    // f = (m-1)/(m+1), |f| < 0.172, from its series to f^9.
-    bits_t b = {x};
-    int e = (int)(b.u >> 23) - 127;
-    b.u = (b.u & 0x007FFFFFu) | 0x3F800000u;
-    float m = b.f;
-    if (m > 1.41421356f) {
-        m *= 0.5f;
-        e += 1;
-    }
-    float f = div_(m - 1.0f, m + 1.0f), f2 = f * f;
-    float s = f2 * (1.0f / 3 + f2 * (1.0f / 5 + f2 * (1.0f / 7 + f2 * (1.0f / 9))));
-    return (float)e * LN2_HI + ((float)e * LN2_LO + 2.0f * f + 2.0f * f * s);
-}
 
 // for i from 0 to n - 1, n a multiple of 4 (as is every size n_embd bounds), four at a time:
 // LLVM unrolls the inner loop, where a plain loop with a size known only at run time pays its
@@ -320,17 +226,17 @@ static void softmax_forward(float *probs, float *max, float *sum, const float *l
     *sum = total;
 }
 
-INLINE void attention_forward_hs(float *out, float *att, const float *q, const float *keys, const float *values,
+INLINE void attention_forward_hs(float *out, float *att, const float *query, const float *keys, const float *values,
                                  int pos, int hs) {
     // out [n_embd]: per head h, sum over t <= pos of att[h][t] * values[t], the heads concatenated;
-    // att [n_head][block_size]: per head, softmax over t <= pos of q . keys[t] / sqrt(head_dim);
-    // q [n_embd]; keys, values [block_size][n_embd], rows 0..pos. Heads are head_dim-wide slices,
+    // att [n_head][block_size]: per head, softmax over t <= pos of query . keys[t] / sqrt(head_dim);
+    // query [n_embd]; keys, values [block_size][n_embd], rows 0..pos. Heads are head_dim-wide slices,
     // their query and output in locals while t runs.
     int n = S.n_embd;
     for (int h = 0; h < S.n_head; h++) {
         int hd = h * hs;
         float *a = att + h * S.block_size, max, sum, qh[MAX_HEAD_DIM], o[MAX_HEAD_DIM];
-        for (int j = 0; j < hs; j++) qh[j] = q[hd + j];
+        for (int j = 0; j < hs; j++) qh[j] = query[hd + j];
         for (int t = 0; t <= pos; t++) {
             const float *k = keys + t * n + hd;
             float s = 0.0f;
@@ -347,11 +253,11 @@ INLINE void attention_forward_hs(float *out, float *att, const float *q, const f
     }
 }
 
-INLINE void attention_backward_hs(float *dq, float *dkeys, float *dvalues, float *datt, const float *dout,
-                                  const float *q, const float *keys, const float *values, const float *att, int pos,
+INLINE void attention_backward_hs(float *dquery, float *dkeys, float *dvalues, float *datt, const float *dout,
+                                  const float *query, const float *keys, const float *values, const float *att, int pos,
                                   int hs) {
     // dkeys, dvalues [block_size][n_embd] as keys, values; datt [block_size]: scratch, one head's
-    // gradient at its weights. Writes dq.
+    // gradient at its weights. Writes dquery.
     int n = S.n_embd;
     for (int h = 0; h < S.n_head; h++) {
         int hd = h * hs;
@@ -359,7 +265,7 @@ INLINE void attention_backward_hs(float *dq, float *dkeys, float *dvalues, float
         float d[MAX_HEAD_DIM], qh[MAX_HEAD_DIM], dqh[MAX_HEAD_DIM];
         for (int j = 0; j < hs; j++) {
             d[j] = dout[hd + j];
-            qh[j] = q[hd + j];
+            qh[j] = query[hd + j];
             dqh[j] = 0.0f;
         }
         // MADD(o[j], a[t], v[j]); out[hd + j] = o[j]
@@ -376,7 +282,7 @@ INLINE void attention_backward_hs(float *dq, float *dkeys, float *dvalues, float
             MADD(dot, a[t], s);
         }
         // softmax_forward(a, &max, &sum, a, pos + 1) => d(score t) = a[t] (datt[t] - dot);
-        // MADD(s, qh[j], k[j]); a[t] = s * att_scale => on to q and keys[t], times att_scale
+        // MADD(s, qh[j], k[j]); a[t] = s * att_scale => on to query and keys[t], times att_scale
         for (int t = 0; t <= pos; t++) {
             const float *k = keys + t * n + hd;
             float *dk = dkeys + t * n + hd, ds = a[t] * (datt[t] - dot) * S.att_scale;
@@ -385,51 +291,51 @@ INLINE void attention_backward_hs(float *dq, float *dkeys, float *dvalues, float
                 MADD(dk[j], ds, qh[j]);
             }
         }
-        for (int j = 0; j < hs; j++) dq[hd + j] = dqh[j];
+        for (int j = 0; j < hs; j++) dquery[hd + j] = dqh[j];
     }
 }
 
-static void attention_forward(float *out, float *att, const float *q, const float *keys, const float *values,
+static void attention_forward(float *out, float *att, const float *query, const float *keys, const float *values,
                               int pos) {
-#define CALL(hs) attention_forward_hs(out, att, q, keys, values, pos, hs)
+#define CALL(hs) attention_forward_hs(out, att, query, keys, values, pos, hs)
     DEFAULT_OR(S.head_dim, 4, CALL);
 #undef CALL
 }
 
-static void attention_backward(float *dq, float *dkeys, float *dvalues, float *datt, const float *dout,
-                               const float *q, const float *keys, const float *values, const float *att, int pos) {
-#define CALL(hs) attention_backward_hs(dq, dkeys, dvalues, datt, dout, q, keys, values, att, pos, hs)
+static void attention_backward(float *dquery, float *dkeys, float *dvalues, float *datt, const float *dout,
+                               const float *query, const float *keys, const float *values, const float *att, int pos) {
+#define CALL(hs) attention_backward_hs(dquery, dkeys, dvalues, datt, dout, query, keys, values, att, pos, hs)
     DEFAULT_OR(S.head_dim, 4, CALL);
 #undef CALL
 }
 
-static int relu_forward(float *h, uint8_t *active, int n) {
-    // h [n] = relu(h), kept as its nonzero values only: h[k] = the k-th positive entry, active[k]
-    // its index; returns how many. The zeros (about half) take no part in fc2 or in fc1's backward.
+static int relu_forward(float *hidden, uint8_t *active, int n) {
+    // hidden [n] = relu(hidden), kept as its nonzero values only: hidden[k] = the k-th positive entry,
+    // active[k] its index; returns how many. The zeros (about half) take no part in fc2 or in fc1's backward.
     int m = 0;
     for (int i = 0; i < n; i++) {
-        float v = h[i];
+        float v = hidden[i];
         if (v > 0.0f) {
-            h[m] = v;
+            hidden[m] = v;
             active[m++] = (uint8_t)i;
         }
     }
     return m;
 }
 
-INLINE void mlp_forward_n(float *out, float *h, uint8_t *active, int *nactive, const float *inp, const float *fc1,
+INLINE void mlp_forward_n(float *out, float *hidden, uint8_t *active, int *nactive, const float *inp, const float *fc1,
                           const float *fc2, int n) {
-    // h = relu(fc1 [n_hidden][n_embd] inp [n_embd]), kept as relu_forward leaves it (active [nactive]);
-    // out [n_embd] = fc2 [n_embd][n_hidden] h, over the active columns in order.
+    // hidden = relu(fc1 [n_hidden][n_embd] inp [n_embd]), kept as relu_forward leaves it (active [nactive]);
+    // out [n_embd] = fc2 [n_embd][n_hidden] hidden, over the active columns in order.
     int nh = 4 * n;
-    linear_forward(h, inp, fc1, nh, n);
-    int m = *nactive = relu_forward(h, active, nh);
+    linear_forward(hidden, inp, fc1, nh, n);
+    int m = *nactive = relu_forward(hidden, active, nh);
     for (int i = 0; i < n; i += 4) {
         const float *w = fc2 + i * nh;
         float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
         for (int k = 0; k < m; k++) {
             const float *c = w + active[k];
-            float x = h[k];
+            float x = hidden[k];
             MADD(s0, c[0], x);
             MADD(s1, c[nh], x);
             MADD(s2, c[2 * nh], x);
@@ -442,46 +348,47 @@ INLINE void mlp_forward_n(float *out, float *h, uint8_t *active, int *nactive, c
     }
 }
 
-INLINE void mlp_backward_n(float *dinp, float *dfc1, float *dfc2, float *dh, const float *dout, const float *inp,
-                           const float *h, const uint8_t *active, int nactive, const float *fc1, const float *fc2, int n) {
-    // dh [nactive]: scratch, the gradient at the active h.
+INLINE void mlp_backward_n(float *dinp, float *dfc1, float *dfc2, float *dhidden, const float *dout, const float *inp,
+                           const float *hidden, const uint8_t *active, int nactive, const float *fc1, const float *fc2,
+                           int n) {
+    // dhidden [nactive]: scratch, the gradient at the active hidden.
     int nh = 4 * n;
-    // MADD(s0, c[0], x) ... over the active columns => dfc2[:, j] += dout h[k], dh[k] = fc2[:, j] . dout
+    // MADD(s0, c[0], x) ... over the active columns => dfc2[:, j] += dout hidden[k], dhidden[k] = fc2[:, j] . dout
     // (j = active[k]), four rows of fc2 at a time; relu keeps the gradient of the positive entries
     // only, which are the active ones.
-    for (int k = 0; k < nactive; k++) dh[k] = 0.0f;
+    for (int k = 0; k < nactive; k++) dhidden[k] = 0.0f;
     for (int i = 0; i < n; i += 4) {
         const float *c = fc2 + i * nh;
         float *g = dfc2 + i * nh;
         float d0 = dout[i], d1 = dout[i + 1], d2 = dout[i + 2], d3 = dout[i + 3];
         for (int k = 0; k < nactive; k++) {
             const float *cj = c + active[k];
-            float *gj = g + active[k], s = dh[k], hk = h[k];
+            float *gj = g + active[k], s = dhidden[k], hk = hidden[k];
             MADD(s, cj[0], d0);
             MADD(s, cj[nh], d1);
             MADD(s, cj[2 * nh], d2);
             MADD(s, cj[3 * nh], d3);
-            dh[k] = s;
+            dhidden[k] = s;
             MADD(gj[0], d0, hk);
             MADD(gj[nh], d1, hk);
             MADD(gj[2 * nh], d2, hk);
             MADD(gj[3 * nh], d3, hk);
         }
     }
-    // linear_forward(h, inp, fc1, n_hidden, n_embd), its active rows
-    linear_backward(dinp, dfc1, dh, inp, fc1, active, nactive, n);
+    // linear_forward(hidden, inp, fc1, n_hidden, n_embd), its active rows
+    linear_backward(dinp, dfc1, dhidden, inp, fc1, active, nactive, n);
 }
 
-static void mlp_forward(float *out, float *h, uint8_t *active, int *nactive, const float *inp, const float *fc1,
+static void mlp_forward(float *out, float *hidden, uint8_t *active, int *nactive, const float *inp, const float *fc1,
                         const float *fc2) {
-#define CALL(n) mlp_forward_n(out, h, active, nactive, inp, fc1, fc2, n)
+#define CALL(n) mlp_forward_n(out, hidden, active, nactive, inp, fc1, fc2, n)
     DEFAULT_OR(S.n_embd, 16, CALL);
 #undef CALL
 }
 
-static void mlp_backward(float *dinp, float *dfc1, float *dfc2, float *dh, const float *dout, const float *inp,
-                         const float *h, const uint8_t *active, int nactive, const float *fc1, const float *fc2) {
-#define CALL(n) mlp_backward_n(dinp, dfc1, dfc2, dh, dout, inp, h, active, nactive, fc1, fc2, n)
+static void mlp_backward(float *dinp, float *dfc1, float *dfc2, float *dhidden, const float *dout, const float *inp,
+                         const float *hidden, const uint8_t *active, int nactive, const float *fc1, const float *fc2) {
+#define CALL(n) mlp_backward_n(dinp, dfc1, dfc2, dhidden, dout, inp, hidden, active, nactive, fc1, fc2, n)
     DEFAULT_OR(S.n_embd, 16, CALL);
 #undef CALL
 }
@@ -580,7 +487,7 @@ typedef struct {
     float *dkeys, *dvalues;  // [block_size][n_embd]: one layer's key and value gradients, complete with the name
     float *dinputs;          // [block_size][n_embd] (n_layer > 1): the gradient at a layer's output, then input
     // The position in progress, in the layer in progress:
-    float *emb;              // [n_embd] rmsnorm(wte[token] + wpe[pos])  [x: layer 0's input]
+    float *emb;              // [n_embd] rmsnorm(emb_sum), emb_sum = wte[token] + wpe[pos]  [x: layer 0's input]
     float *attn_in;          // [n_embd] rmsnorm(x): the input of query, key and value
     float *query;            // [n_embd]  [q]
     float *att;              // [n_head][block_size]: per head, the weights of positions 0..pos  [attn_weights]
@@ -593,7 +500,7 @@ typedef struct {
     // The loss's gradients at the above (d<name>): [n_embd], but dlogits [VOCAB], dhidden [n_hidden]
     float *dlogits, *dafter_mlp, *dhidden, *dmlp_in, *dafter_attn, *dattn_out, *dquery, *dattn_in, *demb;
     float *datt;             // [block_size] one head's, at a time
-    float *dsum;             // [n_embd] at wte[token] + wpe[pos]
+    float *demb_sum;         // [n_embd] at emb_sum, which emb holds before its rmsnorm  [tok_emb + pos_emb]
     // Kept in the call, not in the array:
     float emb_rstd, attn_in_rstd, mlp_in_rstd;  // each rmsnorm's 1 / rms
     int nactive;                                // how many of hidden are nonzero
@@ -632,7 +539,7 @@ NOINLINE int work_layout(work_t *w, uintptr_t at) {
     TAKE(dattn_in, n);
     TAKE(demb, n);
     TAKE(datt, S.block_size);
-    TAKE(dsum, n);
+    TAKE(demb_sum, n);
 #undef TAKE
     return (int)((at - start) / sizeof(float));
 }
@@ -697,10 +604,10 @@ static void layer_forward(float *out, work_t *w, const float *p, int l, int pos,
 static void inputs_backward(float *g, work_t *w, int token, int pos) {
     // From demb, the gradient at layer 0's input, on to the embeddings (emb as layer_input left it).
     // rmsnorm_forward(w->emb, &w->emb_rstd, w->emb)
-    clear(w->dsum, S.n_embd);
-    rmsnorm_backward(w->dsum, w->demb, w->emb, w->emb_rstd);
+    clear(w->demb_sum, S.n_embd);
+    rmsnorm_backward(w->demb_sum, w->demb, w->emb, w->emb_rstd);
     // embed_forward(w->emb, p, p + S.wpe, token, pos)
-    embed_backward(g, g + S.wpe, w->dsum, token, pos);
+    embed_backward(g, g + S.wpe, w->demb_sum, token, pos);
 }
 
 static float *input_gradient(work_t *w, int l, int pos) {
@@ -800,60 +707,8 @@ static float loss_and_grad(float *g, work_t *w, const float *p, const uint8_t *t
     return div_(loss, count);
 }
 
-// ---- MicroPython's side: the module's functions, their argument checks, its entry ----
-// Layouts from py/obj.h, py/bc.h, py/nativeglue.h (identical in v1.25 and the VM's v1.29).
-typedef void *obj_t;
-typedef struct { void *buf; size_t len; int typecode; } buffer_t;  // mp_buffer_info_t
-typedef obj_t (*fun_var_t)(size_t n_args, const obj_t *args);
-typedef struct { const void *type; uint32_t sig; fun_var_t fun; } fun_builtin_var_t;
-typedef struct { const void *type; void *globals; const uint16_t *qstr_table; obj_t *obj_table; } module_context_t;
-typedef struct { const void *type; const module_context_t *context; } fun_bc_t;
-
-// The function-table entries this file uses as mp->name, typed; mp_glue.h (generated) puts each at its index.
-typedef obj_t mp_const_none_t;
-typedef void *(*mp_swap_globals_t)(void *globals);
-typedef obj_t (*mp_load_global_t)(size_t qst);
-typedef void (*mp_store_global_t)(size_t qst, obj_t value);
-typedef void *(*mp_realloc__t)(void *ptr, size_t n, bool allow_move);
-typedef __attribute__((noreturn)) void (*mp_raise_msg_t)(const void *exc_type, const char *msg);
-typedef obj_t (*mp_obj_new_float_from_f_t)(float f);
-typedef float (*mp_obj_get_float_to_f_t)(obj_t o);
-typedef bool (*mp_get_buffer_t)(obj_t o, buffer_t *info, unsigned flags);
-typedef const void *mp_type_fun_builtin_var_t;
-#include "mp_glue.h"
-
-static const mp_fun_table_t *mp;
-static const uint16_t *qstrs;  // the .mpy's qstr table, interned by the loader
-#define QSTR(name) (qstrs[Q_##name])
-
-#define BUFFER_READ 1
-#define BUFFER_RW 3
-#define SMALL_INT(o) ((intptr_t)(o) >> 1)
-#define IS_SMALL_INT(o) (((intptr_t)(o) & 1) != 0)
-#define SMALL_INT_OBJ(n) ((obj_t)(((intptr_t)(n) << 1) | 1))
-#define FUN_SIG(n) (((uint32_t)(n) << 17) | ((uint32_t)(n) << 1))  // n positional arguments, no keywords
-
-static _Noreturn void value_error(const char *msg) {
-    mp->raise_msg(mp->load_global(QSTR(ValueError)), msg);
-}
-
-NOINLINE float *floats_len(obj_t o, size_t n, size_t *len, const char *msg) {
-    // The float32 array behind o, which must hold at least n floats; *len its length.
-    buffer_t b;
-    if (!mp->get_buffer(o, &b, BUFFER_RW) || b.typecode != 'f' || b.len < n * sizeof(float)) value_error(msg);
-    *len = b.len / sizeof(float);
-    return b.buf;
-}
-
-static float *floats(obj_t o, size_t n, const char *msg) {
-    size_t len;
-    return floats_len(o, n, &len, msg);
-}
-
-static int small_int(obj_t o, int lo, int hi, const char *msg) {
-    if (!IS_SMALL_INT(o) || SMALL_INT(o) < lo || SMALL_INT(o) > hi) value_error(msg);
-    return (int)SMALL_INT(o);
-}
+// ---- Entry points: the module's functions, their argument checks, its entry ----
+#include "mp_abi.h"
 
 static float *params_of(obj_t o, const char *msg) {
     // The float32 array behind o, which must hold the shape's parameters (or more).
@@ -927,14 +782,6 @@ static obj_t py_adam(size_t n_args, const obj_t *args) {
         if (n[i] < n[0]) n[0] = n[i];
     adam_update(p, m, v, g, mp->obj_get_float_to_f(args[4]), mp->obj_get_float_to_f(args[5]), (int)n[0]);
     return mp->const_none;
-}
-
-NOINLINE void define(size_t name, fun_var_t fun, int n_args) {
-    fun_builtin_var_t *f = mp->realloc_(NULL, sizeof(fun_builtin_var_t), false);
-    f->type = mp->type_fun_builtin_var;
-    f->sig = FUN_SIG(n_args);
-    f->fun = fun;
-    mp->store_global(name, f);
 }
 
 // The module's body: the loader calls it at import as a viper function, (self, n_args, n_kw, args).
