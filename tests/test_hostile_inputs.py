@@ -1,12 +1,15 @@
 """Hostile use (issue 22, round 3): inputs and limits are refused at the option with a line that
 names the fix, before anything runs; the tool finds its own VM however it is started."""
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+from microgpt import chip, planner
 from microgpt.cli import main
 
 
@@ -33,3 +36,32 @@ def test_a_micropython_that_is_a_directory_is_named(tmp_path):
     assert code == 1 and f"$MICROPYTHON {tmp_path} is not an executable file" in out
     code, out = cli("sim", "run", "--micropython", tmp_path, "--report", tmp_path / "r.json")
     assert code == 1 and f"--micropython {tmp_path} is not an executable file" in out
+
+
+def limited(*args, memory=2 << 30, timeout=120):
+    """The tool in a process that may use at most `memory` bytes: input that would grow without
+    bound fails there instead of stopping the machine."""
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    return subprocess.run([Path(sys.executable).parent / "microgpt", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=cap)
+
+
+@pytest.mark.parametrize("command", [("plan",), ("sim", "run")])
+def test_an_absurd_shape_is_refused_at_the_option_with_the_heaps_bound(command):
+    done = limited(*command, "--n-layer", 10**9)
+    assert done.returncode == 2, done.stderr
+    most = planner.most("n_layer")
+    assert (f"'--n-layer': 1,000,000,000 is more than {most:,}: even the smallest model with n_layer 1,000,000,000 "
+            f"needs more than the ESP32's {chip.ESP32_HEAP:,} B heap") in done.stderr
+
+
+def test_the_bounds_are_the_most_the_chips_heap_could_hold():
+    assert [planner.most(knob) for knob in chip.KNOBS] == [27, 27, 863, 10_346]
+    for knob in chip.KNOBS:
+        most = planner.most(knob)
+        for value, fits in ((most, True), (most + 1, False)):
+            smallest = dict.fromkeys(chip.KNOBS, 1) | {knob: value}
+            smallest["n_embd"] = max(smallest["n_embd"], smallest["n_head"])
+            needs = planner.TRAINING_ARRAYS * 4 * chip.Shape(**smallest).n_params
+            assert (needs <= chip.ESP32_HEAP) == fits, (knob, value)

@@ -135,7 +135,7 @@ def test_plan_command():
     assert any(line.startswith("  predicted peak") and line.endswith(f" {planner.ESP32.measured['c']:,} B")
                for line in lines)
     assert "fits" in result.output and "largest that fit (n_head 4, block_size 16, c kernels):" in lines
-    result = CliRunner().invoke(main, ["plan", "--n-embd", "64", "--kernels", "python"])
+    result = CliRunner().invoke(main, ["plan", "--n-embd", "24", "--kernels", "python"])
     assert result.exit_code == 1 and "does NOT fit" in result.output and "model buffers (24 arrays" in result.output
 
 
