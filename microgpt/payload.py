@@ -41,6 +41,7 @@ class RunOptions:
     def __post_init__(self):
         if self.steps < 1 or self.samples < 0 or not 1 <= self.log_every or self.ckpt_every < 0:
             raise ValueError("steps and log_every must be >= 1; samples and ckpt_every >= 0")
+        reference.check_temperature(self.temperature)  # the samples after training, on the chip
         for name, allowed in (("init", INITS), ("emit", EMITS), ("kernels", KERNELS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

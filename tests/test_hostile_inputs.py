@@ -4,13 +4,16 @@ import os
 import resource
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from microgpt import chip, planner
+from microgpt import chip, dataset, payload, planner, reference
 from microgpt.cli import main
+from microgpt.errors import MicrogptError
 
 
 def cli(*args, input=None, env=None):
@@ -38,13 +41,13 @@ def test_a_micropython_that_is_a_directory_is_named(tmp_path):
     assert code == 1 and f"--micropython {tmp_path} is not an executable file" in out
 
 
-def limited(*args, memory=2 << 30, timeout=120):
+def limited(*args, memory=2 << 30, timeout=120, stdin=subprocess.DEVNULL):
     """The tool in a process that may use at most `memory` bytes: input that would grow without
     bound fails there instead of stopping the machine."""
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     return subprocess.run([Path(sys.executable).parent / "microgpt", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=cap)
+                          timeout=timeout, preexec_fn=cap, stdin=stdin)
 
 
 @pytest.mark.parametrize("command", [("plan",), ("sim", "run")])
@@ -65,3 +68,37 @@ def test_the_bounds_are_the_most_the_chips_heap_could_hold():
             smallest["n_embd"] = max(smallest["n_embd"], smallest["n_head"])
             needs = planner.TRAINING_ARRAYS * 4 * chip.Shape(**smallest).n_params
             assert (needs <= chip.ESP32_HEAP) == fits, (knob, value)
+
+
+def weights_file(tmp_path, shape=chip.DEFAULT, seed=0):
+    """A weights.bin (header and float32 weights) of microgpt.py's initial weights for `seed`."""
+    params = dataset.microgpt_order([], seed, shape)[1].astype("<f4")
+    path = tmp_path / "weights.bin"
+    path.write_bytes(chip.WEIGHTS_HEAD.pack(chip.WEIGHTS_MAGIC, *(getattr(shape, k) for k in chip.KNOBS))
+                     + params.tobytes())
+    return path, params.astype(np.float64)
+
+
+@pytest.mark.parametrize("command", [("sample", "--weights", "{w}"), ("device", "sample", "--port", "/nonexistent")])
+@pytest.mark.parametrize("temperature", ["1e-300", "1e-320", "0", "-1", "101"])
+def test_a_temperature_the_chips_float32_sampler_cannot_take_is_refused_before_anything_runs(
+        tmp_path, command, temperature):
+    w, _ = weights_file(tmp_path)
+    code, out = cli(*(a.format(w=w) for a in command), "--temperature", temperature)
+    assert code == 2 and f"is outside {reference.MIN_TEMPERATURE:.8g}..100: the chip samples in float32" in out
+    with pytest.raises(MicrogptError, match="outside"):
+        payload.RunOptions(temperature=float(temperature))  # the run's own samples, after training
+
+
+def test_at_the_smallest_temperature_every_draw_is_the_likeliest_letter(tmp_path):
+    w, params = weights_file(tmp_path)
+    tokens, expected = [chip.BOS], ""
+    while len(tokens) <= chip.BLOCK and (token := int(np.argmax(reference.logits(params, tokens)[-1]))) != chip.BOS:
+        tokens.append(token)
+        expected += chr(ord("a") + token)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way
+        code, out = cli("sample", "--weights", w, "--count", 5, "--temperature", repr(reference.MIN_TEMPERATURE))
+    assert code == 0, out
+    assert [line[3:] for line in out.splitlines()] == [expected] * 5
+

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import click
 
-from .. import chip, dataset, payload, planner
+from .. import chip, dataset, payload, planner, reference
 from ..errors import MicrogptError
 from ..fileio import output_error
-from ..reference import TEMPERATURE
 from ..report import loss_mean
 from ..run import RunDir, run
 from .progress import Terminal
@@ -73,6 +72,16 @@ class Knob(click.IntRange):
         return number
 
 
+class Temperature(FiniteFloat):
+    """A sampling temperature the chip's float32 sampler can take (reference.check_temperature)."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return reference.check_temperature(super().convert(value, param, ctx))
+        except MicrogptError as e:
+            self.fail(str(e), param, ctx)
+
+
 def given(ctx: click.Context, name: str) -> bool:
     """Did the user give option `name` (not its default)?"""
     source = ctx.get_parameter_source(name)
@@ -110,7 +119,7 @@ def sampling_options(f):
             click.option("--count", type=click.IntRange(min=1), default=20, show_default=True, help="Names to sample."),
             click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
                          help="Seed of the draws: a run's --seed gives that run's samples."),
-            click.option("--temperature", type=FiniteFloat(0, 100, low_open=True), default=TEMPERATURE,
+            click.option("--temperature", type=Temperature(), default=reference.TEMPERATURE,
                          show_default=True, help="Softmax temperature: lower is safer, higher more inventive."),
             click.option("--prefix", default="",
                          help="Letters every name begins with (a-z, fewer than the model's block size).")]):
