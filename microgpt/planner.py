@@ -15,12 +15,11 @@ enough for them is the one it adds from ESP-IDF's heap (measured below).
 import dataclasses
 import functools
 
-from .chip import DEFAULT, ESP32_HEAP, KNOBS, VOCAB, Shape
+from .chip import DEFAULT, ESP32_HEAP, KNOBS, NAMES_BUFFER, VOCAB, Shape
 from .errors import PlanError
 
 KERNELS = ("c", "python")
 TRAINING_ARRAYS = 4  # the weights, their gradient, Adam's m and v: an array('f') of every parameter each
-NAMES_BUFFER = 1024  # bytes: train.Names reads the data file in chunks of this size
 MEASURED_LOG_EVERY = 25  # the measured runs' steps per UART record (their default): the losses' buffer
 
 

@@ -273,5 +273,5 @@ def _keep_weights(engine, out: Path) -> Path | None:
     data = engine.read_file(WEIGHTS)
     if data is None:
         return None
-    read_weights(data, f"from the {engine.name} run")
+    read_weights(data, f"{WEIGHTS} from the {engine.name} run")
     return write_atomic(out, data)

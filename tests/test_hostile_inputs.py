@@ -102,3 +102,63 @@ def test_at_the_smallest_temperature_every_draw_is_the_likeliest_letter(tmp_path
     assert code == 0, out
     assert [line[3:] for line in out.splitlines()] == [expected] * 5
 
+
+@pytest.mark.parametrize("content", [b"a" * 16768, bytes(16768)])
+def test_bytes_of_the_old_header_less_size_are_not_weights(tmp_path, content):
+    path = tmp_path / "w.bin"
+    path.write_bytes(content)
+    code, out = cli("sample", "--weights", path, "--count", 3)
+    assert code == 1 and f"{path} is not microgpt weights (it does not begin with MGW1)" in out
+    assert len(out.splitlines()) == 1  # no names
+
+
+def test_header_less_weights_get_their_header_as_the_error_says(tmp_path):
+    w, _ = weights_file(tmp_path)
+    _, before = cli("sample", "--weights", w, "--count", 5)
+    old = tmp_path / "old.bin"
+    old.write_bytes(w.read_bytes()[chip.WEIGHTS_HEAD.size:])  # as a trainer wrote it before the header
+    code, out = cli("sample", "--weights", old)
+    assert code == 1
+    command = out.split("`printf")[1].split("`")[0].replace("OLD", str(old)).replace("NEW", str(tmp_path / "new.bin"))
+    subprocess.run(["bash", "-c", "printf" + command], check=True)
+    assert cli("sample", "--weights", tmp_path / "new.bin", "--count", 5) == (0, before)
+
+
+def test_weights_header_errors_name_the_file(tmp_path):
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(chip.WEIGHTS_MAGIC + bytes(4))
+    assert cli("sample", "--weights", cut) == (
+        1, f"Error: {cut} is cut short: 8 bytes, less than its 12-byte MGW1 header: did the run finish? Train again.\n")
+    zero = tmp_path / "zero.bin"
+    zero.write_bytes(chip.WEIGHTS_HEAD.pack(chip.WEIGHTS_MAGIC, 0, 4, 1, 16))
+    code, out = cli("sample", "--weights", zero)
+    assert code == 1 and out.startswith(f"Error: {zero}: its MGW1 header gives no model shape (n_embd must be")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("build", "--data", "/dev/zero", "--out", "{tmp}/f.bin"),
+     "/dev/zero line 1 is more than 1,023 bytes, not a name (a name and its newline fit the chip's 1,024-byte read "
+     "buffer)"),
+    (("sim", "run", "--data", "-", "--report", "{tmp}/r.json"),
+     "standard input line 1 is more than 1,023 bytes, not a name"),
+    (("sample", "--weights", "/dev/zero"),
+     "/dev/zero holds more than 2 MB, the chip's filesystem where a run writes its weights.bin: not microgpt weights"),
+    (("build", "--firmware", "/dev/zero", "--data", "{names}", "--out", "{tmp}/f.bin"),
+     "/dev/zero holds more than 128 MB, the largest flash an ESP32 bootloader names"),
+])
+def test_an_endless_input_is_refused_at_its_bound(tmp_path, names_path, args, message):
+    # In a process capped at 1 GB: reading the input whole would end there with a MemoryError.
+    out = tmp_path / "out"
+    with open("/dev/zero", "rb") as zero:
+        done = limited(*(str(a).format(tmp=out, names=names_path) for a in args), memory=1 << 30, stdin=zero)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert not out.exists()  # nothing written
+
+
+def test_a_name_as_long_as_the_chips_read_buffer_takes_is_read(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("a" * (chip.NAMES_BUFFER - 1) + "\n" + "b" * (chip.NAMES_BUFFER - 1))
+    assert dataset.load_names(names) == ["a" * (chip.NAMES_BUFFER - 1), "b" * (chip.NAMES_BUFFER - 1)]
+    names.write_text("a" * chip.NAMES_BUFFER)
+    with pytest.raises(MicrogptError, match="line 1 is more than 1,023 bytes"):
+        dataset.load_names(names)
