@@ -60,6 +60,12 @@ VM = Platform("the MicroPython VM (x64)", ESP32_HEAP, block=32, array_head=32,
               measured={"c": 91_584, "python": 96_928}, headroom=HEADROOM, area=ESP32_HEAP)  # one piece
 
 
+def vm(heap: int) -> Platform:
+    """The VM with a GC heap of `heap` bytes (its --heap): one piece, so its largest area is all of
+    it, and it holds shapes the chip's areas do not."""
+    return dataclasses.replace(VM, name="the MicroPython VM (x64, --heap)", heap=heap, area=heap)
+
+
 @functools.cache
 def most(knob: str, heap: int = ESP32_HEAP) -> int:
     """The largest value of `knob` (one of chip.KNOBS) for which the smallest model that has it

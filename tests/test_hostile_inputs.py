@@ -162,3 +162,14 @@ def test_a_name_as_long_as_the_chips_read_buffer_takes_is_read(tmp_path):
     names.write_text("a" * chip.NAMES_BUFFER)
     with pytest.raises(MicrogptError, match="line 1 is more than 1,023 bytes"):
         dataset.load_names(names)
+
+
+def test_the_vm_plans_for_its_own_heap_not_the_chips_areas(sim_run):
+    # n_embd 24 has no room in the chip's largest area (107,812 B); the VM's --heap is one piece.
+    shape = chip.Shape(n_embd=24)
+    code, out, report = sim_run("--heap", 600_000, "--n-embd", 24, "--steps", 3, "--samples", 2)
+    assert code == 0, out
+    predicted = planner.plan(shape, "c", 3, planner.vm(600_000)).peak
+    assert abs(report["peak_heap_bytes"] - predicted) <= 0.05 * predicted
+    code, out, _ = sim_run("--heap", 100_000, "--n-embd", 24, "--steps", 3, "--samples", 0)
+    assert code == 1 and "B more than the MicroPython VM (x64, --heap)'s 100,000 B" in out

@@ -5,7 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import basefw, chip, image, mpy
+from .. import basefw, chip, image, mpy, planner
 from ..errors import EngineError
 from ..fileio import write_atomic
 from ..payload import Payload
@@ -54,6 +54,9 @@ class HostEngine(ProcessEngine):
         self.micropython = find_micropython(micropython)
         self.image = basefw.identify(image) if image is not None else None
         self.flash = self.workdir / FLASH
+
+    def platform(self) -> planner.Platform:
+        return planner.vm(self.heap)
 
     def settings(self) -> dict:
         return {"heap": self.heap, "micropython": self.micropython}
