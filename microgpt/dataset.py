@@ -18,9 +18,9 @@ ALLOWED = "one name per line, lowercase letters a-z only"
 STDIN = "-"  # --data - reads the names from standard input
 # Bounds that tell a names file from something else, checked while reading (never the whole file,
 # nor a whole line, first): makemore's 32,033 names are 228 KB and 15 letters at most. A line (a
-# name, any spaces around it, its newline) must fit the chip's read buffer, in which it trains on it.
+# name, any spaces around it, its newline) is at most the chip's read buffer (chip.NAMES_BUFFER),
+# which the trainer takes each name from.
 MAX_BYTES = 64 << 20
-MAX_LINE = NAMES_BUFFER
 
 
 def fetch_names(url=NAMES_URL, sha256=NAMES_SHA256):
@@ -60,10 +60,10 @@ def load_names(path=None):
     f, where = _open(fetch_names() if path is None else path)
     names, size = [], 0
     try:
-        for number, raw in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
-            if len(raw.removesuffix(b"\n")) >= MAX_LINE:
-                raise DatasetError(f"{where} line {number} is more than {MAX_LINE - 1:,} bytes, not a name (a name and "
-                                   f"its newline fit the chip's {MAX_LINE:,}-byte read buffer): the file must hold "
+        for number, raw in enumerate(iter(lambda: f.readline(NAMES_BUFFER + 1), b""), 1):
+            if len(raw.removesuffix(b"\n")) >= NAMES_BUFFER:
+                raise DatasetError(f"{where} line {number} is more than {NAMES_BUFFER - 1:,} bytes, not a name (a name and "
+                                   f"its newline fit the chip's {NAMES_BUFFER:,}-byte read buffer): the file must hold "
                                    "one name per line")
             size += len(raw)
             if size > MAX_BYTES:

@@ -13,10 +13,12 @@ from .errors import MicrogptError
 
 TEMPERATURE = 0.5  # microgpt.py's; the host ships it to the chip in config.json
 # The temperatures the chip's sampler takes. It holds the temperature in float32 and divides each
-# logit's gap to the largest by it: below float32's smallest normal number the temperature is zero
-# there (1e-300: a division by zero) or a subnormal, and on the host the logits' quotients by it
-# overflow float64 (1e-308: nan, letters no model chose). At the smallest, every draw is the
-# likeliest letter. Above the largest, every letter is about as likely as another.
+# logit's gap below the largest by it: whatever the logits' range those quotients are <= 0, and
+# one that overflows is -inf, whose exp is 0 (the limit), so the bound is the temperature itself:
+# float32's smallest normal number. Below it the temperature is zero on the chip (1e-300: a division
+# by zero) or a subnormal; the host, which divides the logits before shifting them, stays finite
+# down to it for logits below 1e270 (at 1e-308 they overflowed into nan: letters no model chose).
+# At the smallest, every draw is the likeliest letter; at the largest, the letters are about even.
 MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
 MAX_TEMPERATURE = 100.0
 PER_LAYER = ("attn_wq", "attn_wk", "attn_wv", "attn_wo", "mlp_fc1", "mlp_fc2")
