@@ -12,12 +12,16 @@ import time
 import base
 import micropython
 from base import BETA1, BETA2, zeros
+from micropython import const
 
 CONFIG = "config.json"
 DATA = "names.txt"  # the host writes it in training order, one name per line
 INIT = "init.bin"  # with init "microgpt": the shape's float32 initial weights from the host
 WEIGHTS = "weights.bin"
 CKPT = "ckpt.bin"
+# Names reads the data file in chunks of this many bytes: a name and its newline must fit in one
+# (the host refuses a longer line). Underscored: a constant only, no global on the chip's heap.
+_NAMES_BUFFER = const(1024)
 
 LR = 0.01
 INIT_STD = 0.08
@@ -129,7 +133,7 @@ def main(mount_flash=lambda fast: None):
     mount_flash(False)
     gc.collect()
     params, grads, m, v = zeros(n_params), zeros(n_params), zeros(n_params), zeros(n_params)
-    names_buf = bytearray(1024)  # Names' chunks
+    names_buf = bytearray(_NAMES_BUFFER)  # Names' chunks
     mount_flash(True)
     if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
         from cgpt import GPT, adam

@@ -17,6 +17,7 @@ from esptool.targets import CHIP_DEFS, ESP32ROM
 
 from . import download, image
 from .errors import FirmwareError, ImageError, NoPartitionTable
+from .fileio import read_at_most
 from .image import APP, PARTITION_TABLE_OFFSET, Partition
 
 
@@ -35,6 +36,7 @@ BOOTLOADER = ESP32ROM.BOOTLOADER_FLASH_OFFSET  # 0x1000: where the ROM looks for
 # The banner MicroPython prints at boot ("MicroPython v1.25.0 on 2025-04-15; ..."), compiled into the app.
 _BANNER = re.compile(rb"MicroPython (v\d+\.\d+(?:\.\d+)?(?:-[0-9A-Za-z.+-]+)?) on (\d{4}-\d\d-\d\d)")
 _FLASH_SIZES = {int(label.removesuffix("MB")) << 20: bits for label, bits in ESP32ROM.FLASH_SIZES.items()}
+MAX_FLASH = max(_FLASH_SIZES)  # a firmware or a whole-flash image is no larger than the flash it goes on
 WHAT_TO_PASS = ("pass the firmware .bin from micropython.org/download/ESP32_GENERIC (bootloader, partition table and "
                 "app), or a whole-flash image made by `microgpt build`")
 
@@ -122,10 +124,13 @@ def identify(path: Path) -> Firmware:
     app, as published on micropython.org, or all of a board's flash) and say what it is."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_at_most(path, MAX_FLASH)
     except OSError as e:
         raise FirmwareError(f"cannot read the firmware {path}: {e.strerror}") from None
     name = path.name
+    if data is None:
+        raise FirmwareError(f"{path} holds more than {MAX_FLASH >> 20} MB, the largest flash an ESP32 bootloader "
+                            f"names: {WHAT_TO_PASS}")
     offset = _where(data, name)
     boot = _load_image(data[BOOTLOADER - offset:], f"{name} (bootloader at {BOOTLOADER:#x})")
     try:

@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 from .errors import MicrogptError
+from .fileio import read_at_most
 
 
 def _firmware_dir() -> Path:
@@ -73,6 +74,7 @@ RMS_EPS, BETA1, BETA2, ADAM_EPS = (_MODEL[k] for k in ("RMS_EPS", "BETA1", "BETA
 LR, INIT_STD = _TRAIN["LR"], _TRAIN["INIT_STD"]
 # Files on the chip's filesystem (firmware/train.py).
 CONFIG, DATA, INIT, WEIGHTS, CKPT = (_TRAIN[k] for k in ("CONFIG", "DATA", "INIT", "WEIGHTS", "CKPT"))
+NAMES_BUFFER = _TRAIN["_NAMES_BUFFER"]  # bytes: the trainer's read buffer of the data file; a line must fit it
 # MicroPython runs main.py at power-up; the trainer's boot entry is firmware/main.py, whose
 # first line marks it as ours (a board's own main.py is never touched).
 BOOT = "main.py"
@@ -129,29 +131,50 @@ class Shape:
 KNOBS = ("n_embd", "n_head", "n_layer", "block_size")
 DEFAULT = Shape()
 N_PARAMS = DEFAULT.n_params  # 4,192: microgpt.py's own model
-# weights.bin: magic, n_embd, n_head, n_layer, block_size, then the float32 weights. A file of
-# just the default shape's floats (before the header existed) is the default shape.
+# weights.bin: magic, n_embd, n_head, n_layer, block_size, then the float32 weights.
 WEIGHTS_HEAD = struct.Struct(_MODEL["WEIGHTS_HEAD"])
 WEIGHTS_MAGIC = _MODEL["WEIGHTS_MAGIC"]
 
 
-def weights_shape(head: bytes, size: int, where: str) -> tuple[Shape, int]:
-    """The shape of a weights.bin of `size` bytes that begins with `head` (its first
-    WEIGHTS_HEAD.size bytes or more), and where its floats begin."""
-    if head[:4] == WEIGHTS_MAGIC and len(head) >= WEIGHTS_HEAD.size:
+def weights_shape(head: bytes, size: int, what: str) -> tuple[Shape, int]:
+    """The shape of the weights file `what` (its path, or where it is) of `size` bytes that begins
+    with `head` (its first WEIGHTS_HEAD.size bytes or more), and where its floats begin. A file
+    without the header is refused, whatever its size: any bytes of the right length would pass
+    for floats (the weights from before the header was written can be given it; the message says how)."""
+    magic = WEIGHTS_MAGIC.decode()
+    if not head.startswith(WEIGHTS_MAGIC):
+        default = WEIGHTS_HEAD.pack(WEIGHTS_MAGIC, *(getattr(DEFAULT, k) for k in KNOBS))
+        old = "".join(chr(b) if 32 < b < 127 else f"\\x{b:02x}" for b in default)
+        raise MicrogptError(f"{what} is not microgpt weights (it does not begin with {magic}): use the weights of a "
+                            f"run (its NAME.{WEIGHTS}, or `microgpt device pull`); a {WEIGHTS} of {DEFAULT.n_params * 4:,} "
+                            f"bytes from before the header gets it with `printf '{old}' | cat - OLD > NEW`")
+    if size < WEIGHTS_HEAD.size:
+        raise MicrogptError(f"{what} is cut short: {size:,} bytes, less than its {WEIGHTS_HEAD.size}-byte {magic} "
+                            "header: did the run finish? Train again.")
+    try:
         shape = Shape(*WEIGHTS_HEAD.unpack_from(head)[1:])
-        if size != WEIGHTS_HEAD.size + shape.n_params * 4:
-            raise MicrogptError(f"{WEIGHTS} {where} is {size:,} bytes, not {WEIGHTS_HEAD.size + shape.n_params * 4:,}"
-                                f" ({shape.n_params:,} float32 for {shape}): did the run finish? Train again.")
-        return shape, WEIGHTS_HEAD.size
-    if size != DEFAULT.n_params * 4:
-        raise MicrogptError(f"{WEIGHTS} {where} is {size:,} bytes, not {DEFAULT.n_params * 4:,} (the default "
-                            f"model's {DEFAULT.n_params:,} float32) and has no {WEIGHTS_MAGIC.decode()} header: "
-                            "did the run finish? Train again.")
-    return DEFAULT, 0
+    except MicrogptError as e:
+        raise MicrogptError(f"{what}: its {magic} header gives no model shape ({e}): not weights a run wrote") from None
+    if size != WEIGHTS_HEAD.size + shape.n_params * 4:
+        raise MicrogptError(f"{what} is {size:,} bytes, not {WEIGHTS_HEAD.size + shape.n_params * 4:,} "
+                            f"({shape.n_params:,} float32 for {shape}): did the run finish? Train again.")
+    return shape, WEIGHTS_HEAD.size
 
 
-def read_weights(data: bytes, where: str) -> tuple[Shape, bytes]:
-    """The shape and the float32 bytes of a whole weights.bin."""
-    shape, start = weights_shape(data, len(data), where)
+def read_weights_file(path: Path) -> tuple[Shape, bytes]:
+    """The shape and the float32 bytes of the weights file at `path`, read no further than the
+    chip's filesystem could hold (a run writes its weights there)."""
+    try:
+        data = read_at_most(path, VFS_SIZE)
+    except OSError as e:
+        raise MicrogptError(f"cannot read {path}: {e.strerror}") from None
+    if data is None:
+        raise MicrogptError(f"{path} holds more than {VFS_SIZE >> 20} MB, the chip's filesystem where a run writes "
+                            f"its {WEIGHTS}: not microgpt weights")
+    return read_weights(data, str(path))
+
+
+def read_weights(data: bytes, what: str) -> tuple[Shape, bytes]:
+    """The shape and the float32 bytes of a whole weights file (`what`: its path, or where it is)."""
+    shape, start = weights_shape(data, len(data), what)
     return shape, data[start:]

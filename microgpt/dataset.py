@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from . import download
-from .chip import DEFAULT, INIT_STD, Shape
+from .chip import DEFAULT, INIT_STD, NAMES_BUFFER, Shape
 from .errors import DatasetError
 
 # Pinned to a commit so the hash below stays true.
@@ -16,10 +16,11 @@ NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/988aa59/names.t
 NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
 ALLOWED = "one name per line, lowercase letters a-z only"
 STDIN = "-"  # --data - reads the names from standard input
-# Bounds that tell a names file from something else, checked while reading (never the whole file
-# first): makemore's 32,033 names are 228 KB and 15 letters at most.
+# Bounds that tell a names file from something else, checked while reading (never the whole file,
+# nor a whole line, first): makemore's 32,033 names are 228 KB and 15 letters at most. A line (a
+# name, any spaces around it, its newline) is at most the chip's read buffer (chip.NAMES_BUFFER),
+# which the trainer takes each name from.
 MAX_BYTES = 64 << 20
-MAX_LETTERS = 255
 
 
 def fetch_names(url=NAMES_URL, sha256=NAMES_SHA256):
@@ -59,7 +60,11 @@ def load_names(path=None):
     f, where = _open(fetch_names() if path is None else path)
     names, size = [], 0
     try:
-        for number, raw in enumerate(f, 1):
+        for number, raw in enumerate(iter(lambda: f.readline(NAMES_BUFFER + 1), b""), 1):
+            if len(raw.removesuffix(b"\n")) >= NAMES_BUFFER:
+                raise DatasetError(f"{where} line {number} is more than {NAMES_BUFFER - 1:,} bytes, not a name (a name and "
+                                   f"its newline fit the chip's {NAMES_BUFFER:,}-byte read buffer): the file must hold "
+                                   "one name per line")
             size += len(raw)
             if size > MAX_BYTES:
                 raise DatasetError(f"{where} holds more than {MAX_BYTES >> 20} MB of names (the chip trains on one "
@@ -77,10 +82,6 @@ def load_names(path=None):
                     column = len(line) - len(line.lstrip()) + index + 1
                     raise DatasetError(f"{where} line {number}, column {column}: {ch!r} is not a lowercase letter "
                                        f"a-z; the file must hold {ALLOWED}")
-            if len(name) > MAX_LETTERS:
-                raise DatasetError(f"{where} line {number} holds {len(name):,} letters, not a name (names are at "
-                                   f"most {MAX_LETTERS} letters, and the model reads only the first ones): "
-                                   "the file must hold one name per line")
             names.append(name)
     finally:
         if f is not sys.stdin.buffer:

@@ -19,6 +19,14 @@ _FIX = {
 }
 
 
+def read_at_most(path, limit: int) -> bytes | None:
+    """The bytes of the file at `path` if it holds at most `limit` of them, else None: read with
+    that bound, so a device (/dev/zero) or a huge file is refused without being read whole."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
 def output_error(e: OSError, path) -> OutputError:
     """The one-line error for an output that could not be written."""
     fix = _FIX.get(e.errno, e.strerror or str(e))

@@ -41,6 +41,7 @@ class RunOptions:
     def __post_init__(self):
         if self.steps < 1 or self.samples < 0 or not 1 <= self.log_every or self.ckpt_every < 0:
             raise ValueError("steps and log_every must be >= 1; samples and ckpt_every >= 0")
+        reference.check_temperature(self.temperature)  # the samples after training, on the chip
         for name, allowed in (("init", INITS), ("emit", EMITS), ("kernels", KERNELS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -130,12 +131,13 @@ def _trainer(target: mpy.Target, emit: str, kernels: str) -> dict[str, bytes]:
     return files
 
 
-def build(options: RunOptions, docs: list[str], target: mpy.Target) -> Payload:
-    """The payload of a run of `options` on `docs` for `target`."""
+def build(options: RunOptions, docs: list[str], target: mpy.Target,
+          platform: planner.Platform = planner.ESP32) -> Payload:
+    """The payload of a run of `options` on `docs` for `target`, whose heap is `platform`'s."""
     shape = options.shape
     options = dataclasses.replace(options, emit=emit_for(options.emit, target),
                                   kernels=kernels_for(options.kernels, target, shape))
-    planner.check(shape, options.kernels, min(options.log_every, options.steps))  # the chip's heap holds the run
+    planner.check(shape, options.kernels, min(options.log_every, options.steps), platform)  # its heap holds the run
     files = _trainer(target, options.emit, options.kernels)
     # Step s trains on name s % count, so a run of fewer steps than names needs only its first
     # `steps`; and microgpt.py trains on a name's first block_size letters, never further.

@@ -13,12 +13,13 @@ in one piece of the heap: the chip's GC heap is not one block but areas, and the
 enough for them is the one it adds from ESP-IDF's heap (measured below).
 """
 import dataclasses
+import functools
 
-from .chip import DEFAULT, ESP32_HEAP, VOCAB, Shape
+from .chip import DEFAULT, ESP32_HEAP, KNOBS, NAMES_BUFFER, VOCAB, Shape
 from .errors import PlanError
 
 KERNELS = ("c", "python")
-NAMES_BUFFER = 1024  # bytes: train.Names reads the data file in chunks of this size
+TRAINING_ARRAYS = 4  # the weights, their gradient, Adam's m and v: an array('f') of every parameter each
 MEASURED_LOG_EVERY = 25  # the measured runs' steps per UART record (their default): the losses' buffer
 
 
@@ -59,6 +60,33 @@ ESP32 = Platform("ESP32_GENERIC v1.25.0", ESP32_HEAP, block=16, array_head=32,
                  measured={"c": 87_824, "python": 94_784}, headroom=HEADROOM, area=107_812)
 VM = Platform("the MicroPython VM (x64)", ESP32_HEAP, block=32, array_head=32,
               measured=VM_PEAK, headroom=HEADROOM, area=ESP32_HEAP)  # one piece
+
+
+def vm(heap: int) -> Platform:
+    """The VM with a GC heap of `heap` bytes (its --heap): one piece, so its largest area is all of
+    it, and it holds shapes the chip's areas do not. No headroom is asked of it: the VM is where the
+    headroom is measured (scripts/bench.py --min-heap: a run short of it ends in a reported
+    MemoryError), so it is refused only a run whose peak alone exceeds its heap."""
+    return dataclasses.replace(VM, name="the MicroPython VM (x64, --heap)", heap=heap, area=heap, headroom=0)
+
+
+@functools.cache
+def most(knob: str, heap: int = ESP32_HEAP) -> int:
+    """The largest value of `knob` (one of chip.KNOBS) for which the smallest model that has it
+    (every other knob at its least) holds its training arrays, 4 bytes a parameter each, in `heap`:
+    past it no shape can train, so a larger value is absurd (the chip's heap: 863 layers)."""
+    def smallest(value):
+        knobs = dict.fromkeys(KNOBS, 1) | {knob: value}
+        knobs["n_embd"] = max(knobs["n_embd"], knobs["n_head"])  # n_embd a multiple of n_head
+        return Shape(**knobs)
+    low, high = 1, heap // (TRAINING_ARRAYS * 4)  # each step of a knob adds at least one parameter
+    while low < high:
+        middle = (low + high + 1) // 2
+        if TRAINING_ARRAYS * 4 * smallest(middle).n_params <= heap:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def work_floats(shape: Shape) -> int:
@@ -112,7 +140,7 @@ class Plan:
     @property
     def big_arrays(self) -> int:
         """The weights, gradients, Adam's m and v: they must fit in the heap's largest area."""
-        return sum(size for what, size in self.buffers[:4])
+        return sum(size for what, size in self.buffers[:TRAINING_ARRAYS])
 
     @property
     def fits(self) -> bool:

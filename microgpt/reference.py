@@ -9,9 +9,28 @@ checks and parity, float32 to mirror the chip.
 import numpy as np
 
 from .chip import ADAM_EPS, BETA1, BETA2, BOS, DEFAULT, LR, RMS_EPS, VOCAB, Shape
+from .errors import MicrogptError
 
 TEMPERATURE = 0.5  # microgpt.py's; the host ships it to the chip in config.json
+# The temperatures the chip's sampler takes. It holds the temperature in float32 and divides each
+# logit's gap below the largest by it: whatever the logits' range those quotients are <= 0, and
+# one that overflows is -inf, whose exp is 0 (the limit), so the bound is the temperature itself:
+# float32's smallest normal number. Below it the temperature is zero on the chip (1e-300: a division
+# by zero) or a subnormal; the host, which divides the logits before shifting them, stays finite
+# down to it for logits below 1e270 (at 1e-308 they overflowed into nan: letters no model chose).
+# At the smallest, every draw is the likeliest letter; at the largest, the letters are about even.
+MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
+MAX_TEMPERATURE = 100.0
 PER_LAYER = ("attn_wq", "attn_wk", "attn_wv", "attn_wo", "mlp_fc1", "mlp_fc2")
+
+
+def check_temperature(temperature: float) -> float:
+    """`temperature`, if the chip's sampler can take it; else MicrogptError naming the range."""
+    if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:  # nan fails both
+        raise MicrogptError(f"temperature {temperature:g} is outside {MIN_TEMPERATURE:.8g}..{MAX_TEMPERATURE:g}: "
+                            "the chip samples in float32, whose smallest normal number is the least it can divide "
+                            "by (it is greedy there: every draw the likeliest letter)")
+    return temperature
 
 
 def offsets(shape: Shape = DEFAULT) -> dict[str, tuple[int, int, int]]:

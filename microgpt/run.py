@@ -223,7 +223,7 @@ def run(engine, rundir: RunDir, options: payloads.RunOptions | None = None, docs
                             parser.feed(line.rstrip(b"\n"))
                 with open(rundir.uart_log, "ab" if resume else "wb") as log:
                     if not resume:
-                        engine.place(payloads.build(options, docs, engine.target()))
+                        engine.place(payloads.build(options, docs, engine.target(), engine.platform()))
                         rundir.write_record({"engine": engine.name, "settings": engine.settings(), "steps": steps})
                     for line in engine.lines():
                         log.write(line + b"\n")
@@ -273,5 +273,5 @@ def _keep_weights(engine, out: Path) -> Path | None:
     data = engine.read_file(WEIGHTS)
     if data is None:
         return None
-    read_weights(data, f"from the {engine.name} run")
+    read_weights(data, f"{WEIGHTS} from the {engine.name} run")
     return write_atomic(out, data)

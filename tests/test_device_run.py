@@ -182,9 +182,9 @@ def test_busy_port(board, device_cli):
 def test_pull_without_weights(board, device_cli, tmp_path):
     code, out, _ = device_cli("pull", "--port", board.path, "--out", tmp_path / "w.bin")
     assert code != 0 and "there is no weights.bin on the board: train first with `microgpt device run`" in out
-    (board.cwd / "weights.bin").write_bytes(b"\0" * 100)  # a run cut short while saving
+    (board.cwd / "weights.bin").write_bytes(b"MGW1\x10\0\4\0\1\0\x10\0" + bytes(88))  # a run cut short while saving
     code, out, _ = device_cli("pull", "--port", board.path, "--out", tmp_path / "w.bin")
-    assert code != 0 and "weights.bin on the board is 100 bytes, not 16,768" in out and "did the run finish?" in out
+    assert code != 0 and "weights.bin on the board is 100 bytes, not 16,780" in out and "did the run finish?" in out
     assert not (tmp_path / "w.bin").exists()
 
 

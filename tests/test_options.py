@@ -76,12 +76,13 @@ def test_the_shape_options_are_run_options(tmp_path):
 
 
 def test_sample_refuses_weights_that_are_not_a_trained_model(tmp_path):
+    head = b"MGW1\x10\0\4\0\1\0\x10\0"  # microgpt.py's shape
     short = tmp_path / "short.bin"
-    short.write_bytes(bytes(16768 + 1))  # one byte too many
+    short.write_bytes(head + bytes(16768 + 1))  # one byte too many
     code, out = cli("sample", "--weights", short)
-    assert code == 1 and "is 16,769 bytes, not 16,768" in out
+    assert code == 1 and "is 16,781 bytes, not 16,780" in out
     diverged = tmp_path / "nan.bin"
-    diverged.write_bytes(b"\x00\x00\xc0\x7f" * 4192)  # float32 nan
+    diverged.write_bytes(head + b"\x00\x00\xc0\x7f" * 4192)  # float32 nan
     code, out = cli("sample", "--weights", diverged)
     assert code == 1 and "4,192 weights that are not numbers" in out and "aaaa" not in out
 
@@ -106,7 +107,8 @@ def test_a_line_that_cannot_be_a_name_is_refused_with_its_number(tmp_path):
     long = tmp_path / "long.txt"
     long.write_text("emma\n" + "a" * 1_000_000 + "\n")
     code, out = cli("build", "--data", long, "--out", tmp_path / "f.bin")
-    assert code == 1 and "line 2 holds 1,000,000 letters, not a name" in out
+    assert code == 1 and "line 2 is more than 1,023 bytes, not a name (a name and its newline fit the chip's " \
+                         "1,024-byte read buffer)" in out
 
 
 def test_quiet_means_quiet(sim_run):

@@ -136,8 +136,17 @@ def test_plan_command():
     assert any(line.startswith("  predicted peak") and line.endswith(f" {planner.ESP32.measured['c']:,} B")
                for line in lines)
     assert "fits" in result.output and "largest that fit (n_head 4, block_size 16, c kernels):" in lines
-    result = CliRunner().invoke(main, ["plan", "--n-embd", "64", "--kernels", "python"])
-    assert result.exit_code == 0 and "does NOT fit" in result.output and "model buffers (24 arrays" in result.output
+    result = CliRunner().invoke(main, ["plan", "--n-embd", "24", "--kernels", "python"])
+    assert result.exit_code == 1 and "does NOT fit" in result.output and "model buffers (24 arrays" in result.output
+
+
+def test_plan_exits_1_when_the_shape_does_not_fit_and_says_when_no_shape_fits():
+    result = CliRunner().invoke(main, ["plan", "--n-embd", "24"])
+    assert result.exit_code == 1 and result.output.count("does NOT fit") == 1
+    result = CliRunner().invoke(main, ["plan", "--block-size", "5000"])
+    assert result.exit_code == 1 and result.output.endswith(
+        "largest that fit (n_head 4, block_size 5000, c kernels):\n"
+        "  none: not even n_embd 4 with one layer fits; choose fewer heads or a smaller block size\n")
     result = CliRunner().invoke(main, ["plan", "--n-embd", "18"])
     assert result.exit_code == 1 and "n_embd 18 must be a multiple of n_head 4" in result.output
 

@@ -112,10 +112,18 @@ def test_device_init_trains_from_weights_drawn_on_the_chip(sim_run):
 
 
 def test_too_small_a_heap_ends_in_a_reported_memory_error(sim_run):
-    code, out, report = sim_run("--steps", 5, "--heap", 60000)
+    # Above the planner's peak (91,584 B), below the VM's smallest heap that trains (95,808 B).
+    code, out, report = sim_run("--steps", 5, "--heap", 93_000)
     assert code != 0 and "run failed" in out
     assert report["status"] == "error" and "MemoryError" in report["error"]
     assert "MGPT error MemoryError" in open(report["uart_log"]).read()
+
+
+def test_a_heap_below_the_planners_peak_is_refused_before_the_trainer_starts(sim_run):
+    code, out, report = sim_run("--steps", 5, "--heap", 60000)
+    assert code != 0 and "run failed" in out
+    assert report["status"] == "error" and "B more than the MicroPython VM (x64, --heap)'s 60,000 B" in report["error"]
+    assert "MGPT" not in open(report["uart_log"]).read()
 
 
 def test_bad_data_is_refused_naming_line_and_character(sim_run, tmp_path):

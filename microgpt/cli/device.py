@@ -109,7 +109,7 @@ def pull(port, out, baud):
         data = read_board_file(port or find_port(), baud, chip.WEIGHTS)
     except MissingFile as e:
         raise click.ClickException(f"{e}: train first with `microgpt device run`") from None
-    shape, _ = chip.read_weights(data, "on the board")
+    shape, _ = chip.read_weights(data, f"{chip.WEIGHTS} on the board")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, data)
     click.echo(f"{out}: {shape.n_params:,} float32 weights ({shape})")

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import click
 
-from .. import chip, dataset, payload
+from .. import chip, dataset, payload, planner, reference
 from ..errors import MicrogptError
 from ..fileio import output_error
-from ..reference import TEMPERATURE
 from ..report import loss_mean
 from ..run import RunDir, run
 from .progress import Terminal
@@ -55,6 +54,34 @@ class FiniteFloat(click.ParamType):
         return number
 
 
+class Knob(click.IntRange):
+    """A knob of the model's shape: a whole number from 1 up to the most the chip's heap could
+    hold (planner.most), so an absurd shape is refused before anything is computed for it."""
+    name = "integer"
+
+    def __init__(self, knob: str):
+        super().__init__(min=1)
+        self.knob = knob
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number > (most := planner.most(self.knob)):
+            self.fail(f"{number:,} is more than {most:,}: even the smallest model with {self.knob} {number:,} "
+                      f"needs more than the ESP32's {chip.ESP32_HEAP:,} B heap for its weights, gradient and "
+                      "Adam's m and v", param, ctx)
+        return number
+
+
+class Temperature(FiniteFloat):
+    """A sampling temperature the chip's float32 sampler can take (reference.check_temperature)."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return reference.check_temperature(super().convert(value, param, ctx))
+        except MicrogptError as e:
+            self.fail(str(e), param, ctx)
+
+
 def given(ctx: click.Context, name: str) -> bool:
     """Did the user give option `name` (not its default)?"""
     source = ctx.get_parameter_source(name)
@@ -81,7 +108,7 @@ def shape_options(f):
             ("n_head", "Attention heads (microgpt.py's n_head)."),
             ("n_layer", "Transformer layers (microgpt.py's n_layer)."),
             ("block_size", "Context length: the letters of a name the model reads (microgpt.py's block_size).")]):
-        f = click.option(flag(knob), type=click.IntRange(min=1), default=getattr(chip.DEFAULT, knob),
+        f = click.option(flag(knob), type=Knob(knob), default=getattr(chip.DEFAULT, knob),
                          show_default=True, help=help)(f)
     return f
 
@@ -92,7 +119,7 @@ def sampling_options(f):
             click.option("--count", type=click.IntRange(min=1), default=20, show_default=True, help="Names to sample."),
             click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
                          help="Seed of the draws: a run's --seed gives that run's samples."),
-            click.option("--temperature", type=FiniteFloat(0, 100, low_open=True), default=TEMPERATURE,
+            click.option("--temperature", type=Temperature(), default=reference.TEMPERATURE,
                          show_default=True, help="Softmax temperature: lower is safer, higher more inventive."),
             click.option("--prefix", default="",
                          help="Letters every name begins with (a-z, fewer than the model's block size).")]):

@@ -11,7 +11,8 @@ from .options import shape_options
               help="The model's arithmetic: c (cmodel.mpy) or python (the MicroPython loops, as bytecode).")
 def plan(n_embd, n_head, n_layer, block_size, kernels):
     """Predict a training run's peak heap on the ESP32 for a model shape: its parameters, the bytes
-    of each buffer, and whether it fits ESP32_GENERIC's GC heap; then the largest shapes that fit."""
+    of each buffer, and whether it fits ESP32_GENERIC's GC heap; then the largest shapes that fit.
+    Exits 1 when the shape does not fit, so a script can use it as a check."""
     shape = chip.Shape(n_embd, n_head, n_layer, block_size)
     p = planner.plan(shape, kernels, payload.LOG_EVERY)
     click.echo(f"{shape}: {shape.n_params:,} parameters, {kernels} kernels, on {p.platform.name}")
@@ -26,5 +27,10 @@ def plan(n_embd, n_head, n_layer, block_size, kernels):
                f"{p.platform.area:,} B (measured)")
     click.echo(f"{shape}: " + ("fits" if p.fits else "does NOT fit"))
     click.echo(f"largest that fit (n_head {n_head}, block_size {block_size}, {kernels} kernels):")
-    for best in planner.largest(kernels, payload.LOG_EVERY, n_head, block_size):
+    fitting = planner.largest(kernels, payload.LOG_EVERY, n_head, block_size)
+    for best in fitting:
         click.echo(f"  {best.shape}: {best.shape.n_params:>7,} parameters, peak {best.peak:,} B")
+    if not fitting:
+        click.echo(f"  none: not even n_embd {n_head} with one layer fits; choose fewer heads or a smaller block size")
+    if not p.fits:
+        raise SystemExit(1)

@@ -19,7 +19,7 @@ def sample_names(weights, count, seed, temperature, prefix):
     training, whatever its --init (the chip draws its samples from a PRNG seeded afresh); with
     --prefix, the names `microgpt device sample` makes on the board from the same weights."""
     try:
-        shape, floats = chip.read_weights(weights.read_bytes(), str(weights))
+        shape, floats = chip.read_weights_file(weights)
         check_prefix(prefix, shape)
     except MicrogptError as e:
         raise click.ClickException(f"{e}") from None

@@ -5,7 +5,7 @@ engine only places it and runs it:
 
     engine = QemuEngine(...)            # checks its tools (QEMU, a token, a port) before anything is built
     target = engine.target()            # what the chip imports (.mpy version, arch)
-    engine.place(payload.build(options, docs, target))
+    engine.place(payload.build(options, docs, target, engine.platform()))
     for line in engine.lines(): ...     # the UART, one raw line at a time
     engine.stop(); engine.read_file("weights.bin"); engine.close()
 
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from .. import mpy
+from .. import mpy, planner
 from ..errors import EngineError, Silence
 from ..payload import Payload
 
@@ -48,6 +48,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def lines(self) -> Iterator[bytes]:
         """Run the trainer and yield UART lines as they arrive (bytes, newline stripped)."""
+
+    def platform(self) -> planner.Platform:
+        """The heap the trainer runs in, which the planner checks the run against: the ESP32's."""
+        return planner.ESP32
 
     def settings(self) -> dict:
         """What it takes to build this engine again on the same workdir (a resumed run), as JSON."""

