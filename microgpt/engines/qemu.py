@@ -230,7 +230,7 @@ class VirtualBoard:
                     made = False  # the board that holds it made it
                     raise EngineError(_in_use(self.flash)) from None
             size = os.fstat(held.fileno()).st_size if new is None else len(new)
-            if size not in FLASH_SIZES:  # before a new flash is written: a board's flash is never replaced by one
+            if size not in FLASH_SIZES:  # checked before writing: a flash QEMU would refuse never replaces a board's
                 raise EngineError(f"{self.flash if new is None else 'the new flash'} is {size:,} bytes; Espressif's "
                                   "QEMU needs a whole flash of exactly 2, 4, 8 or 16 MB")
             if new is not None:
