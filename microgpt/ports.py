@@ -1,6 +1,8 @@
 """Serial ports: find the board, open its port, and errors that say what is wrong."""
 import contextlib
 import errno
+import select
+import socket
 
 import serial
 from serial.tools import list_ports
@@ -12,6 +14,7 @@ from .errors import EngineError
 BOARD_VIDS = {0x303A: "Espressif", 0x10C4: "Silicon Labs CP210x", 0x1A86: "WCH CH340", 0x0403: "FTDI"}
 UART_BAUD = 115200  # MicroPython's REPL on the ESP32's UART0
 FLASH_BAUD = 460800  # esptool's flasher stub; the ROM bootloader itself starts at 115200
+IN_USE_WAIT_S = 0.5  # how long a TCP port is watched for the close that says it is in use
 
 
 def describe(port) -> str:
@@ -51,7 +54,23 @@ def open_serial(port: str, baud: int = UART_BAUD, timeout: float = 1.0, *, relea
         ser.open()
     except serial.SerialException as e:
         raise EngineError(open_error(port, e)) from None
+    if port.startswith("socket://") and _closed_at_once(ser):
+        ser.close()
+        raise EngineError(f"{port} is in use: the virtual board there takes one client at a time and another "
+                          "(mpremote, a terminal, another microgpt) has it; close that one and retry.")
     return ser
+
+
+def _closed_at_once(ser: serial.Serial) -> bool:
+    """Did the other end close a TCP port as soon as it was opened? (`sim board --tcp` does so
+    when another client has the board.)"""
+    with socket.fromfd(ser.fileno(), socket.AF_INET, socket.SOCK_STREAM) as s:  # a duplicate: pyserial keeps its own
+        if not select.select([s], [], [], IN_USE_WAIT_S)[0]:
+            return False
+        try:
+            return s.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # reset: closed as well
+            return True
 
 
 def link_lost(e: OSError) -> bool:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import OFFICIAL_FIRMWARE
+from test_user_files import in_namespace
 
 from microgpt import reference
 from microgpt.cli import main
@@ -191,43 +193,168 @@ def qemus_on(flash: Path) -> list[int]:
     return pids
 
 
+def kill_qemus_on(flash: Path) -> list[int]:
+    """SIGKILL the QEMUs on `flash` (none outlives a failed test); their pids."""
+    left = qemus_on(flash)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def sim_board(qemu, *args, env=None) -> subprocess.Popen:
+    """`microgpt sim board ARGS` started, as a user starts it; its first line of output read."""
+    proc = subprocess.Popen([*CLI, "sim", "board", "--qemu", qemu, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    proc.first_line = proc.stdout.readline()
+    return proc
+
+
+def sim_board_once(qemu, *args) -> tuple[int, str]:
+    """`microgpt sim board ARGS` that is to end by itself (refused) -> (exit code, output)."""
+    proc = subprocess.run([*CLI, "sim", "board", "--qemu", qemu, *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_board_powers_off_when_terminated_or_hung_up(qemu, tmp_path, sig):
     # A supervisor's SIGTERM or a closed terminal's SIGHUP reach the tool alone, not QEMU: the
     # board is powered off all the same, and the exit status names the signal as a shell does.
     flash = tmp_path / "b.bin"
-    proc = subprocess.Popen([*CLI, "sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--flash", str(flash),
-                             "--qemu", qemu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = sim_board(qemu, "--image", OFFICIAL_FIRMWARE, "--flash", flash)
     try:
-        assert "virtual ESP32" in proc.stdout.readline()
+        assert "virtual ESP32" in proc.first_line
         assert qemus_on(flash)
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()
         proc.wait()
-    left = qemus_on(flash)
-    for pid in left:  # no QEMU outlives a failed test either
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    assert not kill_qemus_on(flash), "QEMU still runs"
     assert proc.returncode == 128 + sig, out
-    assert not left, "QEMU still runs"
     assert signal.Signals(sig).name in out
 
 
 def test_board_command_line_and_flash_file(qemu, tmp_path):
     # `sim board` makes a new board's flash (the firmware, its filesystem erased), prints the port.
     flash = tmp_path / "b.bin"
-    proc = subprocess.Popen([*CLI, "sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--flash", str(flash),
-                             "--qemu", qemu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = sim_board(qemu, "--image", OFFICIAL_FIRMWARE, "--flash", flash)
     try:
-        first = proc.stdout.readline()
-        assert re.match(r"virtual ESP32 \(Espressif's QEMU\) on /dev/pts/\d+$", first.strip()), first
+        assert re.match(r"virtual ESP32 \(Espressif's QEMU\) on /dev/pts/\d+$", proc.first_line.strip()), proc.first_line
         data = flash.read_bytes()
         assert len(data) == 4 << 20 and data[0x1000:0x1000 + 16] == OFFICIAL_FIRMWARE.read_bytes()[:16]
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
-    again = CliRunner().invoke(main, ["sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--flash", str(flash)])
-    assert again.exit_code == 2 and "holds a board already" in again.output
+    for given in ("--image", "--firmware"):
+        again = CliRunner().invoke(main, ["sim", "board", given, str(OFFICIAL_FIRMWARE), "--flash", str(flash)])
+        assert again.exit_code == 2 and "holds a board already" in again.output and f"drop {given}" in again.output
+    both = CliRunner().invoke(main, ["sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--firmware",
+                                     str(OFFICIAL_FIRMWARE), "--flash", str(tmp_path / "c.bin")])
+    assert both.exit_code == 1 and "not both" in both.output and not (tmp_path / "c.bin").exists()
+    help_text = " ".join(CliRunner().invoke(main, ["sim", "board", "--help"]).output.split())
+    assert "--firmware" in help_text and "a firmware .bin gets an empty filesystem" in help_text
+
+
+def test_one_board_per_flash_file_and_none_outlives_its_command(qemu, tmp_path):
+    # Two boards on one flash file would each write back their own flash, so what was written
+    # through one is gone at the other's power cycle: a flash in use is refused, a new board
+    # over it too (its contents untouched). `kill -9` of `sim board` takes its QEMU with it, so
+    # the flash is free again; a board whose QEMU is gone says so. --firmware is all a new board
+    # needs: nothing is downloaded (the cache stays empty).
+    flash, cache = tmp_path / "board.bin", tmp_path / "cache"
+    cache.mkdir()
+    proc = sim_board(qemu, "--firmware", OFFICIAL_FIRMWARE, "--flash", flash,
+                     env={**os.environ, "MICROGPT_CACHE": str(cache)})
+    try:
+        assert "virtual ESP32" in proc.first_line, proc.first_line + proc.stdout.read()
+        assert not any(cache.iterdir())
+        written = flash.read_bytes()
+        for again in ((), ("--new", "--firmware", OFFICIAL_FIRMWARE)):
+            code, out = sim_board_once(qemu, "--flash", flash, *again)
+            assert code == 1 and "is the flash of a virtual board that is running" in out, out
+            assert "virtual ESP32" not in out and len(qemus_on(flash)) == 1
+        assert flash.read_bytes() == written
+        proc.kill()  # kill -9: no handler runs
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while qemus_on(flash) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not qemus_on(flash), "QEMU outlived its sim board"
+        proc = sim_board(qemu, "--flash", flash)  # a restart: the flash is free again
+        assert "virtual ESP32" in proc.first_line and "powered up again" in proc.stdout.readline()
+        [pid] = qemus_on(flash)
+        os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 1, out
+        assert "the virtual board is off: its QEMU ended (killed by SIGKILL)" in out, out
+    finally:
+        proc.kill()
+        proc.wait()
+        kill_qemus_on(flash)
+
+
+def test_a_tcp_board_refuses_a_taken_port_and_a_second_client(qemu, board_flash, tmp_path):
+    # A port another program listens on is refused before anything starts (QEMU's own server
+    # would share it and fail after the board was announced). A second client of a running
+    # board is told the board is in use, at once, not left unanswered.
+    flash = tmp_path / "board.bin"
+    flash.write_bytes(board_flash.read_bytes())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, out = sim_board_once(qemu, "--flash", flash, "--tcp", taken.getsockname()[1])
+    assert code == 1 and "pick another --tcp PORT" in out and "virtual ESP32" not in out, out
+    assert not qemus_on(flash)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = sim_board(qemu, "--flash", flash, "--tcp", port)
+    try:
+        assert f"on socket://127.0.0.1:{port}" in proc.first_line, proc.first_line
+        url = f"socket://127.0.0.1:{port}"
+        with socket.create_connection(("127.0.0.1", port)):  # the first client (a terminal, say)
+            t0 = time.monotonic()
+            code, out = device("pull", "--port", url, "--out", tmp_path / "w.bin", timeout=120)
+            assert code == 1 and f"{url} is in use" in out and "Traceback" not in out, out
+            assert time.monotonic() - t0 < 30  # told, not timed out
+        code, out = device("pull", "--port", url, "--out", tmp_path / "w.bin", timeout=300)
+        assert code == 1 and "there is no weights.bin on the board" in out, out  # free again: the board answers
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        kill_qemus_on(flash)
+
+
+def test_a_flash_on_a_read_only_filesystem_is_refused_naming_it(qemu, board_flash, tmp_path):
+    # QEMU cannot write the chip's flash back there: refused before a board is announced, naming
+    # the path the user gave (never a temporary file) and the fix; no boot happens.
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "board.bin").write_bytes(board_flash.read_bytes())
+    board = f'"$PYTHON" -c "from microgpt.cli import main; main()" sim board --qemu {qemu}'
+    result = in_namespace(
+        "mount -t tmpfs -o ro tmpfs ro\n"
+        "mount --bind kept kept && mount -o remount,bind,ro kept\n"
+        f"{board} --firmware {OFFICIAL_FIRMWARE} --flash ro/board.bin || true\n"
+        f"{board} --flash kept/board.bin\n", tmp_path)
+    new, existing = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error:")]
+    for line, path in ((new, "ro/board.bin"), (existing, "kept/board.bin")):
+        assert f"cannot write {path}: the filesystem is read-only" in line and "--flash" in line, line
+        assert ".tmp" not in line
+    assert "virtual ESP32" not in result.stdout + result.stderr
+
+
+def test_the_readmes_board_commands_need_no_download():
+    # What each command would download (the firmware, the names) is given as a file in the README's
+    # board section, so it runs offline as shown.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Try the board commands without a board")[1].split("\n## ")[0]
+    commands = [line.split("#")[0].split() for line in section.split("```")[1].splitlines() if line.strip()]
+    needs = {("sim", "board"): "--firmware", ("device", "run"): "--data"}
+    for argv in commands:
+        if argv[0] == "microgpt" and tuple(argv[1:3]) in needs:
+            assert needs[tuple(argv[1:3])] in argv, " ".join(argv)
+    assert {tuple(argv[1:3]) for argv in commands} >= set(needs)

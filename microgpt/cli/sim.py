@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from .. import basefw, chip
+from .. import chip
 from ..engines.host import MAX_HEAP, MIN_HEAP
-from ..errors import MicrogptError
 from ..run import Interrupted, RunDir, interruptible
 from .options import Group, launch, refuse_others, report_options, resume_dir, run_options
 
@@ -73,29 +72,33 @@ def sim_run(ctx, engine, options, data, heap, micropython, qemu, image, firmware
 
 @sim.command("board")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A whole-flash image to start the new board from (e.g. build/flash.bin) [default: the official "
-                   "MicroPython firmware with an empty filesystem, as a new board comes].")
+              help="Start the new board from this flash: a whole-flash image (e.g. build/flash.bin) as it is, its "
+                   "filesystem and all; a firmware .bin gets an empty filesystem.")
+@click.option("--firmware", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The new board's MicroPython firmware .bin (e.g. one downloaded from micropython.org), with an empty "
+                   "filesystem, as a new board comes [default: the pinned official v1.25.0, downloaded once].")
 @click.option("--flash", type=click.Path(dir_okay=False, path_type=Path), default=Path("board.bin"), show_default=True,
               help="The board's flash, kept in this file: the same file again is a power cycle.")
 @click.option("--new", is_flag=True, help="Start a new board even if --flash holds one (its contents are lost).")
 @click.option("--qemu", default=None, help="qemu-system-xtensa executable [default: $QEMU_XTENSA, PATH].")
 @click.option("--tcp", type=click.IntRange(1, 65535), default=None,
               help="Offer UART0 on this TCP port (socket://127.0.0.1:PORT) instead of a pseudo-terminal.")
-def board(image, flash, new, qemu, tcp):
+def board(image, firmware, flash, new, qemu, tcp):
     """A virtual ESP32: Espressif's QEMU running MicroPython, with UART0 on a serial port for
     `microgpt device run/pull`, mpremote or a terminal. Runs until Ctrl-C."""
-    from ..engines.qemu import VirtualBoard, find_qemu
+    from ..engines.qemu import FirmwareBase, VirtualBoard, find_qemu
 
     find_qemu(qemu)  # the tool first: no flash is made for a board that cannot start
+    given = image or firmware
     if flash.exists() and not new:
-        if image is not None:
-            raise click.UsageError(f"{flash} holds a board already: drop --image to power it up again, or pass --new "
-                                   "to replace it")
-        what = "powered up again"
+        if given is not None:
+            raise click.UsageError(f"{flash} holds a board already: drop --{'image' if image else 'firmware'} to "
+                                   "power it up again, or pass --new to replace it")
+        made, what = None, "powered up again"
     else:
-        VirtualBoard.make_flash(flash, basefw.resolve(image))
-        what = f"new, from {image}" if image else "new: MicroPython v1.25.0 with an empty filesystem"
-    virtual = VirtualBoard(flash, qemu=qemu, tcp=tcp)
+        made = VirtualBoard.new_flash(FirmwareBase(image, firmware))
+        what = f"new, from {given}" if given else "new: MicroPython v1.25.0 with an empty filesystem"
+    virtual = VirtualBoard(flash, qemu=qemu, tcp=tcp, new=made)
     ended_by = None
     try:  # from the start: a signal at any moment powers the board off cleanly
         with interruptible():
@@ -104,16 +107,14 @@ def board(image, flash, new, qemu, tcp):
                        f"  flash: {flash.resolve()} ({what}; kept: start it again with the same --flash for a power "
                        f"cycle)\n  try:   microgpt device run --mode upload --port {port} --steps 100\n"
                        "Ctrl-C powers it off.")
-            code = virtual.wait()
+            virtual.wait()  # raises when QEMU ends by itself
     except (KeyboardInterrupt, Interrupted) as e:
-        code, ended_by = 0, getattr(e, "signum", signal.SIGINT)
+        ended_by = getattr(e, "signum", signal.SIGINT)
     finally:
         virtual.stop()
-    if ended_by not in (None, signal.SIGINT):  # a supervisor's SIGTERM, a closed terminal's SIGHUP
+    if ended_by != signal.SIGINT:  # a supervisor's SIGTERM, a closed terminal's SIGHUP
         click.echo(f"virtual ESP32 powered off ({signal.Signals(ended_by).name})", err=True)
         raise SystemExit(128 + ended_by)  # as a shell reports it
-    if code:
-        raise MicrogptError(f"QEMU ended with code {code}")
 
 
 @sim.command("install-qemu")

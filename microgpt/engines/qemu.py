@@ -8,22 +8,32 @@ exactly 2, 4, 8 or 16 MB, and with `-nographic` UART0 is the process's stdout un
 sends it elsewhere.
 """
 import collections
+import ctypes
+import errno
 import os
 import re
+import select
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from .. import basefw, image, mpy, qemu_install
-from ..errors import EngineError
-from ..fileio import write_atomic
+from ..errors import EngineError, OutputError
+from ..fileio import output_error, write_atomic
 from ..payload import Payload
 from ..qemu_install import BINARY, EXE
 from . import ProcessEngine
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock on a board's flash
+    fcntl = None
 
 FLASH = "qemu-flash.bin"
 FLASH_SIZES = tuple(mb << 20 for mb in (2, 4, 8, 16))  # the only sizes QEMU's esp32 flash accepts
@@ -44,6 +54,7 @@ NO_WATCHDOG = ["-global", "driver=timer.esp32.timg,property=wdt_disable,value=tr
 # "cpu N insns: COUNT" per guest CPU when QEMU exits. MicroPython runs on cpu 1 of the ESP32.
 INSN_PLUGIN = "libinsn.so"
 MICROPYTHON_CPU = 1
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent ends (Linux)
 
 
 def find_qemu(explicit: str | os.PathLike | None = None) -> str:
@@ -186,56 +197,102 @@ class VirtualBoard:
     """Espressif's QEMU as an ESP32 on a serial port: UART0 on a pseudo-terminal (or, where there is
     none, a TCP socket: `socket://127.0.0.1:PORT`), the flash in a file that persists, so starting
     it again on the same file is a power cycle. `microgpt device run/pull`, mpremote or a serial
-    terminal talk to `port` as to a board on USB."""
+    terminal talk to `port` as to a board on USB.
 
-    def __init__(self, flash: Path, *, qemu: str | os.PathLike | None = None, tcp: int | None = None):
+    The flash file is locked from here until stop(): a second board on it (whose writes the first
+    would undo at its next power cycle) is refused. `new`: a new board's flash (new_flash), written
+    into the file once it is held."""
+
+    def __init__(self, flash: Path, *, qemu: str | os.PathLike | None = None, tcp: int | None = None,
+                 new: bytes | None = None):
         self.qemu = find_qemu(qemu)
         self.flash = Path(flash)
-        if not self.flash.is_file():
-            raise EngineError(f"{self.flash}: no board flash there (make one with `microgpt sim board`)")
-        if self.flash.stat().st_size not in FLASH_SIZES:
-            raise EngineError(f"{self.flash} is {self.flash.stat().st_size:,} bytes; Espressif's QEMU needs a whole "
-                              "flash of exactly 2, 4, 8 or 16 MB")
         self.tcp = tcp if tcp is not None or os.name == "posix" else _free_port()
         self.port: str | None = None
         self._proc: subprocess.Popen | None = None
         self._listener: threading.Thread | None = None
         self._said: collections.deque = collections.deque(maxlen=20)  # QEMU's own messages, for errors
+        self._relay: _Relay | None = None
+        self._lock = None
+        self._hold(new)
 
     @staticmethod
-    def make_flash(path: Path, base: basefw.Firmware) -> None:
-        """A new board's flash in `path`: `base` as it is (a whole-flash image), or a firmware file
+    def new_flash(base: FirmwareBase) -> bytes:
+        """A new board's flash: a whole-flash image as it is (with `base.keep`), or the firmware
         with its filesystem erased, as a board comes after MicroPython is first flashed."""
-        write_atomic(path, base.data if base.offset == 0 else base.flash(None))
+        fw = base.resolve()
+        return fw.data if base.keep and fw.offset == 0 else fw.flash(None)
+
+    def _hold(self, new: bytes | None = None) -> None:
+        """Open the flash file and lock it (see the class). QEMU inherits the lock, so it holds
+        while a QEMU left by a killed board still runs."""
+        made = new is not None and not self.flash.exists()
+        try:  # "rb+": a flash that QEMU could not write back to is refused now, not after the board is announced
+            held = open(self.flash, "xb+" if made else "rb+")
+        except FileNotFoundError:
+            raise EngineError(f"{self.flash}: no board flash there (make one with `microgpt sim board`)") from None
+        except FileExistsError:  # made meanwhile: another board is starting on it
+            raise EngineError(_in_use(self.flash)) from None
+        except OSError as e:
+            raise OutputError(f"{output_error(e, self.flash)} (--flash PATH)") from None
+        try:
+            if fcntl:
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    made = False  # the board that holds it made it
+                    raise EngineError(_in_use(self.flash)) from None
+            size = os.fstat(held.fileno()).st_size if new is None else len(new)
+            if size not in FLASH_SIZES:  # checked before writing: a flash QEMU would refuse never replaces a board's
+                raise EngineError(f"{self.flash if new is None else 'the new flash'} is {size:,} bytes; Espressif's "
+                                  "QEMU needs a whole flash of exactly 2, 4, 8 or 16 MB")
+            if new is not None:
+                try:
+                    held.write(new)
+                    held.truncate()
+                    held.flush()
+                except OSError as e:
+                    raise OutputError(f"{output_error(e, self.flash)} (--flash PATH)") from None
+        except BaseException:
+            held.close()
+            if made:  # a file this board made and could not fill goes
+                self.flash.unlink(missing_ok=True)
+            raise
+        self._lock = held
 
     def start(self, timeout_s: float = 10.0) -> str:
         """Power on; returns the port to pass as --port (a new one after each power cycle)."""
+        if self._lock is None:
+            self._hold()
         self.port = None
         self._said.clear()
-        serial = "pty" if self.tcp is None else f"tcp:127.0.0.1:{self.tcp},server=on,wait=off"
-        argv = qemu_argv(self.qemu, self.flash, serial=serial)
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, start_new_session=os.name == "posix")
-        if self.tcp is not None:
-            self._start_listening(threading.Event())
-            _wait_for_listener(self.tcp, self._proc, timeout_s)
-            self.port = f"socket://127.0.0.1:{self.tcp}"
-            return self.port
-        # QEMU names the pty it made on stdout: "char device redirected to /dev/pts/3 (label serial0)".
-        found = threading.Event()
-        self._start_listening(found)
-        if not found.wait(timeout_s) or self.port is None:
+        public = uart = None
+        try:
+            if self.tcp is not None:  # QEMU's own server for UART0 on a private port, behind the relay
+                public, uart = _Relay.listen(self.tcp), _free_port()  # a port in use is refused before QEMU starts
+            serial = f"tcp:127.0.0.1:{uart},server=on,wait=off" if uart else "pty"
+            self._proc = subprocess.Popen(qemu_argv(self.qemu, self.flash, serial=serial), stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          start_new_session=os.name == "posix", preexec_fn=_ends_with_this_process(),
+                                          pass_fds=(self._lock.fileno(),) if fcntl else ())
+            found = threading.Event()
+            self._listener = threading.Thread(target=self._listen, args=(found,), daemon=True)
+            self._listener.start()
+            if uart:
+                self._relay = _Relay(public, _connect(uart, self._proc, timeout_s, self._what_qemu_said))
+                self.port = f"socket://127.0.0.1:{self.tcp}"
+            elif not found.wait(timeout_s) or self.port is None:
+                raise EngineError(f"QEMU did not start as a board: {self._what_qemu_said()}")
+        except BaseException:
+            if public and not self._relay:
+                public.close()
             self.stop()
-            said = "\n".join(self._said) or "no output"
-            raise EngineError(f"QEMU did not start as a board: {said}")
+            raise
         return self.port
 
-    def _start_listening(self, found: threading.Event) -> None:
-        self._listener = threading.Thread(target=self._listen, args=(found,), daemon=True)
-        self._listener.start()
-
     def _listen(self, found: threading.Event) -> None:
-        # Keeps reading QEMU's messages, so that QEMU never blocks on a full pipe.
+        # Keeps reading QEMU's messages, so that QEMU never blocks on a full pipe. QEMU names the pty
+        # it made: "char device redirected to /dev/pts/3 (label serial0)".
         for raw in self._proc.stdout:
             line = raw.decode(errors="replace").rstrip()
             self._said.append(line)
@@ -245,12 +302,19 @@ class VirtualBoard:
                 found.set()
         found.set()
 
-    def wait(self) -> int:
-        """Until the board's QEMU ends; its exit code."""
-        return self._proc.wait()
+    def _what_qemu_said(self) -> str:
+        if self._proc and self._proc.poll() is not None and self._listener:
+            self._listener.join(timeout=5)  # QEMU has ended: the rest of what it said is in the pipe
+        return "\n".join(line for line in self._said if line) or "no output"
+
+    def wait(self) -> None:
+        """Until the board's QEMU ends by itself (killed, or failed): raises EngineError saying so."""
+        code = self._proc.wait()
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        raise EngineError(f"the virtual board is off: its QEMU ended ({how}); QEMU's output: {self._what_qemu_said()}")
 
     def stop(self) -> None:
-        """Power off (QEMU ends; the flash file keeps what the chip wrote)."""
+        """Power off (QEMU ends; the flash file keeps what the chip wrote) and let go of the flash."""
         if self._proc and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -258,11 +322,15 @@ class VirtualBoard:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._relay:
+            self._relay.close()
         if self._proc:
             if self._listener:
                 self._listener.join(timeout=5)  # QEMU has ended: its stdout is at its end
             self._proc.stdout.close()
-        self._proc = self._listener = None
+        if self._lock:
+            self._lock.close()
+        self._proc = self._listener = self._relay = self._lock = None
 
     def kill(self) -> None:
         """A power cut: QEMU is killed at once."""
@@ -277,20 +345,120 @@ class VirtualBoard:
         self.stop()
 
 
+def _in_use(flash: Path) -> str:
+    return (f"{flash} is the flash of a virtual board that is running (or of the QEMU a killed one left): power "
+            "that board off first, or give this one another --flash")
+
+
+def _ends_with_this_process():
+    """A preexec_fn (Linux): QEMU gets SIGTERM when the thread that started it ends, so a killed
+    `sim board` leaves no QEMU on the flash and the port. Elsewhere None: the flash's lock, which
+    QEMU inherits, keeps a second board off the flash while a QEMU left behind runs."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here: the child between fork and exec loads nothing
+    parent = os.getpid()
+
+    def preexec():
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the board's process died before prctl: no signal would ever come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+class _Relay:
+    """UART0 offered on the public TCP port to one client at a time. QEMU's own server leaves a
+    second client connected but unheard (waiting in its backlog); here a second client is closed at
+    once, so its tools can say the board is in use (ports.open_serial)."""
+
+    def __init__(self, public: socket.socket, uart: socket.socket):
+        self._public, self._uart = public, uart
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def listen(port: int) -> socket.socket:
+        server = socket.socket()
+        if os.name == "posix":  # a port the last board left in TIME_WAIT is free; one that listens is not
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            server.bind(("127.0.0.1", port))
+            server.listen()
+        except OSError as e:
+            server.close()
+            why = "another program (or virtual board) listens there" if e.errno == errno.EADDRINUSE else e.strerror
+            raise EngineError(f"cannot offer the board on 127.0.0.1:{port}: {why}: pick another --tcp PORT") from None
+        return server
+
+    def _run(self) -> None:
+        client = None
+        while not self._stopping:
+            ready = select.select([s for s in (client, self._uart, self._public) if s], [], [], 0.2)[0]
+            # The client first: one that left frees the board for a client arriving in the same turn.
+            if client in ready:
+                data = _recv(client)
+                if data:
+                    try:
+                        self._uart.sendall(data)
+                    except OSError:  # QEMU ended
+                        break
+                else:
+                    client.close()
+                    client = None
+            if self._uart in ready:
+                data = _recv(self._uart)
+                if not data:  # QEMU ended
+                    break
+                if client:
+                    try:
+                        client.sendall(data)
+                    except OSError:
+                        client.close()
+                        client = None
+            if self._public in ready:
+                conn = self._public.accept()[0]
+                if client:
+                    conn.close()  # in use
+                else:
+                    client = conn
+                    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if client:
+            client.close()
+
+    def close(self) -> None:
+        self._stopping = True
+        self._thread.join(timeout=5)
+        self._public.close()
+        self._uart.close()
+
+
+def _recv(s: socket.socket) -> bytes:
+    try:
+        return s.recv(4096)
+    except OSError:  # reset by the peer: gone, as at its end
+        return b""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_for_listener(port: int, proc: subprocess.Popen, timeout_s: float) -> None:
+def _connect(port: int, proc: subprocess.Popen, timeout_s: float, said) -> socket.socket:
+    """A connection to QEMU's server on `port`, once it listens; `said()`: QEMU's messages, for errors."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EngineError(f"QEMU exited with code {proc.returncode} before it listened on port {port}")
+            raise EngineError(f"QEMU did not start as a board (exit code {proc.returncode}): {said()}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
+            conn = socket.create_connection(("127.0.0.1", port), timeout=0.5)
         except OSError:
             time.sleep(0.1)
-    raise EngineError(f"QEMU did not listen on 127.0.0.1:{port} within {timeout_s:g} s")
+            continue
+        conn.settimeout(None)  # the relay's writes wait for QEMU as long as it takes
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+    raise EngineError(f"QEMU did not listen on 127.0.0.1:{port} within {timeout_s:g} s: {said()}")
