@@ -236,3 +236,32 @@ def test_a_report_path_that_is_not_utf8_is_refused_in_one_line(names_path, tmp_p
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "must be UTF-8" in proc.stderr, proc.stderr
 
+
+
+# --- outputs never replace what is there unasked; a refused run writes nothing --------------------
+
+def test_build_refuses_to_replace_a_file_it_would_write_unless_told(names_path, tmp_path):
+    # The image's manifest goes beside it as .json: `--out myrun.bin` would replace the report
+    # myrun.json; `--out myrun.weights.bin` the trained weights.
+    (tmp_path / "myrun.json").write_text('{"a": "report"}')
+    (tmp_path / "myrun.weights.bin").write_bytes(b"trained")
+    build = ["build", "--data", str(names_path), "--steps", "3", "--firmware", str(FIRMWARE)]
+    for out in ("myrun.bin", "myrun.weights.bin"):
+        result = CliRunner().invoke(main, [*build, "--out", str(tmp_path / out)])
+        assert result.exit_code != 0 and "--overwrite to replace them" in result.output, result.output
+    assert (tmp_path / "myrun.json").read_text() == '{"a": "report"}'
+    assert (tmp_path / "myrun.weights.bin").read_bytes() == b"trained"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["myrun.json", "myrun.weights.bin"]
+    result = CliRunner().invoke(main, [*build, "--out", str(tmp_path / "myrun.bin"), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "myrun.json").read_text())["image"] == str(tmp_path / "myrun.bin")
+
+
+def test_files_written_together_are_all_written_or_none(tmp_path):
+    from microgpt.fileio import write_together
+
+    image, manifest = tmp_path / "flash.bin", tmp_path / "gone" / "flash.json"
+    image.write_bytes(b"earlier")
+    with pytest.raises(OutputError, match="gone"):
+        write_together({image: b"new image", manifest: b"{}"})
+    assert image.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["flash.bin"]
