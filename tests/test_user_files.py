@@ -265,3 +265,54 @@ def test_files_written_together_are_all_written_or_none(tmp_path):
     with pytest.raises(OutputError, match="gone"):
         write_together({image: b"new image", manifest: b"{}"})
     assert image.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["flash.bin"]
+
+
+@pytest.mark.parametrize("args", [("--kernels", "c", "--n-embd", 68), ("--block-size", 256), ("--n-embd", 24)])
+def test_a_shape_the_chip_cannot_run_is_refused_before_anything_is_written(sim_run, tmp_path, args):
+    fresh = tmp_path / "fresh" / "r.json"
+    code, out, saved = sim_run("--steps", 2, "--samples", 0, *args, report=fresh)
+    assert code != 0 and "run failed" not in out and saved is None, out
+    assert not fresh.parent.exists()  # no report, log, nor r.work/lock: the same --report is free
+    # Over an earlier run, --overwrite replaces it only once a run starts: the refused one loses nothing.
+    report = tmp_path / "earlier" / "r.json"
+    code, out, _ = sim_run("--steps", 3, "--samples", 0, report=report)
+    assert code == 0, out
+    before = {p.name: p.read_bytes() for p in report.parent.iterdir()}
+    code, out, _ = sim_run("--steps", 2, "--samples", 0, "--overwrite", *args, report=report)
+    assert code != 0 and "run failed" not in out, out
+    assert {p.name: p.read_bytes() for p in report.parent.iterdir()} == before
+
+
+def test_a_directory_named_like_the_work_directory_that_this_tool_did_not_make_is_refused(sim_run, tmp_path):
+    theirs = tmp_path / "r.work"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    code, out, saved = sim_run("--steps", 2, "--samples", 0, report=tmp_path / "r.json")
+    assert code != 0 and "did not make" in out and saved is None, out
+    assert (theirs / "notes.txt").read_text() == "mine"
+    # A symlink is never followed, not even to replace an earlier run.
+    theirs.rename(tmp_path / "elsewhere")
+    theirs.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "r.json").write_text("{}")
+    code, out, _ = sim_run("--steps", 2, "--samples", 0, "--overwrite", report=tmp_path / "r.json")
+    assert code != 0 and "is a symlink" in out, out
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["notes.txt"]
+    assert (tmp_path / "r.json").read_text() == "{}"
+
+
+def test_a_report_under_a_file_says_so(sim_run, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    code, out, _ = sim_run("--steps", 2, report=tmp_path / "afile" / "r.json")
+    assert code != 0 and "a file stands where a directory is needed" in out, out
+
+
+def test_a_signal_while_a_run_claims_its_report_leaves_nothing(names_path, tmp_path):
+    # SIGTERM sent at the claim's most delicate moment: its lock taken, the earlier run not yet checked.
+    script = ("import os, signal\nfrom microgpt.run import RunDir\ncheck = RunDir._check\n"
+              "def _check(self, *a):\n    os.kill(os.getpid(), signal.SIGTERM)\n    check(self, *a)\n"
+              "RunDir._check = _check\nfrom microgpt.cli import main\nmain()")
+    report = tmp_path / "r" / "r.json"
+    proc = subprocess.run([sys.executable, "-c", script, "sim", "run", "--data", str(names_path), "--steps", "2",
+                           "--report", str(report)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "interrupted by SIGTERM" in proc.stderr, proc
+    assert "Traceback" not in proc.stderr and not report.parent.exists()

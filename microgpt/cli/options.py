@@ -14,7 +14,7 @@ from ..errors import MicrogptError
 from ..fileio import output_error
 from ..reference import TEMPERATURE
 from ..report import loss_mean
-from ..run import RunDir, run
+from ..run import Interrupted, RunDir, run
 from .progress import Terminal
 
 BUILD_IMAGE = Path("build/flash.bin")
@@ -28,6 +28,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except MicrogptError as e:
             raise click.ClickException(str(e)) from None
+        except Interrupted as e:  # before a run started (it has left nothing) or outside one
+            click.echo(f"interrupted by {e}", err=True)
+            raise SystemExit(128 + e.signum) from None  # as a shell reports it
         except OSError as e:
             if e.filename is None or e.errno is None:
                 raise
