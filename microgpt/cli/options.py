@@ -18,6 +18,7 @@ from ..run import Interrupted, RunDir, run
 from .progress import Terminal
 
 BUILD_IMAGE = Path("build/flash.bin")
+RENAMED = {"--timeout": "--silence"}  # options given a new name: the old one's error names the new
 
 
 class Group(click.Group):
@@ -26,6 +27,12 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.NoSuchOption as e:
+            new = RENAMED.get(e.option_name)
+            if new is None or e.ctx is None or not any(new in p.opts for p in e.ctx.command.params):
+                raise
+            raise click.NoSuchOption(e.option_name, f"No such option '{e.option_name}': it is {new} now",
+                                     ctx=e.ctx) from None
         except MicrogptError as e:
             raise click.ClickException(str(e)) from None
         except Interrupted as e:  # before a run started (it has left nothing) or outside one
