@@ -13,7 +13,9 @@ A report path that holds an earlier run is refused unless told to replace it; on
 running run is refused always.
 """
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -37,6 +39,7 @@ except ImportError:  # Windows: runs are kept apart by their work directories al
 RECORD = "run.json"  # in the work directory: what a resumed run needs
 LOCK = "lock"  # in the work directory: held by the run using it, and the mark that this tool made it
 INTERRUPTS = ("SIGINT", "SIGTERM", "SIGHUP")
+_log = logging.getLogger(__name__)
 
 
 class Interrupted(BaseException):
@@ -87,6 +90,17 @@ class RunDir:
             except OSError as e:
                 raise OutputError(f"{output_error(e, directory)}; or name a report with --report DIR/report.json"
                                   ) from None
+
+    @classmethod
+    def cut_in(cls, directory: Path) -> "RunDir":
+        """The cut run in `directory` (its work directory holds what a resumed run needs),
+        whatever its report is called; report.json's when there is none."""
+        cut = sorted(work for work in Path(directory).glob("*.work") if (work / RECORD).is_file())
+        if len(cut) > 1:
+            reports = ", ".join(work.with_suffix(".json").name for work in cut)
+            raise OutputError(f"{directory} holds {len(cut)} cut runs ({reports}): name one, e.g. --resume "
+                              f"{cut[0].with_suffix('.json')}")
+        return cls(cut[0].with_suffix(".json") if cut else Path(directory) / "report.json")
 
     @property
     def outputs(self) -> tuple[Path, ...]:
@@ -266,6 +280,7 @@ def run(engine, rundir: RunDir, options: payloads.RunOptions | None = None, docs
     steps = rundir.record()["steps"] if resume else options.steps
     parser = UartParser(steps)
     engine_error = interrupted = None
+    started_over = False  # a resumed run with no checkpoint to resume from
     try:
         with interruptible():
             unreached = None
@@ -281,6 +296,10 @@ def run(engine, rundir: RunDir, options: payloads.RunOptions | None = None, docs
                     with open(rundir.uart_log, "rb") as earlier:
                         for line in earlier:
                             parser.feed(line.rstrip(b"\n"))
+                    started_over = not parser.checkpoints
+                    if started_over:
+                        _log.warning(f"{rundir.report}: the run wrote no checkpoint (it ran without --ckpt-every, "
+                                    "or was cut before its first): it starts again from step 1")
                 with open(rundir.uart_log, "ab" if resume else "wb") as log:
                     if unreached:
                         raise unreached
@@ -312,6 +331,8 @@ def run(engine, rundir: RunDir, options: payloads.RunOptions | None = None, docs
     if interrupted:
         engine_error = f"interrupted ({interrupted})"
     state = parser.state()
+    if started_over and state.resumed_from is None:
+        state = dataclasses.replace(state, resumed_from=0)  # the report says so too: resumed from step 0
     failure = diagnose(state, rundir.uart_log, engine_error)
     weights = None
     if failure is None:

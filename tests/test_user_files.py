@@ -316,3 +316,30 @@ def test_a_signal_while_a_run_claims_its_report_leaves_nothing(names_path, tmp_p
                            "--report", str(report)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM and "interrupted by SIGTERM" in proc.stderr, proc
     assert "Traceback" not in proc.stderr and not report.parent.exists()
+
+
+def test_resuming_a_run_without_checkpoints_says_it_starts_again_and_finds_its_report(names_path, tmp_path):
+    # A run cut with no --ckpt-every, its report not named report.json: --resume DIR finds it, and
+    # says (and the report says: resumed_from 0) that it starts again from step 1.
+    report = tmp_path / "cut" / "mine.json"
+    proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 200, "--samples", 0),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = report.with_suffix(".uart.log")
+    deadline = time.monotonic() + 60
+    while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and json.loads(report.read_text())["checkpoints"] == [], out
+    result = CliRunner().invoke(main, ["sim", "run", "--resume", str(report.parent), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0 and "it starts again from step 1" in result.output, result.output
+    resumed = json.loads(report.read_text())
+    assert resumed["status"] == "ok" and resumed["steps"] == 200 and resumed["resumed_from"] == 0
+
+
+def test_resume_of_a_directory_with_two_cut_runs_asks_which(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.work").mkdir()
+        (tmp_path / f"{name}.work" / "run.json").write_text("{}")
+    result = CliRunner().invoke(main, ["sim", "run", "--resume", str(tmp_path)])
+    assert result.exit_code != 0 and "holds 2 cut runs (a.json, b.json): name one" in result.output, result.output

@@ -171,12 +171,12 @@ def report_options(engine: str):
 
 
 def resume_dir(ctx: click.Context, resume: Path, *also: str) -> RunDir:
-    """The run to continue: --resume DIR (its report.json) or --resume REPORT.json; run options
+    """The run to continue: --resume DIR (the cut run in it) or --resume REPORT.json; run options
     (and `also`) are its own."""
     for name in RUN_OPTIONS + ("report", "overwrite") + also:
         if given(ctx, name):
             raise click.UsageError(f"{flag(name)} does not go with --resume: a resumed run keeps its own options")
-    return RunDir(resume / "report.json" if resume.is_dir() else resume)
+    return RunDir.cut_in(resume) if resume.is_dir() else RunDir(resume)
 
 
 def launch(engine, rundir: RunDir, options, data, quiet: bool) -> None:
