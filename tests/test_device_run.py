@@ -188,6 +188,18 @@ def test_pull_without_weights(board, device_cli, tmp_path):
     assert not (tmp_path / "w.bin").exists()
 
 
+def test_pull_never_replaces_a_file_unless_told(board, device_cli, sim_run, tmp_path):
+    code, out, trained = sim_run("--steps", 3, "--samples", 0)
+    assert code == 0, out
+    (board.cwd / "weights.bin").write_bytes(Path(trained["weights"]).read_bytes())
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(b"my weights")
+    code, out, _ = device_cli("pull", "--port", board.path, "--out", mine)
+    assert code != 0 and "--overwrite to replace it" in out and mine.read_bytes() == b"my weights", out
+    code, out, _ = device_cli("pull", "--port", board.path, "--out", mine, "--overwrite")
+    assert code == 0 and mine.read_bytes() == Path(trained["weights"]).read_bytes(), out
+
+
 def test_upload_starts_a_new_run(board, device_cli):
     """A finished run leaves its last checkpoint and weights on the board; uploading the same run
     again trains it again from step 1 instead of resuming at its end."""

@@ -32,6 +32,12 @@ def test_an_option_the_mode_does_not_take_is_refused(tmp_path):
     assert code == 2 and "--image does not apply to --mode upload" in out
 
 
+@pytest.mark.parametrize("command", [("sim", "run"), ("device", "run")])
+def test_a_renamed_option_names_its_new_name(command):
+    code, out = cli(*command, "--timeout", 5)
+    assert code == 2 and "No such option '--timeout': it is --silence now" in out, out
+
+
 @pytest.mark.parametrize("args, message", [
     (("sim", "run", "--silence", "nan"), "'nan' is not a finite number"),
     (("sim", "run", "--silence", "0"), "0 is not > 0"),

@@ -236,3 +236,110 @@ def test_a_report_path_that_is_not_utf8_is_refused_in_one_line(names_path, tmp_p
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "must be UTF-8" in proc.stderr, proc.stderr
 
+
+
+# --- outputs never replace what is there unasked; a refused run writes nothing --------------------
+
+def test_build_refuses_to_replace_a_file_it_would_write_unless_told(names_path, tmp_path):
+    # The image's manifest goes beside it as .json: `--out myrun.bin` would replace the report
+    # myrun.json; `--out myrun.weights.bin` the trained weights.
+    (tmp_path / "myrun.json").write_text('{"a": "report"}')
+    (tmp_path / "myrun.weights.bin").write_bytes(b"trained")
+    build = ["build", "--data", str(names_path), "--steps", "3", "--firmware", str(FIRMWARE)]
+    for out in ("myrun.bin", "myrun.weights.bin"):
+        result = CliRunner().invoke(main, [*build, "--out", str(tmp_path / out)])
+        assert result.exit_code != 0 and "--overwrite to replace them" in result.output, result.output
+    assert (tmp_path / "myrun.json").read_text() == '{"a": "report"}'
+    assert (tmp_path / "myrun.weights.bin").read_bytes() == b"trained"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["myrun.json", "myrun.weights.bin"]
+    result = CliRunner().invoke(main, [*build, "--out", str(tmp_path / "myrun.bin"), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "myrun.json").read_text())["image"] == str(tmp_path / "myrun.bin")
+
+
+def test_files_written_together_are_all_written_or_none(tmp_path):
+    from microgpt.fileio import write_together
+
+    image, manifest = tmp_path / "flash.bin", tmp_path / "gone" / "flash.json"
+    image.write_bytes(b"earlier")
+    with pytest.raises(OutputError, match="gone"):
+        write_together({image: b"new image", manifest: b"{}"})
+    assert image.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["flash.bin"]
+
+
+@pytest.mark.parametrize("args", [("--kernels", "c", "--n-embd", 68), ("--block-size", 256), ("--n-embd", 24)])
+def test_a_shape_the_chip_cannot_run_is_refused_before_anything_is_written(sim_run, tmp_path, args):
+    fresh = tmp_path / "fresh" / "r.json"
+    code, out, saved = sim_run("--steps", 2, "--samples", 0, *args, report=fresh)
+    assert code != 0 and "run failed" not in out and saved is None, out
+    assert not fresh.parent.exists()  # no report, log, nor r.work/lock: the same --report is free
+    # Over an earlier run, --overwrite replaces it only once a run starts: the refused one loses nothing.
+    report = tmp_path / "earlier" / "r.json"
+    code, out, _ = sim_run("--steps", 3, "--samples", 0, report=report)
+    assert code == 0, out
+    before = {p.name: p.read_bytes() for p in report.parent.iterdir()}
+    code, out, _ = sim_run("--steps", 2, "--samples", 0, "--overwrite", *args, report=report)
+    assert code != 0 and "run failed" not in out, out
+    assert {p.name: p.read_bytes() for p in report.parent.iterdir()} == before
+
+
+def test_a_directory_named_like_the_work_directory_that_this_tool_did_not_make_is_refused(sim_run, tmp_path):
+    theirs = tmp_path / "r.work"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    code, out, saved = sim_run("--steps", 2, "--samples", 0, report=tmp_path / "r.json")
+    assert code != 0 and "did not make" in out and saved is None, out
+    assert (theirs / "notes.txt").read_text() == "mine"
+    # A symlink is never followed, not even to replace an earlier run.
+    theirs.rename(tmp_path / "elsewhere")
+    theirs.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "r.json").write_text("{}")
+    code, out, _ = sim_run("--steps", 2, "--samples", 0, "--overwrite", report=tmp_path / "r.json")
+    assert code != 0 and "is a symlink" in out, out
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["notes.txt"]
+    assert (tmp_path / "r.json").read_text() == "{}"
+
+
+def test_a_report_under_a_file_says_so(sim_run, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    code, out, _ = sim_run("--steps", 2, report=tmp_path / "afile" / "r.json")
+    assert code != 0 and "a file stands where a directory is needed" in out, out
+
+
+def test_a_signal_while_a_run_claims_its_report_leaves_nothing(names_path, tmp_path):
+    # SIGTERM sent at the claim's most delicate moment: its lock taken, the earlier run not yet checked.
+    script = ("import os, signal\nfrom microgpt.run import RunDir\ncheck = RunDir._check\n"
+              "def _check(self, *a):\n    os.kill(os.getpid(), signal.SIGTERM)\n    check(self, *a)\n"
+              "RunDir._check = _check\nfrom microgpt.cli import main\nmain()")
+    report = tmp_path / "r" / "r.json"
+    proc = subprocess.run([sys.executable, "-c", script, "sim", "run", "--data", str(names_path), "--steps", "2",
+                           "--report", str(report)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "interrupted by SIGTERM" in proc.stderr, proc
+    assert "Traceback" not in proc.stderr and not report.parent.exists()
+
+
+def test_resuming_a_run_without_checkpoints_says_it_starts_again_and_finds_its_report(names_path, tmp_path):
+    # A run cut with no --ckpt-every, its report not named report.json: --resume DIR finds it, and
+    # says (and the report says: resumed_from 0) that it starts again from step 1.
+    report = tmp_path / "cut" / "mine.json"
+    proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 200, "--samples", 0),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = report.with_suffix(".uart.log")
+    deadline = time.monotonic() + 60
+    while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and json.loads(report.read_text())["checkpoints"] == [], out
+    result = CliRunner().invoke(main, ["sim", "run", "--resume", str(report.parent), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0 and "it starts again from step 1" in result.output, result.output
+    resumed = json.loads(report.read_text())
+    assert resumed["status"] == "ok" and resumed["steps"] == 200 and resumed["resumed_from"] == 0
+
+
+def test_resume_of_a_directory_with_two_cut_runs_asks_which(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.work").mkdir()
+        (tmp_path / f"{name}.work" / "run.json").write_text("{}")
+    result = CliRunner().invoke(main, ["sim", "run", "--resume", str(tmp_path)])
+    assert result.exit_code != 0 and "holds 2 cut runs (a.json, b.json): name one" in result.output, result.output

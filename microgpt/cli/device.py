@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from .. import chip
-from ..fileio import write_atomic
+from ..fileio import refuse_existing, write_atomic
 from ..ports import FLASH_BAUD, UART_BAUD, find_port
 from ..run import RunDir
 from .options import (
@@ -99,12 +99,14 @@ def device_run(ctx, port, mode, options, data, image, firmware, flash_baud, baud
 @port_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path(chip.WEIGHTS), show_default=True,
               help="Where the weights go.")
+@click.option("--overwrite", is_flag=True, help="Replace the file at --out if it is there.")
 @baud_option
-def pull(port, out, baud):
+def pull(port, out, baud, overwrite):
     """Copy the trained weights (weights.bin) from the board's filesystem."""
     from ..engines.serial import read_board_file
     from ..errors import MissingFile
 
+    refuse_existing((out,), overwrite, "the weights would replace a file", "name another --out, or --overwrite to replace it")
     try:
         data = read_board_file(port or find_port(), baud, chip.WEIGHTS)
     except MissingFile as e:

@@ -13,10 +13,11 @@ from .. import chip, dataset, payload, planner, reference
 from ..errors import MicrogptError
 from ..fileio import output_error
 from ..report import loss_mean
-from ..run import RunDir, run
+from ..run import Interrupted, RunDir, run
 from .progress import Terminal
 
 BUILD_IMAGE = Path("build/flash.bin")
+RENAMED = {"--timeout": "--silence"}  # options given a new name: the old one's error names the new
 
 
 class Group(click.Group):
@@ -25,8 +26,17 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.NoSuchOption as e:
+            new = RENAMED.get(e.option_name)
+            if new is None or e.ctx is None or not any(new in p.opts for p in e.ctx.command.params):
+                raise
+            raise click.NoSuchOption(e.option_name, f"No such option '{e.option_name}': it is {new} now",
+                                     ctx=e.ctx) from None
         except MicrogptError as e:
             raise click.ClickException(str(e)) from None
+        except Interrupted as e:  # before a run started (it has left nothing) or outside one
+            click.echo(f"interrupted by {e}", err=True)
+            raise SystemExit(128 + e.signum) from None  # as a shell reports it
         except OSError as e:
             if e.filename is None or e.errno is None:
                 raise
@@ -188,12 +198,12 @@ def report_options(engine: str):
 
 
 def resume_dir(ctx: click.Context, resume: Path, *also: str) -> RunDir:
-    """The run to continue: --resume DIR (its report.json) or --resume REPORT.json; run options
+    """The run to continue: --resume DIR (the cut run in it) or --resume REPORT.json; run options
     (and `also`) are its own."""
     for name in RUN_OPTIONS + ("report", "overwrite") + also:
         if given(ctx, name):
             raise click.UsageError(f"{flag(name)} does not go with --resume: a resumed run keeps its own options")
-    return RunDir(resume / "report.json" if resume.is_dir() else resume)
+    return RunDir.cut_in(resume) if resume.is_dir() else RunDir(resume)
 
 
 def launch(engine, rundir: RunDir, options, data, quiet: bool) -> None:
