@@ -75,8 +75,12 @@ def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, tmp_path):
     code, out, _ = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, report=report)
     assert code != 0 and "belongs to an earlier run" in out and "--overwrite" in out
     assert {p.name: p.read_bytes() for p in report.parent.iterdir()} == before
-    # Told to replace it, the failed run leaves no weights that could pass for its own.
-    code, out, failed = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, "--overwrite", report=report)
+    # Told to replace it, a run refused before it starts (a heap the planner knows is too small) replaces nothing.
+    code, out, _ = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, "--overwrite", report=report)
+    assert code != 0 and {p.name: p.read_bytes() for p in report.parent.iterdir()} == before
+    # One that starts and fails (the VM declared dead before it has said a word) leaves no weights that could pass
+    # for its own.
+    code, out, failed = sim_run("--steps", 3, "--samples", 0, "--silence", 0.001, "--overwrite", report=report)
     assert code != 0 and failed["status"] == "error" and failed["weights"] is None
     assert not report.with_name("report.weights.bin").exists()
 
