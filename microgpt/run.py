@@ -186,7 +186,9 @@ class RunDir:
 @contextlib.contextmanager
 def interruptible():
     """SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread, so that whatever runs ends
-    as after Ctrl-C (a run still writes its report; a virtual board is powered off)."""
+    as after Ctrl-C (a run still writes its report; a virtual board is powered off). A signal
+    ignored when the tool started stays ignored: `nohup` ignores SIGHUP, and a shell starts a
+    background job with SIGINT ignored, so that neither a closed terminal nor Ctrl-C ends it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -194,7 +196,8 @@ def interruptible():
     def interrupt(signum, frame):
         raise Interrupted(signum)
 
-    names = [name for name in INTERRUPTS if hasattr(signal, name)]
+    names = [name for name in INTERRUPTS
+             if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN]
     before = {name: signal.signal(getattr(signal, name), interrupt) for name in names}
     try:
         yield

@@ -151,6 +151,31 @@ def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_p
     assert f"interrupted by {name}" in out and saved["steps"] >= 1
 
 
+def _ignore_hangup_and_interrupt():
+    # As `nohup` (SIGHUP) and a shell's background job (SIGINT) start the tool.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_signals_ignored_at_start_stay_ignored(names_path, tmp_path):
+    # `nohup microgpt sim run ... &`: the terminal closing (SIGHUP) or a Ctrl-C in it must not end the run.
+    report = tmp_path / "run" / "report.json"
+    proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 150, "--samples", 0),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_ignore_hangup_and_interrupt)
+    log = report.with_suffix(".uart.log")
+    deadline = time.monotonic() + 60
+    while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before the signals came"
+    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    saved = json.loads(report.read_text())
+    assert saved["status"] == "ok" and saved["interrupted"] is None and saved["steps"] == 150
+
+
 def test_a_cut_run_resumes_to_the_same_result_as_an_uninterrupted_one(names_path, tmp_path, sim_run):
     args = ("--steps", 300, "--samples", 5, "--ckpt-every", 50, "--kernels", "python")
     code, out, whole = sim_run(*args, report=tmp_path / "whole" / "report.json")
