@@ -24,6 +24,7 @@ from .errors import EngineError, MissingFile
 from .ports import UART_BAUD, open_serial, watch_link
 
 BANNER = b"raw REPL; CTRL-B to exit\r\n"
+PROMPTS = (b">>> ", b"\x04>")  # the friendly REPL's; the raw REPL's after a command's error output
 ENTER_TIMEOUT_S = 10
 READ_TIMEOUT_S = 0.1  # each serial read; the loops above it keep their own deadlines
 # What a board command may take beyond the time its bytes need on the line, however busily the
@@ -209,9 +210,11 @@ class RawRepl:
         while not said.endswith(BANNER + b">"):
             chunk = self._read()
             said += chunk
-            # A board still booting offers its friendly REPL after our Ctrl-A went unheard: ask again,
-            # once it has been quiet at that prompt for a while (never twice for one answer).
-            if not chunk and said.endswith(b">>> ") and time.monotonic() - nudged > 1:
+            # Our Ctrl-A can go unheard: a board still booting offers its friendly REPL after it; a
+            # board stopped mid-command (a transfer reading its input when a host was cut off) may
+            # have read it as data, then prints its KeyboardInterrupt and the raw REPL's prompt.
+            # Ask again, once it has been quiet at either prompt for a while (never twice for one answer).
+            if not chunk and said.endswith(PROMPTS) and time.monotonic() - nudged > 1:
                 self._write(b"\r\x01")
                 nudged = time.monotonic()
             if time.monotonic() > deadline:

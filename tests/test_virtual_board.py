@@ -157,6 +157,32 @@ def test_ctrl_c_leaves_the_board_usable(trained, board, names_path, tmp_path):
     assert code == 1 and "there is no weights.bin on the board" in out  # the stopped run left none
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_upload_cut_while_copying_leaves_the_earlier_weights_and_a_usable_board(virtual_board, names_path,
+                                                                                     tmp_path, sig):
+    from microgpt import chip
+    from microgpt.rawrepl import RawRepl
+
+    earlier = chip.WEIGHTS_HEAD.pack(chip.WEIGHTS_MAGIC, *(getattr(chip.DEFAULT, k) for k in chip.KNOBS)) + bytes(
+        4 * chip.N_PARAMS)  # an earlier run's weights
+    repl = RawRepl(virtual_board.port)
+    try:
+        repl.write_file(chip.WEIGHTS, earlier)
+    finally:
+        repl.close()
+    run = device_running("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 10, "--data", names_path,
+                         "--report", tmp_path / "cut" / "report.json")
+    for line in run.stdout:  # a new board: every file is copied, the trainer's first
+        if line.startswith("copying"):
+            break
+    run.send_signal(sig)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 128 + sig, out
+    code, out = device("pull", "--port", virtual_board.port, "--out", tmp_path / "w.bin")  # the REPL answers again
+    assert code == 0, out
+    assert (tmp_path / "w.bin").read_bytes() == earlier
+
+
 def test_a_board_in_its_rom_bootloader_is_named_not_waited_for(qemu, board_flash, tmp_path):
     # Download mode (BOOT held at reset): the ROM speaks esptool's protocol, not MicroPython.
     flash = tmp_path / "rom.bin"

@@ -157,10 +157,12 @@ class UploadEngine(SerialEngine):
 
     def place(self, payload: Payload) -> None:
         repl = self.repl()
-        repl.remove(*EARLIER_RUN)
         repl.remove_own(chip.BOOT, chip.BOOT_MARK)
         files = {name: data for name, data in payload.files.items() if name != chip.BOOT}
         repl.sync(files, progress=lambda path, size: log.info("copying %s (%s bytes) to the board", path, f"{size:,}"))
+        # Only now that the new run is whole on the board: a copy cut short (Ctrl-C, a lost cable)
+        # leaves the earlier run's weights to pull.
+        repl.remove(*EARLIER_RUN)
 
 
 class FlashEngine(SerialEngine):
