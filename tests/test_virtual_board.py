@@ -237,6 +237,27 @@ def test_board_powers_off_when_terminated_or_hung_up(qemu, tmp_path, sig):
     assert signal.Signals(sig).name in out
 
 
+def test_board_started_with_sighup_ignored_keeps_running_on_a_hangup(qemu, tmp_path):
+    # `nohup microgpt sim board &`: the terminal closing does not power the board off.
+    flash = tmp_path / "b.bin"
+    proc = subprocess.Popen([*CLI, "sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--flash", str(flash),
+                             "--qemu", qemu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        assert "virtual ESP32" in proc.stdout.readline()
+        proc.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)
+        assert qemus_on(flash)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C still powers it off
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, out
+    assert not qemus_on(flash)
+
+
 def test_board_command_line_and_flash_file(qemu, tmp_path):
     # `sim board` makes a new board's flash (the firmware, its filesystem erased), prints the port.
     flash = tmp_path / "b.bin"
