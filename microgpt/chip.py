@@ -1,9 +1,9 @@
 """The chip contract, in one place for the host: the model's sizes and training constants, the
 files the trainer keeps on the chip's filesystem, and the ESP32_GENERIC facts the tool relies on.
 
-The firmware is the source of truth: the constants are read out of firmware/base.py and
-firmware/train.py, firmware/checkpoint.py (their module-level `NAME = const(...)` and `NAME = literal` lines) without
-importing them, since they are MicroPython modules. Formats of the files: docs/chip-files.md.
+The firmware is the source of truth: the constants are read out of firmware/base.py,
+firmware/train.py and firmware/checkpoint.py (their module-level `NAME = const(...)` and `NAME =
+literal` lines) without importing them, since they are MicroPython modules. Formats of the files: docs/chip-files.md.
 """
 import ast
 import dataclasses

@@ -140,7 +140,7 @@ def test_pull_from_a_board_that_streams_forever(short_deadlines, tmp_path):
         t0 = time.monotonic()
         code, out = _ends_within(60, "device", "pull", "--port", board.start().path, "--out", tmp_path / "w.bin")
     assert code == 1 and out.count("\n") == 1, out
-    assert "did not finish reading weights.bin within 6 s, though it kept sending: reset it" in out
+    assert "did not finish reading weights.bin within 13 s, though it kept sending: reset it" in out
     assert time.monotonic() - t0 < 30 and not (tmp_path / "w.bin").exists()
 
 

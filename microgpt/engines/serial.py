@@ -29,9 +29,10 @@ MICROPYTHON_BANNER = re.compile(rb"MicroPython \S+ on \d{4}-\d\d-\d\d")
 # What an earlier run left behind: a new run must neither resume its checkpoint nor leave its
 # weights to be pulled as if they were the new run's.
 EARLIER_RUN = (chip.WEIGHTS, chip.CKPT, chip.CKPT + ".tmp")
-# The largest weights.bin a board trains: its four arrays of one size (weights, gradient, Adam's m
-# and v) all in the heap. Reading one back may take its line time on top of the command's.
-LARGEST_WEIGHTS = chip.ESP32_HEAP // 4
+# The largest file a run leaves on a board to be read back: its checkpoint, three of the four arrays
+# of one size (weights, gradient, Adam's m and v) that share the heap. Reading it may take its line
+# time on top of the command's.
+LARGEST_RUN_FILE = 3 * chip.ESP32_HEAP // 4
 # What one name may take on the board, beyond the command's own time: up to block_size letters,
 # each a forward pass, ~10 M instructions with the MicroPython kernels for microgpt.py's shape
 # (a third of a 200 M step over ~7 letters; README, "Speed"), so ~0.7 s at 240 MHz for 16 letters;
@@ -89,7 +90,7 @@ def read_board_file(port: str, baud: int, name: str) -> bytes:
     """A file from the board's filesystem, over the raw REPL (MissingFile if it has none)."""
     repl = RawRepl(port, baud)
     try:
-        with repl.within(f"reading {name}", repl.line_s(LARGEST_WEIGHTS)):
+        with repl.within(f"reading {name}", repl.line_s(LARGEST_RUN_FILE)):
             return repl.read_file(name)
     finally:
         repl.close()
