@@ -15,6 +15,7 @@ import click
 import pytest
 from click.testing import CliRunner
 from conftest import OFFICIAL_FIRMWARE as FIRMWARE
+from conftest import signals
 
 from microgpt import payload
 from microgpt.cli import main
@@ -141,7 +142,7 @@ def test_claims_started_together_let_exactly_one_run(tmp_path):
 def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_path, sig):
     report = tmp_path / "run" / "report.json"
     proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 1000, "--samples", 0),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=signals())
     log = report.with_suffix(".uart.log")
     deadline = time.monotonic() + 60
     while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
@@ -155,18 +156,12 @@ def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_p
     assert f"interrupted by {name}" in out and saved["steps"] >= 1
 
 
-def _ignore_hangup_and_interrupt():
-    # As `nohup` (SIGHUP) and a shell's background job (SIGINT) start the tool.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def test_signals_ignored_at_start_stay_ignored(names_path, tmp_path):
     # `nohup microgpt sim run ... &`: the terminal closing (SIGHUP) or a Ctrl-C in it must not end the run.
     report = tmp_path / "run" / "report.json"
     proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 150, "--samples", 0),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_ignore_hangup_and_interrupt)
+                            preexec_fn=signals(ignored=(signal.SIGHUP, signal.SIGINT)))
     log = report.with_suffix(".uart.log")
     deadline = time.monotonic() + 60
     while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
@@ -185,7 +180,8 @@ def test_a_cut_run_resumes_to_the_same_result_as_an_uninterrupted_one(names_path
     code, out, whole = sim_run(*args, report=tmp_path / "whole" / "report.json")
     assert code == 0, out
     report = tmp_path / "cut" / "report.json"
-    proc = subprocess.Popen(sim(names_path, report, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(sim(names_path, report, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=signals())
     log = report.with_suffix(".uart.log")
     deadline = time.monotonic() + 120
     while b"MGPT ckpt step=100" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:

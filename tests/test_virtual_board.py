@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import OFFICIAL_FIRMWARE
+from conftest import OFFICIAL_FIRMWARE, signals
 
 from microgpt.cli import main
 from microgpt.engines.qemu import VirtualBoard, qemu_argv
@@ -31,7 +31,7 @@ def device(*args, timeout=600):
 def device_running(*args):
     """`microgpt device ARGS` started, to be cut while it runs."""
     return subprocess.Popen([*CLI, "device", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=signals())
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,8 @@ def test_board_powers_off_when_terminated_or_hung_up(qemu, tmp_path, sig):
     # board is powered off all the same, and the exit status names the signal as a shell does.
     flash = tmp_path / "b.bin"
     proc = subprocess.Popen([*CLI, "sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--flash", str(flash),
-                             "--qemu", qemu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--qemu", qemu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=signals())
     try:
         assert "virtual ESP32" in proc.stdout.readline()
         assert qemus_on(flash)
@@ -242,7 +243,7 @@ def test_board_started_with_sighup_ignored_keeps_running_on_a_hangup(qemu, tmp_p
     flash = tmp_path / "b.bin"
     proc = subprocess.Popen([*CLI, "sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--flash", str(flash),
                              "--qemu", qemu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+                            preexec_fn=signals(ignored=(signal.SIGHUP,)))
     try:
         assert "virtual ESP32" in proc.stdout.readline()
         proc.send_signal(signal.SIGHUP)
@@ -262,7 +263,8 @@ def test_board_command_line_and_flash_file(qemu, tmp_path):
     # `sim board` makes a new board's flash (the firmware, its filesystem erased), prints the port.
     flash = tmp_path / "b.bin"
     proc = subprocess.Popen([*CLI, "sim", "board", "--image", str(OFFICIAL_FIRMWARE), "--flash", str(flash),
-                             "--qemu", qemu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--qemu", qemu], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=signals())
     try:
         first = proc.stdout.readline()
         assert re.match(r"virtual ESP32 \(Espressif's QEMU\) on /dev/pts/\d+$", first.strip()), first
