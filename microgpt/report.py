@@ -45,6 +45,7 @@ class Report:
     uart_log: str | None
     weights: str | None = None     # the trained weights, read back from the target
     loss_curve: str | None = None  # the PNG beside the JSON
+    resume_step: int | None = None  # a cut run's: the step of the checkpoint on the target, where --resume goes on
 
     @property
     def status(self) -> str:
@@ -70,7 +71,7 @@ class Report:
             "config": cfg | ({"shape": shape} if "shape" in cfg else {}), "boots": run.boots, "resumed_from": run.resumed_from,
             "checkpoints": run.checkpoints, "checkpoints_rejected": run.checkpoints_rejected,
             "bad_records": run.bad_records, "uart_log": self.uart_log, "weights": self.weights,
-            "loss_curve": self.loss_curve,
+            "loss_curve": self.loss_curve, "resume_step": self.resume_step,
         })
 
     def write(self, json_path) -> None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from . import payload as payloads
-from .chip import WEIGHTS, read_weights
+from .chip import CKPT, WEIGHTS, checkpoint_step, read_weights
 from .errors import BuildError, MicrogptError, OutputError, PlanError
 from .fileio import output_error, refuse_existing, write_atomic
 from .report import Report, diagnose, plot_losses
@@ -252,7 +252,9 @@ def _release_signals(held) -> None:
 @contextlib.contextmanager
 def interruptible():
     """SIGINT, SIGTERM and SIGHUP raise Interrupted in the main thread, so that whatever runs ends
-    as after Ctrl-C (a run still writes its report; a virtual board is powered off)."""
+    as after Ctrl-C (a run still writes its report; a virtual board is powered off). A signal
+    ignored when the tool started stays ignored: `nohup` ignores SIGHUP, and a shell starts a
+    background job with SIGINT ignored, so that neither a closed terminal nor Ctrl-C ends it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -260,7 +262,8 @@ def interruptible():
     def interrupt(signum, frame):
         raise Interrupted(signum)
 
-    names = [name for name in INTERRUPTS if hasattr(signal, name)]
+    names = [name for name in INTERRUPTS
+             if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN]
     before = {name: signal.signal(getattr(signal, name), interrupt) for name in names}
     try:
         yield
@@ -334,21 +337,34 @@ def run(engine, rundir: RunDir, options: payloads.RunOptions | None = None, docs
     if started_over and state.resumed_from is None:
         state = dataclasses.replace(state, resumed_from=0)  # the report says so too: resumed from step 0
     failure = diagnose(state, rundir.uart_log, engine_error)
-    weights = None
+    weights = resume_step = None
     if failure is None:
         try:
             weights = _keep_weights(engine, rundir.weights)
         except MicrogptError as e:
             failure = f"the run ended, but its weights could not be read back: {e}"
+    elif state.checkpoints or state.config.get("ckpt_every"):
+        resume_step = _held_checkpoint(engine)
     title = f"microgpt on {engine.name}: {state.steps} steps" + (" (error)" if failure else "")
     png = plot_losses(state.losses, title)
     if png is not None:
         write_atomic(rundir.loss_curve, png)
     report = Report(engine.name, failure, interrupted, state, str(rundir.uart_log),
-                    None if weights is None else str(weights), None if png is None else str(rundir.loss_curve))
+                    None if weights is None else str(weights), None if png is None else str(rundir.loss_curve),
+                    resume_step)
     report.write(rundir.report)
     rundir.release(finished=failure is None)
     return report
+
+
+def _held_checkpoint(engine) -> int | None:
+    """The step of the checkpoint the target holds, which a resumed run continues from (the UART's
+    last ckpt record is not that: a cut can lose it after the checkpoint was written); None where
+    there is none, or it cannot be read (a board without power)."""
+    try:
+        return checkpoint_step(engine.read_file(CKPT))
+    except MicrogptError:
+        return None
 
 
 def _keep_weights(engine, out: Path) -> Path | None:

@@ -8,6 +8,7 @@ import importlib.util
 import itertools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -52,6 +53,17 @@ def step_record(n, *losses, ms=5.0, heap=58000) -> str:
     import struct
 
     return f"MGPT step n={n} ms={ms} heap={heap} loss={base64.b64encode(struct.pack(f'<{len(losses)}f', *losses)).decode()}"
+
+
+def signals(ignored=()):
+    """A preexec_fn for the tool started as a subprocess to be signalled: SIGINT, SIGTERM and SIGHUP
+    at their defaults, as in a terminal's foreground job, but for those `ignored` (as nohup and a
+    background job start it). The tool keeps a signal ignored at start ignored, and pytest itself
+    may run with SIGINT ignored (a background job)."""
+    def preexec():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+    return preexec
 
 
 def missing_target(reason: str):

@@ -1,11 +1,13 @@
 """The raw REPL client against the MicroPython VM behind a pty, and against peers that are not
-MicroPython: a silent port, `cat`, a cable pulled mid-run."""
+MicroPython: a silent port, `cat`, a cable pulled mid-run, a board that talks without end."""
+import threading
 import time
 
 import pytest
 from vm_pty import VmPort
 
-from microgpt.engines import split_lines
+from microgpt import chip, rawrepl
+from microgpt.engines import serial, split_lines
 from microgpt.errors import EngineError, Silence
 from microgpt.rawrepl import RawRepl
 
@@ -106,3 +108,70 @@ def test_busy_port(vm):
             RawRepl(vm.path)
     finally:
         first.close()
+
+
+# --- a board that enters the raw REPL, then talks forever: device pull and device sample end all the same ---
+
+def _ends_within(seconds, *args):
+    """`microgpt ARGS` in a thread -> (exit code, output), failing if it has not ended after `seconds`."""
+    from click.testing import CliRunner
+
+    from microgpt.cli import main
+
+    results = []
+    thread = threading.Thread(target=lambda: results.append(CliRunner().invoke(main, [str(a) for a in args])),
+                              daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"`microgpt {' '.join(map(str, args))}` still runs after {seconds} s"
+    return results[0].exit_code, results[0].output
+
+
+@pytest.fixture
+def short_deadlines(monkeypatch):
+    monkeypatch.setattr(rawrepl, "COMMAND_S", 2.0)
+    monkeypatch.setattr(serial, "NAME_S", 0.5)
+
+
+def test_pull_from_a_board_that_streams_forever(short_deadlines, tmp_path):
+    # Its weights.bin reads as /dev/zero: the board announces 0 bytes, then sends zeros, never its end.
+    with VmPort(tmp_path / "board") as board:
+        (board.cwd / "weights.bin").symlink_to("/dev/zero")
+        t0 = time.monotonic()
+        code, out = _ends_within(60, "device", "pull", "--port", board.start().path, "--out", tmp_path / "w.bin")
+    assert code == 1 and out.count("\n") == 1, out
+    assert "did not finish reading weights.bin within 13 s, though it kept sending: reset it" in out
+    assert time.monotonic() - t0 < 30 and not (tmp_path / "w.bin").exists()
+
+
+def test_sample_on_a_board_that_streams_forever(short_deadlines, tmp_path):
+    # A sampler on the board that says its weights are fine, then prints lines without end.
+    shape = chip.DEFAULT
+    head = chip.WEIGHTS_HEAD.pack(chip.WEIGHTS_MAGIC, *(getattr(shape, k) for k in chip.KNOBS))
+    size = chip.WEIGHTS_HEAD.size + 4 * shape.n_params
+    with VmPort(tmp_path / "board") as board:
+        (board.cwd / "infer.py").write_text(
+            f"def held(weights, config):\n    return {head!r}, {size}, {tuple(getattr(shape, k) for k in chip.KNOBS)}\n"
+            "def names(*args):\n    while True:\n        print('still thinking')\n")
+        code, out = _ends_within(60, "device", "sample", "--port", board.start().path, "--count", 4)
+    assert code == 1 and out.count("\n") == 1, out
+    assert "did not finish sampling 4 names within 4 s, though it kept sending" in out
+
+
+def test_a_board_stopped_mid_command_is_entered_again(vm):
+    # A host cut off mid-upload left the board's receiver reading its input: it takes the next
+    # host's Ctrl-C and Ctrl-A as data before its KeyboardInterrupt (as the ESP32 under QEMU did
+    # when the interrupt came late), then sits at the raw REPL's prompt after the traceback.
+    from microgpt.ports import open_serial
+
+    with open_serial(vm.path) as cut_off:
+        cut_off.write(b"\r\x03\x01")
+        cut_off.read_until(b"raw REPL; CTRL-B to exit\r\n>")
+        cut_off.write(b"import micropython, sys\nmicropython.kbd_intr(-1)\nsys.stdin.buffer.read(5)\n"
+                      b"raise KeyboardInterrupt\n\x04")
+        assert cut_off.read_until(b"OK") == b"OK"
+    repl = RawRepl(vm.path)
+    try:
+        assert repl.exec("print('usable')") == b"usable\n"
+    finally:
+        repl.close()

@@ -17,7 +17,7 @@ REPORT_KEYS = {
     "engine", "status", "error", "interrupted", "steps", "params", "shape", "losses", "samples", "loss_mean", "loss_window",
     "ms_per_step", "peak_heap_bytes", "uart_log", "config", "boots", "resumed_from", "checkpoints",
     "checkpoints_rejected", "heap_total", "platform", "emit", "kernels", "freq_mhz", "ms_train",
-    "peak_src", "alloc_per_step", "bad_records", "weights", "loss_curve",
+    "peak_src", "alloc_per_step", "bad_records", "weights", "loss_curve", "resume_step",
 }
 START = ("MGPT start v=2 params=4192 steps={steps} seed=42 init=microgpt docs=32033 log_every={every} ckpt_every=0"
          " samples=2 temp=0.5 lr=0.01 platform=linux impl=1.29.0 emit=bytecode freq_mhz=none"

@@ -11,11 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from conftest import OFFICIAL_FIRMWARE as FIRMWARE
+from conftest import signals
 
+from microgpt import payload
 from microgpt.cli import main
+from microgpt.cli.options import launch
+from microgpt.engines.host import HostEngine
 from microgpt.errors import OutputError
 from microgpt.run import RunDir
 
@@ -141,7 +146,7 @@ def test_claims_started_together_let_exactly_one_run(tmp_path):
 def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_path, sig):
     report = tmp_path / "run" / "report.json"
     proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 1000, "--samples", 0),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=signals())
     log = report.with_suffix(".uart.log")
     deadline = time.monotonic() + 60
     while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
@@ -155,12 +160,32 @@ def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_p
     assert f"interrupted by {name}" in out and saved["steps"] >= 1
 
 
+def test_signals_ignored_at_start_stay_ignored(names_path, tmp_path):
+    # `nohup microgpt sim run ... &`: the terminal closing (SIGHUP) or a Ctrl-C in it must not end the run.
+    report = tmp_path / "run" / "report.json"
+    proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 150, "--samples", 0),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=signals(ignored=(signal.SIGHUP, signal.SIGINT)))
+    log = report.with_suffix(".uart.log")
+    deadline = time.monotonic() + 60
+    while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before the signals came"
+    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    saved = json.loads(report.read_text())
+    assert saved["status"] == "ok" and saved["interrupted"] is None and saved["steps"] == 150
+
+
 def test_a_cut_run_resumes_to_the_same_result_as_an_uninterrupted_one(names_path, tmp_path, sim_run):
     args = ("--steps", 300, "--samples", 5, "--ckpt-every", 50, "--kernels", "python")
     code, out, whole = sim_run(*args, report=tmp_path / "whole" / "report.json")
     assert code == 0, out
     report = tmp_path / "cut" / "report.json"
-    proc = subprocess.Popen(sim(names_path, report, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(sim(names_path, report, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=signals())
     log = report.with_suffix(".uart.log")
     deadline = time.monotonic() + 120
     while b"MGPT ckpt step=100" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
@@ -182,6 +207,38 @@ def test_a_cut_run_resumes_to_the_same_result_as_an_uninterrupted_one(names_path
     assert not report.with_suffix(".work").exists()  # finished: nothing left to resume
     again = CliRunner().invoke(main, ["sim", "run", "--resume", str(report.parent)])
     assert again.exit_code != 0 and "no run to resume" in again.output
+
+
+class CutAfterCheckpoint(HostEngine):
+    """The VM, cut once it has written checkpoint `at`, before its record of it reached the host
+    (the line in flight is lost, as in a power cut or a Ctrl-C)."""
+
+    def __init__(self, at, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def lines(self):
+        for line in super().lines():
+            if line.startswith(b"MGPT ckpt step=%d" % self.at):
+                return
+            yield line
+
+
+def test_a_cut_run_names_the_checkpoint_it_resumes_from(names_path, tmp_path, capsys):
+    # The UART's last ckpt record says 20, the VM's flash holds 40: the message and --resume both
+    # take the flash's, the one the trainer loads.
+    rundir = RunDir(tmp_path / "cut" / "report.json")
+    options = payload.RunOptions(steps=60, samples=0, log_every=5, ckpt_every=20, kernels="python")
+    with rundir.claim(), pytest.raises(click.ClickException, match="the run stopped after step 40 of 60"):
+        launch(CutAfterCheckpoint(40, rundir.work), rundir, options, names_path, quiet=True)
+    said = capsys.readouterr().err
+    cut = json.loads(rundir.report.read_text())
+    assert cut["checkpoints"] == [20] and cut["resume_step"] == 40
+    assert f"its last checkpoint is step 40: continue it with --resume {rundir.report.parent}\n" in said
+    result = CliRunner().invoke(main, ["sim", "run", "--resume", str(rundir.report.parent), "--quiet"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(rundir.report.read_text())["resumed_from"] == 40
 
 
 # --- full and read-only disks: run the real CLI in a mount namespace with a small tmpfs ---------

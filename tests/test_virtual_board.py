@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import OFFICIAL_FIRMWARE
+from conftest import OFFICIAL_FIRMWARE, signals
 from test_user_files import in_namespace
 
 from microgpt import reference
@@ -34,7 +34,7 @@ def device(*args, timeout=600):
 def device_running(*args):
     """`microgpt device ARGS` started, to be cut while it runs."""
     return subprocess.Popen([*CLI, "device", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=signals())
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +163,32 @@ def test_ctrl_c_leaves_the_board_usable(trained, board, names_path, tmp_path):
     assert code == 1 and "there is no weights.bin on the board" in out  # the stopped run left none
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_upload_cut_while_copying_leaves_the_earlier_weights_and_a_usable_board(virtual_board, names_path,
+                                                                                     tmp_path, sig):
+    from microgpt import chip
+    from microgpt.rawrepl import RawRepl
+
+    earlier = chip.WEIGHTS_HEAD.pack(chip.WEIGHTS_MAGIC, *(getattr(chip.DEFAULT, k) for k in chip.KNOBS)) + bytes(
+        4 * chip.N_PARAMS)  # an earlier run's weights
+    repl = RawRepl(virtual_board.port)
+    try:
+        repl.write_file(chip.WEIGHTS, earlier)
+    finally:
+        repl.close()
+    run = device_running("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 10, "--data", names_path,
+                         "--report", tmp_path / "cut" / "report.json")
+    for line in run.stdout:  # a new board: every file is copied, the trainer's first
+        if line.startswith("copying"):
+            break
+    run.send_signal(sig)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 128 + sig, out
+    code, out = device("pull", "--port", virtual_board.port, "--out", tmp_path / "w.bin")  # the REPL answers again
+    assert code == 0, out
+    assert (tmp_path / "w.bin").read_bytes() == earlier
+
+
 def test_a_board_in_its_rom_bootloader_is_named_not_waited_for(qemu, board_flash, tmp_path):
     # Download mode (BOOT held at reset): the ROM speaks esptool's protocol, not MicroPython.
     flash = tmp_path / "rom.bin"
@@ -202,10 +228,11 @@ def kill_qemus_on(flash: Path) -> list[int]:
     return left
 
 
-def sim_board(qemu, *args, env=None) -> subprocess.Popen:
-    """`microgpt sim board ARGS` started, as a user starts it; its first line of output read."""
+def sim_board(qemu, *args, env=None, ignored=()) -> subprocess.Popen:
+    """`microgpt sim board ARGS` started, as a user starts it (the signals in `ignored` ignored, as nohup
+    or a background job starts it); its first line of output read."""
     proc = subprocess.Popen([*CLI, "sim", "board", "--qemu", qemu, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+                            stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=signals(ignored))
     proc.first_line = proc.stdout.readline()
     return proc
 
@@ -234,6 +261,25 @@ def test_board_powers_off_when_terminated_or_hung_up(qemu, tmp_path, sig):
     assert not kill_qemus_on(flash), "QEMU still runs"
     assert proc.returncode == 128 + sig, out
     assert signal.Signals(sig).name in out
+
+
+def test_board_started_with_sighup_ignored_keeps_running_on_a_hangup(qemu, tmp_path):
+    # `nohup microgpt sim board &`: the terminal closing does not power the board off.
+    flash = tmp_path / "b.bin"
+    proc = sim_board(qemu, "--image", OFFICIAL_FIRMWARE, "--flash", flash, ignored=(signal.SIGHUP,))
+    try:
+        assert "virtual ESP32" in proc.first_line
+        proc.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)
+        assert qemus_on(flash)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C still powers it off
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, out
+    assert not qemus_on(flash)
 
 
 def test_board_command_line_and_flash_file(qemu, tmp_path):

@@ -124,14 +124,15 @@ def pull(port, out, baud, overwrite):
 def device_sample(port, count, seed, temperature, prefix, baud):
     """Sample names on the board from the weights its last run left there (no training): the
     names `microgpt sample` gives on the host from the same weights, seed, temperature and prefix."""
-    from ..engines.serial import board_names, board_weights
+    from ..engines.serial import NAME_S, board_names, board_weights
     from ..rawrepl import RawRepl
 
     check_prefix(prefix)
     repl = RawRepl(port or find_port(), baud)
     try:
-        check_prefix(prefix, board_weights(repl))
-        for i, name in enumerate(board_names(repl, count, seed, temperature, prefix)):
-            click.echo(f"{i + 1:2d} {name}")
+        with repl.within(f"sampling {count} names", count * NAME_S):
+            check_prefix(prefix, board_weights(repl))
+            for i, name in enumerate(board_names(repl, count, seed, temperature, prefix)):
+                click.echo(f"{i + 1:2d} {name}")
     finally:
         repl.close()

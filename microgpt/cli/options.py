@@ -224,9 +224,14 @@ def launch(engine, rundir: RunDir, options, data, quiet: bool) -> None:
         if state.samples:
             click.echo("samples: " + " ".join(state.samples))
     click.echo(f"report: {rundir.report}  (UART log: {rundir.uart_log})", err=bool(report.error))
-    if report.error and state.checkpoints and rundir.work.is_dir():
+    if report.error and rundir.work.is_dir():
         where = rundir.report.parent if rundir.report.name == "report.json" else rundir.report
-        click.echo(f"its last checkpoint is step {state.checkpoints[-1]}: continue it with --resume {where}", err=True)
+        if report.resume_step is not None:
+            click.echo(f"its last checkpoint is step {report.resume_step}: continue it with --resume {where}", err=True)
+        elif state.checkpoints:  # the target did not answer: the UART's last ckpt record is a lower bound
+            click.echo(f"its checkpoint could not be read back; the last reported is step {state.checkpoints[-1]} "
+                       f"(the chip may hold a later one): once it answers, continue it with --resume {where}",
+                       err=True)
     if report.interrupted:
         click.echo(f"interrupted by {report.interrupted}", err=True)
         raise SystemExit(128 + getattr(signal, report.interrupted, signal.SIGINT))  # as a shell reports it

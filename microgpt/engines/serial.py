@@ -29,6 +29,15 @@ MICROPYTHON_BANNER = re.compile(rb"MicroPython \S+ on \d{4}-\d\d-\d\d")
 # What an earlier run left behind: a new run must neither resume its checkpoint nor leave its
 # weights to be pulled as if they were the new run's.
 EARLIER_RUN = (chip.WEIGHTS, chip.CKPT, chip.CKPT + ".tmp")
+# The largest file a run leaves on a board to be read back: its checkpoint, three of the four arrays
+# of one size (weights, gradient, Adam's m and v) that share the heap. Reading it may take its line
+# time on top of the command's.
+LARGEST_RUN_FILE = 3 * chip.ESP32_HEAP // 4
+# What one name may take on the board, beyond the command's own time: up to block_size letters,
+# each a forward pass, ~10 M instructions with the MicroPython kernels for microgpt.py's shape
+# (a third of a 200 M step over ~7 letters; README, "Speed"), so ~0.7 s at 240 MHz for 16 letters;
+# 5 s covers the larger shapes that train and a slow emulator; the C kernels take milliseconds.
+NAME_S = 5.0
 
 
 # What the board's sampler (firmware/infer.py) says the weights it holds are; "no-sampler" where the
@@ -81,7 +90,8 @@ def read_board_file(port: str, baud: int, name: str) -> bytes:
     """A file from the board's filesystem, over the raw REPL (MissingFile if it has none)."""
     repl = RawRepl(port, baud)
     try:
-        return repl.read_file(name)
+        with repl.within(f"reading {name}", repl.line_s(LARGEST_RUN_FILE)):
+            return repl.read_file(name)
     finally:
         repl.close()
 
@@ -148,10 +158,12 @@ class UploadEngine(SerialEngine):
 
     def place(self, payload: Payload) -> None:
         repl = self.repl()
-        repl.remove(*EARLIER_RUN)
         repl.remove_own(chip.BOOT, chip.BOOT_MARK)
         files = {name: data for name, data in payload.files.items() if name != chip.BOOT}
         repl.sync(files, progress=lambda path, size: log.info("copying %s (%s bytes) to the board", path, f"{size:,}"))
+        # Only now that the new run is whole on the board: a copy cut short (Ctrl-C, a lost cable)
+        # leaves the earlier run's weights to pull.
+        repl.remove(*EARLIER_RUN)
 
 
 class FlashEngine(SerialEngine):
