@@ -24,6 +24,7 @@ def build(options, data, firmware, out):
     if manifest == out:
         raise click.UsageError(f"{out}: the image's manifest goes beside it as .json: name the image .bin")
     docs = dataset.load_names(data)
+    payload.check_val(options.val, len(docs))
     fw = basefw.resolve(firmware)
     chip = payload.build(options, docs, mpy.firmware_target(fw.version))
     flash = fw.flash(dict(chip.files))
