@@ -222,7 +222,8 @@ class UartParser:
         self._step_heap = f["heap"] if self._step_heap is None else max(f["heap"], self._step_heap)
 
     def _on_val(self, f):
-        if not self._started or f["names"] < 1 or f["tokens"] < f["names"]:
+        if (not self._started or not 1 <= f["names"] <= self.config.get("val", f["names"])
+                or f["tokens"] < f["names"]):
             raise ValueError("val")
         self._val = f
 

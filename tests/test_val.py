@@ -37,6 +37,13 @@ def test_the_vms_held_out_loss_is_the_hosts_for_the_same_weights(vm_runs, docs):
     assert f"held-out loss {report['val_loss']:.4f} (1,000 names never trained on)" in out
 
 
+def test_the_micropython_kernels_held_out_loss_is_the_hosts_too(sim_run, docs):
+    code, out, report = sim_run("--steps", 5, "--samples", 0, "--kernels", "python")
+    assert code == 0 and report["kernels"] == "python", out
+    host = host_val_loss(report, docs)
+    assert report["val_names"] == payload.VAL and abs(report["val_loss"] - host) <= AGREE, (report["val_loss"], host)
+
+
 def test_holding_names_out_changes_no_training_loss_nor_sample(vm_runs):
     # A run of at most len - K steps trains on microgpt.py's own names, in its order.
     (code, out, held), (code0, out0, none) = vm_runs[payload.VAL], vm_runs[0]
@@ -80,11 +87,13 @@ def test_holding_out_every_name_is_refused_naming_the_fix(tmp_path):
 def test_the_val_record_is_parsed_and_a_malformed_one_counted():
     parser = UartParser()
     parser.feed("MGPT start v=2 params=4192 steps=1 seed=42 val=1000")
+    parser.feed("MGPT val loss=2.5 names=300 tokens=2100 ms=40")  # a running record: the last one counts
     parser.feed("MGPT val loss=2.379618 names=1000 tokens=7148 ms=143")
     assert parser.state().val == {"loss": 2.379618, "names": 1000, "tokens": 7148, "ms": 143}
-    for bad in ("MGPT val loss=2.3 names=0 tokens=1", "MGPT val loss=x names=1 tokens=7", "MGPT val names=1 tokens=7"):
+    for bad in ("MGPT val loss=2.3 names=0 tokens=1", "MGPT val loss=2.3 names=1001 tokens=8000",
+                "MGPT val loss=x names=1 tokens=7", "MGPT val names=1 tokens=7"):
         parser.feed(bad)
-    assert parser.bad_records == 3 and parser.state().val["loss"] == 2.379618
+    assert parser.bad_records == 4 and parser.state().val["loss"] == 2.379618
 
 
 def test_the_learning_rate_is_the_one_asked(sim_run, docs):
