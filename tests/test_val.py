@@ -1,6 +1,8 @@
 """The held-out loss (--val): names kept out of training, their loss computed on the chip after
 training and checked against the host's from the same weights; and the learning rate (--lr)."""
+import itertools
 import json
+from array import array
 
 import numpy as np
 import pytest
@@ -116,3 +118,23 @@ def test_a_learning_rate_out_of_bounds_is_refused_before_anything_runs(tmp_path,
     assert result.exit_code == 2 and "--lr" in result.output and why in result.output, result.output
     assert not report.parent.exists()
 
+
+
+def test_a_slow_evaluation_sends_running_records_and_the_last_covers_every_name(firmware, monkeypatch, capsys):
+    # firmware/val.py under CPython (the MicroPython kernels), on a chip so slow that each name takes a second.
+    import val
+
+    clock = itertools.count(0, 1000)
+    monkeypatch.setattr(val.time, "ticks_ms", lambda: next(clock))
+    weights = np.random.default_rng(3).normal(0, 0.3, chip.N_PARAMS).astype(np.float32)
+    gpt = firmware.model.GPT(array("f", weights.tobytes()), None)
+    names = ["emma", "x", "mariaguadalupeconcepcion", "ava", "olivia", "li", "sophia", "mia", "zoe", "ian", "bo", "kai"]
+    stream = iter(name.encode() for name in names)
+    val.report(gpt, type("Names", (), {"next": lambda self: next(stream), "close": lambda self: None})(), len(names))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[3] for line in lines] == ["names=5", "names=10", "names=12"]
+    parser = UartParser()
+    for line in ["MGPT start v=2 params=4192 steps=1 seed=42 val=12", *lines]:
+        parser.feed(line)
+    assert parser.state().val["tokens"] == sum(min(len(n) + 1, chip.BLOCK) for n in names)
+    assert parser.state().val["loss"] == pytest.approx(reference.val_loss(weights.astype(np.float64), names), abs=1e-5)
