@@ -1,6 +1,7 @@
 """What goes on the chip, decided once: `build(options, docs, target)` turns a run's options into
 a `Payload` that holds every file of the chip's filesystem (the trainer compiled for the target,
-the C module for its arch, config.json, the names in training order, the initial weights).
+the C module for its arch, config.json, the names in training order, the names held out of it,
+the initial weights).
 Engines receive the Payload and only place it: a VM's filesystem, QEMU's flash, a board's flash
 or its raw REPL. config.json is written here and read by the chip alone (file formats:
 docs/chip-files.md)."""

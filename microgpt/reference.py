@@ -130,10 +130,9 @@ def val_loss(params, names, shape: Shape = DEFAULT):
     total, count = 0.0, 0
     for name in names:
         tokens = tokenize(name)
-        t = min(shape.block_size, len(tokens) - 1)
-        z = logits(params, tokens[:t], shape).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        total += float((np.log(np.exp(z).sum(axis=1)) - z[np.arange(t), tokens[1:t + 1]]).sum())
+        t = min(shape.block_size, len(tokens) - 1)  # a longer name is cut, as microgpt.py cuts it
+        probs = _softmax(logits(params, tokens[:t], shape).astype(np.float64))
+        total -= float(np.log(probs[np.arange(t), tokens[1:t + 1]]).sum())
         count += t
     return total / count
 
