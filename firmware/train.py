@@ -16,6 +16,7 @@ from micropython import const
 
 CONFIG = "config.json"
 DATA = "names.txt"  # the host writes it in training order, one name per line
+VAL = "val.txt"  # the names held out of training, one per line: their loss is evaluated after it
 INIT = "init.bin"  # with init "microgpt": the shape's float32 initial weights from the host
 WEIGHTS = "weights.bin"
 CKPT = "ckpt.bin"
@@ -23,7 +24,6 @@ CKPT = "ckpt.bin"
 # (the host refuses a longer line). Underscored: a constant only, no global on the chip's heap.
 _NAMES_BUFFER = const(1024)
 
-LR = 0.01
 INIT_STD = 0.08
 
 
@@ -145,10 +145,10 @@ def main(mount_flash=lambda fast: None):
     print(
         "MGPT start v=2 params=%d steps=%d seed=%d init=%s docs=%d log_every=%d ckpt_every=%d samples=%d "
         "temp=%s lr=%s platform=%s impl=%s emit=%s kernels=%s freq_mhz=%s freq_boot_mhz=%s heap_total=%d "
-        "shape=%d,%d,%d,%d"
+        "shape=%d,%d,%d,%d val=%d"
         % ((n_params, steps, seed, cfg["init"], cfg["docs"], log_every, ckpt_every, cfg["samples"],
-           cfg["temperature"], LR, sys.platform, "%d.%d.%d" % sys.implementation.version[:3],
-           cfg["emit"], cfg["kernels"], freq, freq_boot, heap_total) + knobs)
+           cfg["temperature"], cfg["lr"], sys.platform, "%d.%d.%d" % sys.implementation.version[:3],
+           cfg["emit"], cfg["kernels"], freq, freq_boot, heap_total) + knobs + (cfg["val"],))
     )
 
     # Modules load only when used: every KB of heap counts on the chip.
@@ -186,13 +186,14 @@ def main(mount_flash=lambda fast: None):
     for _ in range(start):
         beta1_t *= BETA1
         beta2_t *= BETA2
+    lr = cfg["lr"]
     t0 = time.ticks_us()
     for step in range(start, steps):
         group[k] = gpt.loss_and_grad(names.next())
         k += 1
         beta1_t *= BETA1
         beta2_t *= BETA2
-        step_size, unbias = adam_factors(LR * (1.0 - step / steps), beta1_t, beta2_t)
+        step_size, unbias = adam_factors(lr * (1.0 - step / steps), beta1_t, beta2_t)
         adam(params, grads, m, v, step_size, unbias)
         done = step + 1
         save_now = ckpt_every and done % ckpt_every == 0
@@ -224,6 +225,10 @@ def main(mount_flash=lambda fast: None):
         f.write(struct.pack(base.WEIGHTS_HEAD, base.WEIGHTS_MAGIC, *knobs))
         f.write(params)
     os.rename(WEIGHTS + ".tmp", WEIGHTS)
+    if cfg["val"]:  # the held-out names, streamed from flash as the training names were
+        import val
+
+        val.report(gpt, Names(VAL, 0, names_buf), cfg["val"])
     from rng import Rng
     from sample import sample
 

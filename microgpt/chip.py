@@ -72,9 +72,9 @@ VOCAB, BOS, N_EMBD, N_HEAD, N_LAYER, BLOCK = (
     _MODEL[k] for k in ("VOCAB", "BOS", "N_EMBD", "N_HEAD", "N_LAYER", "BLOCK"))
 RMS_EPS, BETA1, BETA2, ADAM_EPS = (_MODEL[k] for k in ("RMS_EPS", "BETA1", "BETA2", "ADAM_EPS"))
 # Training (firmware/train.py).
-LR, INIT_STD = _TRAIN["LR"], _TRAIN["INIT_STD"]
+INIT_STD = _TRAIN["INIT_STD"]
 # Files on the chip's filesystem (firmware/train.py).
-CONFIG, DATA, INIT, WEIGHTS, CKPT = (_TRAIN[k] for k in ("CONFIG", "DATA", "INIT", "WEIGHTS", "CKPT"))
+CONFIG, DATA, VAL, INIT, WEIGHTS, CKPT = (_TRAIN[k] for k in ("CONFIG", "DATA", "VAL", "INIT", "WEIGHTS", "CKPT"))
 NAMES_BUFFER = _TRAIN["_NAMES_BUFFER"]  # bytes: the trainer's read buffer of the data file; a line must fit it
 # MicroPython runs main.py at power-up; the trainer's boot entry is firmware/main.py, whose
 # first line marks it as ours (a board's own main.py is never touched).

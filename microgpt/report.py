@@ -53,7 +53,7 @@ class Report:
 
     def to_json(self) -> dict:
         """The flat record report.json holds."""
-        run, end, cfg = self.run, self.run.end or {}, self.run.config
+        run, end, cfg, val = self.run, self.run.end or {}, self.run.config, self.run.val or {}
         mean, window = loss_mean(run.losses)
         # The model's shape: a start record without one came from a trainer of microgpt.py's only.
         shape = cfg.get("shape", DEFAULT if cfg else None)
@@ -62,7 +62,7 @@ class Report:
             "engine": self.engine, "status": self.status, "error": self.error, "interrupted": self.interrupted,
             "steps": run.steps, "params": cfg.get("params"), "shape": shape, "losses": run.losses,
             "samples": run.samples,
-            "loss_mean": mean, "loss_window": window,
+            "loss_mean": mean, "loss_window": window, "val_loss": val.get("loss"), "val_names": val.get("names"),
             "ms_per_step": run.ms_per_step, "peak_heap_bytes": end.get("peak_heap", run.step_heap),
             "peak_src": "end" if end else "step" if run.step_heap is not None else None,
             "heap_total": end.get("heap_total", cfg.get("heap_total")), "platform": cfg.get("platform"),
@@ -159,8 +159,9 @@ def _finite(value):
     return value
 
 
-def plot_losses(losses: list, title: str) -> bytes | None:
-    """The loss curve as PNG bytes: each step's loss and its trailing mean; None with no losses."""
+def plot_losses(losses: list, title: str, val_loss: float | None = None) -> bytes | None:
+    """The loss curve as PNG bytes: each step's loss and its trailing mean, and the held-out loss
+    after training as a line across; None with no losses."""
     loss = np.array([math.nan if x is None else float(x) for x in losses])
     loss[~np.isfinite(loss)] = np.nan
     if not np.isfinite(loss).any():
@@ -176,6 +177,8 @@ def plot_losses(losses: list, title: str) -> bytes | None:
     ax.plot(steps, loss, lw=0.8, alpha=0.45, color="tab:blue", marker="o" if few else None, label="loss per step")
     ax.plot(steps, _moving_average(loss, window), lw=2, color="tab:orange", marker="." if few else None,
             label=f"mean of last {window} steps")
+    if val_loss is not None and math.isfinite(val_loss):
+        ax.axhline(val_loss, lw=1.5, ls="--", color="tab:green", label=f"held-out loss after training {val_loss:.4f}")
     ax.set(xlabel="step", ylabel="loss", title=title)
     if len(loss) == 1:
         ax.set_xlim(0.5, 1.5)

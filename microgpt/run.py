@@ -346,7 +346,7 @@ def run(engine, rundir: RunDir, options: payloads.RunOptions | None = None, docs
     elif state.checkpoints or state.config.get("ckpt_every"):
         resume_step = _held_checkpoint(engine)
     title = f"microgpt on {engine.name}: {state.steps} steps" + (" (error)" if failure else "")
-    png = plot_losses(state.losses, title)
+    png = plot_losses(state.losses, title, (state.val or {}).get("loss"))
     if png is not None:
         write_atomic(rundir.loss_curve, png)
     report = Report(engine.name, failure, interrupted, state, str(rundir.uart_log),

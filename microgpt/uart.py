@@ -79,6 +79,7 @@ FIELDS = {
     "ckpt-bad": {"reason": str},
     "step": {"n": _int, "loss": _losses, "ms": _num, "heap": _int},
     "ckpt": {"step": _int},
+    "val": {"loss": _float, "names": _int, "tokens": _int},
     "end": {"steps": _int, "ms_train": _num, "ms_per_step": _num, "peak_heap": _int, "heap_total": _int},
 }
 OPTIONAL = {"start": {"shape": _shape}}  # a trainer before shapes sent none: microgpt.py's
@@ -134,6 +135,7 @@ class UartParser:
         self._error = None  # (text, traceback lines)
         self._error_done = False  # a line other than tb followed the error
         self._samples = {}
+        self._val = None
 
     @property
     def finished(self):
@@ -219,6 +221,12 @@ class UartParser:
         self._ms_steps += len(losses)
         self._step_heap = f["heap"] if self._step_heap is None else max(f["heap"], self._step_heap)
 
+    def _on_val(self, f):
+        if (not self._started or not 1 <= f["names"] <= self.config.get("val", f["names"])
+                or f["tokens"] < f["names"]):
+            raise ValueError("val")
+        self._val = f
+
     def _on_sample(self, rest):
         index, _, name = rest.partition(" ")
         self._samples[_int(index)] = name
@@ -246,6 +254,7 @@ class UartParser:
             steps=steps,
             losses=[self._losses.get(s) for s in range(1, steps + 1)],
             samples=[self._samples[i] for i in sorted(self._samples)],
+            val=dict(self._val) if self._val is not None else None,
             end=dict(self._end) if self._end is not None else None,
             error=self._error[0] if self._error else None,
             traceback=list(self._error[1]) if self._error else [],
@@ -270,6 +279,7 @@ class RunState:
     steps: int                    # steps done: the end record's, else the highest step seen
     losses: list                  # loss of steps 1..steps (None where a record was lost)
     samples: list
+    val: dict | None              # fields of the val record (the held-out loss), None if none came
     end: dict | None              # fields of the end record, None if none came
     error: str | None             # the chip's MGPT error text
     traceback: list

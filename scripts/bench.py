@@ -125,7 +125,7 @@ def main():
 
     esp32 = mpy.firmware_target("v1.25.0")
     for emit in ("bytecode", "native"):
-        built = payload.build(payload.RunOptions(steps=1, emit=emit, kernels="c"), ["emma"], esp32)
+        built = payload.build(payload.RunOptions(steps=1, emit=emit, kernels="c", val=0), ["emma"], esp32)
         sizes = {k: len(v) for k, v in built.files.items() if k.endswith(".mpy")}
         print(f".mpy for xtensawin ({emit}): " + ", ".join(f"{k} {v:,} B" for k, v in sizes.items())
               + f"; total {sum(sizes.values()):,} B")

@@ -96,6 +96,6 @@ def test_auto_emit_is_native_only_in_a_vm_with_a_native_emitter():
     assert payload.emit_for("native", chip) == "native"
     with pytest.raises(BuildError, match="use --emit bytecode"):
         payload.emit_for("native", no_emitter)
-    built = payload.build(payload.RunOptions(steps=2), ["emma"], no_emitter)
+    built = payload.build(payload.RunOptions(steps=2, val=0), ["emma"], no_emitter)
     assert (built.options.emit, built.options.kernels) == ("bytecode", "python")
     assert all(mpy.parse_header(blob).arch is None for name, blob in built.files.items() if name.endswith(".mpy"))

@@ -95,7 +95,7 @@ def test_sample_refuses_weights_that_are_not_a_trained_model(tmp_path):
 
 def test_names_come_from_standard_input_with_a_dash(tmp_path):
     report = tmp_path / "r" / "report.json"
-    code, out = cli("sim", "run", "--data", "-", "--steps", 3, "--samples", 0, "--report", report, "--quiet",
+    code, out = cli("sim", "run", "--data", "-", "--steps", 3, "--samples", 0, "--val", 0, "--report", report, "--quiet",
                     input="emma\nolivia\nava\n")
     assert code == 0, out
     assert json.loads(report.read_text())["config"]["docs"] == 3

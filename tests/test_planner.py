@@ -94,7 +94,7 @@ def test_the_chips_peak_with_the_micropython_kernels_and_two_layers_within_5_per
     report_path = tmp_path / "report.json"
     result = CliRunner().invoke(main, ["sim", "run", "--engine", "qemu", "--qemu", qemu, "--firmware",
                                        str(OFFICIAL_FIRMWARE), "--data", str(names_path), "--steps", str(steps),
-                                       "--samples", "2", "--kernels", "python", "--report", str(report_path),
+                                       "--samples", "2", "--kernels", "python", "--val", "20", "--report", str(report_path),
                                        "--quiet", "--n-embd", "8", "--n-head", "2", "--n-layer", "2",
                                        "--block-size", "8"], catch_exceptions=False)
     assert result.exit_code == 0, result.output

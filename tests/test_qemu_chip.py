@@ -8,6 +8,7 @@ import re
 import pytest
 from click.testing import CliRunner
 from conftest import OFFICIAL_FIRMWARE
+from test_val import AGREE, host_val_loss
 
 from microgpt import chip, chip_speed, payload, planner
 from microgpt.cli import main
@@ -43,6 +44,14 @@ def test_the_trained_weights_come_back_from_qemus_flash_and_replay_the_chips_nam
     assert result.exit_code == 0
     names = [(line.split(maxsplit=1) + [""])[1] for line in result.output.splitlines()]  # "NN name"
     assert names == report["samples"]
+
+
+def test_the_chips_held_out_loss_is_the_hosts_for_the_same_weights(chip_run, docs):
+    # Computed on the chip in float32 over the 1,000 held-out names, forward only; the host's in numpy.
+    report = chip_run[2]
+    host = host_val_loss(report, docs)
+    assert report["val_names"] == 1000 and abs(report["val_loss"] - host) <= AGREE, (report["val_loss"], host)
+    print(f"held-out loss after 50 steps: chip {report['val_loss']:.6f}, host {host:.6f}")
 
 
 def test_the_chips_heap_peaks_under_100_kb(chip_run):

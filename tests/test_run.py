@@ -72,7 +72,7 @@ def replay(name, tmp_path, steps=None, display=None, **kw):
     engine = Replay(data, **kw)
     rundir = RunDir(tmp_path / "out" / "run.json")
     with rundir.claim():
-        report = run(engine, rundir, payload.RunOptions(steps=steps or steps_of(data)), DOCS, display=display)
+        report = run(engine, rundir, payload.RunOptions(val=0, steps=steps or steps_of(data)), DOCS, display=display)
     assert engine.closed == 1
     return report, rundir.uart_log.read_bytes()
 
@@ -81,7 +81,7 @@ def test_the_payload_is_built_once_for_the_engines_target_and_placed(tmp_path):
     engine = Replay((LOGS / "vm_ok.log").read_bytes())
     rundir = RunDir(tmp_path / "run.json")
     with rundir.claim():
-        run(engine, rundir, payload.RunOptions(steps=20, kernels="python"), DOCS)
+        run(engine, rundir, payload.RunOptions(val=0, steps=20, kernels="python"), DOCS)
     placed = engine.placed
     assert placed.target == VM and placed.options.emit == "native" and placed.options.kernels == "python"
     config = json.loads(placed.files["config.json"])
@@ -114,7 +114,7 @@ def test_each_line_is_on_disk_before_the_next_arrives(tmp_path):
     rundir = RunDir(tmp_path / "run.json")
     log_path = rundir.uart_log
     with rundir.claim():
-        report = run(Watched((LOGS / "reset_resume.log").read_bytes()), rundir, payload.RunOptions(steps=30), DOCS)
+        report = run(Watched((LOGS / "reset_resume.log").read_bytes()), rundir, payload.RunOptions(val=0, steps=30), DOCS)
     assert report.status == "ok"
     assert len(seen) == 42  # all lines up to the end record, which stops the run
 
@@ -132,7 +132,7 @@ def test_stops_after_the_traceback(tmp_path):
     engine = Replay(data)
     rundir = RunDir(tmp_path / "run.json")
     with rundir.claim():
-        report = run(engine, rundir, payload.RunOptions(steps=20), DOCS)
+        report = run(engine, rundir, payload.RunOptions(val=0, steps=20), DOCS)
     assert rundir.uart_log.read_bytes().endswith(b"allocating 16768 bytes\nMicroPython v1.25.0 on 2025-04-15\n")
     assert report.error.startswith("MemoryError") and engine.closed == 1
 

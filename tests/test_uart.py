@@ -15,6 +15,7 @@ from microgpt.uart import UartParser
 LOGS = Path(__file__).parent / "data" / "uart"
 REPORT_KEYS = {
     "engine", "status", "error", "interrupted", "steps", "params", "shape", "losses", "samples", "loss_mean", "loss_window",
+    "val_loss", "val_names",
     "ms_per_step", "peak_heap_bytes", "uart_log", "config", "boots", "resumed_from", "checkpoints",
     "checkpoints_rejected", "heap_total", "platform", "emit", "kernels", "freq_mhz", "ms_train",
     "peak_src", "alloc_per_step", "bad_records", "weights", "loss_curve", "resume_step",

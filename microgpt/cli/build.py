@@ -27,6 +27,7 @@ def build(options, data, firmware, out, overwrite):
     refuse_existing((out, manifest), overwrite, "the build would replace files",
                     "name another --out, or --overwrite to replace them")
     docs = dataset.load_names(data)
+    payload.check_val(options.val, len(docs))
     fw = basefw.resolve(firmware)
     chip = payload.build(options, docs, mpy.firmware_target(fw.version))
     flash = fw.flash(dict(chip.files))

@@ -137,7 +137,8 @@ def sampling_options(f):
     return f
 
 
-RUN_OPTIONS = ("steps", "data", "init", "seed", "samples", "log_every", "ckpt_every", "emit", "kernels") + chip.KNOBS
+RUN_OPTIONS = ("steps", "data", "init", "seed", "samples", "log_every", "ckpt_every", "emit", "kernels", "val",
+               "lr") + chip.KNOBS
 
 
 def run_options(f):
@@ -164,13 +165,19 @@ def run_options(f):
     @click.option("--kernels", type=click.Choice(payload.KERNELS), default="auto", show_default=True,
                   help="The model's arithmetic: c (a native module, ~400x fewer instructions per step on the chip) "
                        "or python; auto is c wherever it is built for the target (the ESP32 and the x64 VM).")
+    @click.option("--val", type=click.IntRange(min=0), default=payload.VAL, show_default=True,
+                  help="Names held out of training (the last of the run's order); after training the chip reports "
+                       "the mean loss per token on them (0: none).")
+    @click.option("--lr", type=FiniteFloat(0, 1, low_open=True), default=reference.LR, show_default=True,
+                  help="Adam's learning rate at step 1 (microgpt.py's learning_rate), decaying linearly to 0 over "
+                       "the run.")
     @shape_options
     @functools.wraps(f)
-    def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, n_embd, n_head, n_layer,
-                block_size, **kwargs):
+    def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, val, lr, n_embd, n_head,
+                n_layer, block_size, **kwargs):
         options = payload.RunOptions(steps=steps, seed=seed, init=init, samples=samples,
                                      log_every=min(log_every, steps), ckpt_every=ckpt_every, emit=emit, kernels=kernels,
-                                     shape=chip.Shape(n_embd, n_head, n_layer, block_size))
+                                     shape=chip.Shape(n_embd, n_head, n_layer, block_size), val=val, lr=lr)
         return f(options=options, data=data, **kwargs)
 
     return wrapper
@@ -212,6 +219,8 @@ def launch(engine, rundir: RunDir, options, data, quiet: bool) -> None:
     if quiet:
         logging.getLogger("microgpt").setLevel(logging.WARNING)  # no "copying ..." either
     docs = dataset.load_names(data) if options is not None else None
+    if docs is not None:
+        payload.check_val(options.val, len(docs))
     report = run(engine, rundir, options, docs, display=None if quiet else Terminal())
     state = report.run
     if not report.error:
@@ -221,6 +230,8 @@ def launch(engine, rundir: RunDir, options, data, quiet: bool) -> None:
         peak = report.to_json()["peak_heap_bytes"]
         click.echo(f"ok: {state.steps} steps, {curve}{state.ms_per_step or 0:.2f} ms/step"
                    + (f", peak heap {peak:,} B" if peak is not None else ""))
+        if state.val:
+            click.echo(f"held-out loss {state.val['loss']:.4f} ({state.val['names']:,} names never trained on)")
         if state.samples:
             click.echo("samples: " + " ".join(state.samples))
     click.echo(f"report: {rundir.report}  (UART log: {rundir.uart_log})", err=bool(report.error))
