@@ -27,7 +27,7 @@ def test_the_vm_installed_beside_the_tool_is_found_without_activating_its_venv(t
     env = {k: v for k, v in os.environ.items() if k != "MICROPYTHON"} | {"PATH": "/usr/bin:/bin"}
     names = tmp_path / "names.txt"
     names.write_text("emma\nava\n")
-    done = subprocess.run([tool, "sim", "run", "--steps", "1", "--samples", "0", "--data", names, "--quiet",
+    done = subprocess.run([tool, "sim", "run", "--steps", "1", "--samples", "0", "--val", "0", "--data", names, "--quiet",
                            "--report", tmp_path / "r" / "report.json"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
