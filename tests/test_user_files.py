@@ -81,6 +81,7 @@ def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, tmp_path):
     assert not report.with_name("report.weights.bin").exists()
 
 
+@pytest.mark.usefixtures("micropython")
 def test_runs_aimed_at_one_report_never_mix(names_path, tmp_path):
     # Four runs with different seeds started at once at one report path: one runs, the others are
     # refused at once; the report, log and weights left are all the winner's.
@@ -133,6 +134,7 @@ def test_claims_started_together_let_exactly_one_run(tmp_path):
         assert sorted(p.name for p in report.parent.iterdir()) == ["report.json"]
 
 
+@pytest.mark.usefixtures("micropython")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_path, sig):
     report = tmp_path / "run" / "report.json"
