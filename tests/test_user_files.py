@@ -153,6 +153,7 @@ def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_p
     assert f"interrupted by {name}" in out and saved["steps"] >= 1
 
 
+@pytest.mark.slow
 def test_a_cut_run_resumes_to_the_same_result_as_an_uninterrupted_one(names_path, tmp_path, sim_run):
     args = ("--steps", 300, "--samples", 5, "--ckpt-every", 50, "--kernels", "python")
     code, out, whole = sim_run(*args, report=tmp_path / "whole" / "report.json")
