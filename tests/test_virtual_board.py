@@ -55,12 +55,20 @@ def test_upload_trains_on_the_real_firmware_like_microgpt_py(trained, microgpt_l
     assert len(report["samples"]) == 20 and all(re.fullmatch("[a-z]*", s) for s in report["samples"])
 
 
-def test_pull_returns_the_runs_weights_and_they_replay_the_chips_names(trained, virtual_board, tmp_path):
+@pytest.fixture(scope="module")
+def pulled(trained, virtual_board, tmp_path_factory):
+    """`device pull` of the trained run's weights -> (exit code, output, the file pulled)."""
+    path = tmp_path_factory.mktemp("pull") / "pulled.bin"
+    code, out = device("pull", "--port", virtual_board.port, "--out", path)
+    return code, out, path
+
+
+def test_pull_returns_the_runs_weights_and_they_replay_the_chips_names(trained, pulled):
     report = trained[2]
-    code, out = device("pull", "--port", virtual_board.port, "--out", tmp_path / "pulled.bin")
+    code, out, path = pulled
     assert code == 0, out
-    assert (tmp_path / "pulled.bin").read_bytes() == Path(report["weights"]).read_bytes()
-    result = CliRunner().invoke(main, ["sample", "--weights", str(tmp_path / "pulled.bin"), "--count", "20"])
+    assert path.read_bytes() == Path(report["weights"]).read_bytes()
+    result = CliRunner().invoke(main, ["sample", "--weights", str(path), "--count", "20"])
     assert [line[3:] for line in result.output.splitlines()] == report["samples"]
 
 
@@ -71,18 +79,18 @@ def test_mpremote_sees_what_the_run_left_on_the_board(virtual_board, trained):
     assert proc.returncode == 0 and "weights.bin" in proc.stdout and "names.txt" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_the_board_samples_on_demand_what_the_host_samples(trained, virtual_board, tmp_path):
+def test_the_board_samples_on_demand_what_the_host_samples(trained, virtual_board, pulled):
     # Names made on the emulated chip (float32, the C kernels) from the weights on its flash, with
     # and without a prefix: the host's, from the same weights pulled.
     assert trained[0] == 0
-    code, out = device("pull", "--port", virtual_board.port, "--out", tmp_path / "pulled.bin")
+    code, out, path = pulled
     assert code == 0, out
     for args in ((), ("--prefix", "ka", "--seed", 7, "--temperature", 0.8)):
         t0 = time.monotonic()
         code, on_board = device("sample", "--port", virtual_board.port, "--count", 20, *args)
         print(f"device sample {' '.join(map(str, args))}: {time.monotonic() - t0:.1f} s")
         assert code == 0, on_board
-        on_host = CliRunner().invoke(main, ["sample", "--weights", str(tmp_path / "pulled.bin"), "--count", "20",
+        on_host = CliRunner().invoke(main, ["sample", "--weights", str(path), "--count", "20",
                                             *map(str, args)])
         assert on_board == on_host.output and len(on_board.splitlines()) == 20
         assert all(line[3:].startswith("ka") for line in on_board.splitlines()) or not args
