@@ -203,6 +203,7 @@ def one_line_error(result) -> str:
     return err.splitlines()[-1]
 
 
+@pytest.mark.usefixtures("micropython")  # the run asks the VM what it imports before it writes
 def test_a_full_disk_is_one_line_naming_the_path_and_leaves_no_partial_file(names_path, tmp_path):
     (tmp_path / "full").mkdir()
     result = in_namespace(
