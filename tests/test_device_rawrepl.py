@@ -13,14 +13,8 @@ from microgpt.rawrepl import RawRepl
 
 
 @pytest.fixture
-def vm(tmp_path):
-    with VmPort(tmp_path) as port:
-        yield port.start()
-
-
-@pytest.fixture
-def repl(vm):
-    r = RawRepl(vm.path)
+def repl(vm_board):
+    r = RawRepl(vm_board.path)
     yield r
     r.close()
 
@@ -37,10 +31,10 @@ def test_board_side_exception_is_an_engine_error_naming_it(repl):
     assert repl.exec("print('still usable')") == b"still usable\n"
 
 
-def test_files_round_trip_byte_exact(repl, tmp_path):
+def test_files_round_trip_byte_exact(repl, vm_board):
     data = bytes(range(256)) * 70 + b"\x04\x03\x01\r\n>"  # every byte value, the REPL's control bytes too
     repl.write_file("blob.bin", data)
-    assert (tmp_path / "blob.bin").read_bytes() == data  # it landed on the "board's" filesystem
+    assert (vm_board.cwd / "blob.bin").read_bytes() == data  # it landed on the "board's" filesystem
     assert repl.read_file("blob.bin") == data
 
 
@@ -62,9 +56,9 @@ def test_streams_a_running_program_line_by_line(repl):
     assert repl.exec("print('next')") == b"next\n"  # the prompt is back for the next command
 
 
-def test_soft_reset_keeps_the_vm_alive(repl, vm):
+def test_soft_reset_keeps_the_vm_alive(repl, vm_board):
     repl.soft_reset()  # Ctrl-D would end the VM process: on the unix port it is skipped
-    assert vm.proc.poll() is None
+    assert vm_board.proc.poll() is None
     assert repl.exec("print(1)") == b"1\n"
 
 
@@ -82,30 +76,30 @@ def test_a_peer_that_is_not_micropython_refuses_the_raw_repl(tmp_path):
             RawRepl(port.path, answer_s=1)
 
 
-def test_cable_pulled_mid_run(repl, vm):
+def test_cable_pulled_mid_run(repl, vm_board):
     repl.start("import time\nfor i in range(100):\n print('MGPT tick', i)\n time.sleep(0.05)\n")
     lines = split_lines(repl.read, silence_s=10)
     assert next(lines) == b"MGPT tick 0"
-    vm.unplug()
+    vm_board.unplug()
     with pytest.raises(EngineError, match=r"serial connection to /dev/pts/\d+ lost .*check the USB cable") as e:
         list(lines)
     assert not isinstance(e.value, Silence)
 
 
-def test_board_dies_silently(repl, vm):
+def test_board_dies_silently(repl, vm_board):
     repl.start("print('MGPT alive')\nwhile True: pass\n")
     lines = split_lines(repl.read, silence_s=1)
     assert next(lines) == b"MGPT alive"
-    vm.kill()  # the board stops; its USB bridge stays: silence, not a lost port
+    vm_board.kill()  # the board stops; its USB bridge stays: silence, not a lost port
     with pytest.raises(Silence, match="no output from the chip for 1 s"):
         list(lines)
 
 
-def test_busy_port(vm):
-    first = RawRepl(vm.path)
+def test_busy_port(vm_board):
+    first = RawRepl(vm_board.path)
     try:
         with pytest.raises(EngineError, match="is busy"):
-            RawRepl(vm.path)
+            RawRepl(vm_board.path)
     finally:
         first.close()
 

@@ -5,15 +5,9 @@ import json
 import os
 
 import pytest
-from click.testing import CliRunner
-from conftest import OFFICIAL_FIRMWARE
+from conftest import OFFICIAL_FIRMWARE, cli
 
 from microgpt.cli import main
-
-
-def cli(*args, input=None):
-    result = CliRunner().invoke(main, [str(a) for a in args], input=input)
-    return result.exit_code, result.output
 
 
 @pytest.mark.parametrize("engine, option, value", [
@@ -93,10 +87,10 @@ def test_sample_refuses_weights_that_are_not_a_trained_model(tmp_path):
     assert code == 1 and "4,192 weights that are not numbers" in out and "aaaa" not in out
 
 
-def test_names_come_from_standard_input_with_a_dash(tmp_path):
+def test_names_come_from_standard_input_with_a_dash(tmp_path, micropython):
     report = tmp_path / "r" / "report.json"
     code, out = cli("sim", "run", "--data", "-", "--steps", 3, "--samples", 0, "--val", 0, "--report", report, "--quiet",
-                    input="emma\nolivia\nava\n")
+                    "--micropython", micropython, input="emma\nolivia\nava\n")
     assert code == 0, out
     assert json.loads(report.read_text())["config"]["docs"] == 3
 

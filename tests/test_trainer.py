@@ -3,6 +3,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import cli
 
 from microgpt import chip, reference
 from microgpt.chip import N_PARAMS
@@ -10,9 +11,10 @@ from microgpt.chip import N_PARAMS
 NAMES = ["a", "emma", "xavier", "mariaguadalupeconcepcion"]  # 1 letter ... longer than block_size
 
 
-def test_firmware_backward_matches_the_numpy_reference(firmware):
+def test_firmware_backward_matches_the_numpy_reference(firmware_on_cpython):
     # The firmware's float32 arrays against the reference's float64 math on the same weights.
-    gpt = firmware.model.GPT(firmware.model.zeros(N_PARAMS), firmware.model.zeros(N_PARAMS))
+    model = firmware_on_cpython.model
+    gpt = model.GPT(model.zeros(N_PARAMS), model.zeros(N_PARAMS))
     weights = np.random.default_rng(7).normal(0, 0.3, N_PARAMS).astype(np.float32)
     for i, w in enumerate(weights):
         gpt.params[i] = float(w)
@@ -111,7 +113,7 @@ def test_device_init_trains_from_weights_drawn_on_the_chip(sim_run):
     assert len(report["samples"]) == 2
 
 
-def test_too_small_a_heap_ends_in_a_reported_memory_error(docs, tmp_path):
+def test_too_small_a_heap_ends_in_a_reported_memory_error(docs, micropython, tmp_path):
     # Above the planner's peak (91,584 B), below the VM's smallest heap that trains (95,808 B): a heap the planner
     # refuses with its headroom, so run as scripts/bench.py --min-heap runs, asking none.
     from microgpt.engines.host import HostEngine
@@ -119,7 +121,8 @@ def test_too_small_a_heap_ends_in_a_reported_memory_error(docs, tmp_path):
     from microgpt.run import RunDir, run
 
     with RunDir(tmp_path / "report.json").claim() as rundir:
-        report = run(HostEngine(rundir.work, heap=93_000, headroom=0), rundir, RunOptions(steps=5), docs).to_json()
+        engine = HostEngine(rundir.work, heap=93_000, headroom=0, micropython=micropython)
+        report = run(engine, rundir, RunOptions(steps=5), docs).to_json()
     assert report["status"] == "error" and "MemoryError" in report["error"]
     assert "MGPT error MemoryError" in open(report["uart_log"]).read()
 
@@ -132,16 +135,12 @@ def test_a_heap_the_planner_knows_is_short_is_refused_before_anything_is_written
         assert saved is None and not report.parent.exists()
 
 
-def test_bad_data_is_refused_naming_line_and_character(sim_run, tmp_path):
+def test_bad_data_is_refused_naming_line_and_character(tmp_path):
     bad = tmp_path / "names.txt"
     bad.write_text("emma\nolivia\nzoë\n")
-    from click.testing import CliRunner
-
-    from microgpt.cli import main
-
-    result = CliRunner().invoke(main, ["sim", "run", "--data", str(bad), "--steps", "1"])
-    assert result.exit_code != 0
-    assert "line 3" in result.output and "ë" in result.output
+    code, output = cli("sim", "run", "--data", bad, "--steps", 1)
+    assert code != 0
+    assert "line 3" in output and "ë" in output
 
 
 @pytest.mark.parametrize("log_every", [100, 1000])
@@ -154,7 +153,7 @@ def test_any_log_every_trains_1000_steps_within_the_chips_heap(sim_run, log_ever
     assert open(report["uart_log"]).read().count("MGPT step ") == 1000 // log_every
 
 
-def test_a_checkpoint_that_fails_its_check_leaves_no_trace(tmp_path, docs):
+def test_a_checkpoint_that_fails_its_check_leaves_no_trace(tmp_path, docs, micropython):
     # A checkpoint of this very run whose CRC fails: its Adam state (all ones here) must not leak
     # into the fresh start: every loss equals a run that never saw it.
     import binascii
@@ -178,7 +177,7 @@ def test_a_checkpoint_that_fails_its_check_leaves_no_trace(tmp_path, docs):
     for name, engine in (("fresh", HostEngine), ("poisoned", WithCheckpoint)):
         rundir = RunDir(tmp_path / f"{name}.json")
         with rundir.claim():
-            reports[name] = run(engine(rundir.work), rundir, options, docs)
+            reports[name] = run(engine(rundir.work, micropython=micropython), rundir, options, docs)
     fresh, poisoned = reports["fresh"].run, reports["poisoned"].run
     assert poisoned.checkpoints_rejected == ["checksum"] and poisoned.resumed_from is None
     assert poisoned.losses == fresh.losses and poisoned.samples == fresh.samples

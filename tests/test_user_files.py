@@ -90,6 +90,7 @@ def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, tmp_path):
     assert not report.with_name("report.weights.bin").exists()
 
 
+@pytest.mark.usefixtures("micropython")
 def test_runs_aimed_at_one_report_never_mix(names_path, tmp_path):
     # Four runs with different seeds started at once at one report path: one runs, the others are
     # refused at once; the report, log and weights left are all the winner's.
@@ -142,6 +143,7 @@ def test_claims_started_together_let_exactly_one_run(tmp_path):
         assert sorted(p.name for p in report.parent.iterdir()) == ["report.json"]
 
 
+@pytest.mark.usefixtures("micropython")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_path, sig):
     report = tmp_path / "run" / "report.json"
@@ -179,6 +181,7 @@ def test_signals_ignored_at_start_stay_ignored(names_path, tmp_path):
     assert saved["status"] == "ok" and saved["interrupted"] is None and saved["steps"] == 150
 
 
+@pytest.mark.slow
 def test_a_cut_run_resumes_to_the_same_result_as_an_uninterrupted_one(names_path, tmp_path, sim_run):
     args = ("--steps", 300, "--samples", 5, "--ckpt-every", 50, "--kernels", "python")
     code, out, whole = sim_run(*args, report=tmp_path / "whole" / "report.json")
@@ -261,6 +264,7 @@ def one_line_error(result) -> str:
     return err.splitlines()[-1]
 
 
+@pytest.mark.usefixtures("micropython")  # the run asks the VM what it imports before it writes
 def test_a_full_disk_is_one_line_naming_the_path_and_leaves_no_partial_file(names_path, tmp_path):
     (tmp_path / "full").mkdir()
     result = in_namespace(
