@@ -50,3 +50,16 @@ def test_two_ci_runs_at_once_each_have_a_venv_of_their_own_removed_at_exit(tmp_p
         run.communicate("\n", timeout=60)
         assert run.returncode == 0
     assert not any(Path(v).exists() for v in venvs)
+
+
+def test_the_readmes_board_commands_need_no_download():
+    # What each command would download (the firmware, the names) is given as a file in the README's
+    # board section, so it runs offline as shown.
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Try the board commands without a board")[1].split("\n## ")[0]
+    commands = [line.split("#")[0].split() for line in section.split("```")[1].splitlines() if line.strip()]
+    needs = {("sim", "board"): "--firmware", ("device", "run"): "--data"}
+    for argv in commands:
+        if argv[0] == "microgpt" and tuple(argv[1:3]) in needs:
+            assert needs[tuple(argv[1:3])] in argv, " ".join(argv)
+    assert {tuple(argv[1:3]) for argv in commands} >= set(needs)

@@ -152,19 +152,19 @@ def test_sample_on_a_board_that_streams_forever(short_deadlines, tmp_path):
     assert "did not finish sampling 4 names within 4 s, though it kept sending" in out
 
 
-def test_a_board_stopped_mid_command_is_entered_again(vm):
+def test_a_board_stopped_mid_command_is_entered_again(vm_board):
     # A host cut off mid-upload left the board's receiver reading its input: it takes the next
     # host's Ctrl-C and Ctrl-A as data before its KeyboardInterrupt (as the ESP32 under QEMU did
     # when the interrupt came late), then sits at the raw REPL's prompt after the traceback.
     from microgpt.ports import open_serial
 
-    with open_serial(vm.path) as cut_off:
+    with open_serial(vm_board.path) as cut_off:
         cut_off.write(b"\r\x03\x01")
         cut_off.read_until(b"raw REPL; CTRL-B to exit\r\n>")
         cut_off.write(b"import micropython, sys\nmicropython.kbd_intr(-1)\nsys.stdin.buffer.read(5)\n"
                       b"raise KeyboardInterrupt\n\x04")
         assert cut_off.read_until(b"OK") == b"OK"
-    repl = RawRepl(vm.path)
+    repl = RawRepl(vm_board.path)
     try:
         assert repl.exec("print('usable')") == b"usable\n"
     finally:

@@ -22,7 +22,8 @@ from microgpt.cli import main
 from microgpt.cli.options import launch
 from microgpt.engines.host import HostEngine
 from microgpt.errors import OutputError
-from microgpt.run import RunDir
+from microgpt.payload import RunOptions
+from microgpt.run import RunDir, run
 
 CLI = [sys.executable, "-c", "from microgpt.cli import main; main()"]
 REFUSALS = ("in use by another run", "belongs to an earlier run")  # the claim's two ways to refuse a run
@@ -71,7 +72,7 @@ def test_every_file_of_a_run_is_named_after_its_report_with_absolute_paths(sim_r
     assert sorted(p.name for p in here.iterdir()) == ["mine.json", "mine.png", "mine.uart.log", "mine.weights.bin"]
 
 
-def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, tmp_path):
+def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, docs, micropython, tmp_path):
     report = tmp_path / "run" / "report.json"
     code, out, ok = sim_run("--steps", 3, "--samples", 0, report=report)
     assert code == 0, out
@@ -83,10 +84,12 @@ def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, tmp_path):
     # Told to replace it, a run refused before it starts (a heap the planner knows is too small) replaces nothing.
     code, out, _ = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, "--overwrite", report=report)
     assert code != 0 and {p.name: p.read_bytes() for p in report.parent.iterdir()} == before
-    # One that starts and fails (the VM declared dead before it has said a word) leaves no weights that could pass
-    # for its own.
-    code, out, failed = sim_run("--steps", 3, "--samples", 0, "--silence", 0.001, "--overwrite", report=report)
-    assert code != 0 and failed["status"] == "error" and failed["weights"] is None
+    # One that starts and fails (a MemoryError: a heap above the planned peak, below what the collector needs, run
+    # as scripts/bench.py runs it, asking no headroom) leaves no weights that could pass for its own.
+    with RunDir(report).claim(overwrite=True) as rundir:
+        engine = HostEngine(rundir.work, heap=93_000, headroom=0, micropython=micropython)
+        failed = run(engine, rundir, RunOptions(steps=3, samples=0), docs).to_json()
+    assert failed["status"] == "error" and "MemoryError" in failed["error"] and failed["weights"] is None
     assert not report.with_name("report.weights.bin").exists()
 
 

@@ -120,14 +120,14 @@ def test_a_learning_rate_out_of_bounds_is_refused_before_anything_runs(tmp_path,
 
 
 
-def test_a_slow_evaluation_sends_running_records_and_the_last_covers_every_name(firmware, monkeypatch, capsys):
+def test_a_slow_evaluation_sends_running_records_and_the_last_covers_every_name(firmware_on_cpython, monkeypatch, capsys):
     # firmware/val.py under CPython (the MicroPython kernels), on a chip so slow that each name takes a second.
     import val
 
     clock = itertools.count(0, 1000)
     monkeypatch.setattr(val.time, "ticks_ms", lambda: next(clock))
     weights = np.random.default_rng(3).normal(0, 0.3, chip.N_PARAMS).astype(np.float32)
-    gpt = firmware.model.GPT(array("f", weights.tobytes()), None)
+    gpt = firmware_on_cpython.model.GPT(array("f", weights.tobytes()), None)
     names = ["emma", "x", "mariaguadalupeconcepcion", "ava", "olivia", "li", "sophia", "mia", "zoe", "ian", "bo", "kai"]
     stream = iter(name.encode() for name in names)
     val.report(gpt, type("Names", (), {"next": lambda self: next(stream), "close": lambda self: None})(), len(names))

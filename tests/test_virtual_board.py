@@ -386,16 +386,3 @@ def test_a_flash_on_a_read_only_filesystem_is_refused_naming_it(qemu, board_flas
         assert f"cannot write {path}: the filesystem is read-only" in line and "--flash" in line, line
         assert ".tmp" not in line
     assert "virtual ESP32" not in result.stdout + result.stderr
-
-
-def test_the_readmes_board_commands_need_no_download():
-    # What each command would download (the firmware, the names) is given as a file in the README's
-    # board section, so it runs offline as shown.
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Try the board commands without a board")[1].split("\n## ")[0]
-    commands = [line.split("#")[0].split() for line in section.split("```")[1].splitlines() if line.strip()]
-    needs = {("sim", "board"): "--firmware", ("device", "run"): "--data"}
-    for argv in commands:
-        if argv[0] == "microgpt" and tuple(argv[1:3]) in needs:
-            assert needs[tuple(argv[1:3])] in argv, " ".join(argv)
-    assert {tuple(argv[1:3]) for argv in commands} >= set(needs)
