@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,14 @@ def signals(ignored=()):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
     return preexec
+
+
+def wait_for_record(report: Path, record: bytes, timeout: float) -> None:
+    """Wait until the UART log of the run reporting to `report` (written as it streams) holds `record`,
+    or `timeout` seconds have passed (the test's next assertion then says what is missing)."""
+    log, deadline = report.with_suffix(".uart.log"), time.monotonic() + timeout
+    while record not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def missing_target(reason: str):

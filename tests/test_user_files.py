@@ -15,7 +15,7 @@ import click
 import pytest
 from click.testing import CliRunner
 from conftest import OFFICIAL_FIRMWARE as FIRMWARE
-from conftest import signals
+from conftest import signals, wait_for_record
 
 from microgpt import payload
 from microgpt.cli import main
@@ -152,10 +152,7 @@ def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_p
     report = tmp_path / "run" / "report.json"
     proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 1000, "--samples", 0),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=signals())
-    log = report.with_suffix(".uart.log")
-    deadline = time.monotonic() + 60
-    while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_record(report, b"MGPT step", 60)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, out  # as a shell reports a process ended by that signal
@@ -171,10 +168,7 @@ def test_signals_ignored_at_start_stay_ignored(names_path, tmp_path):
     proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 150, "--samples", 0),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=signals(ignored=(signal.SIGHUP, signal.SIGINT)))
-    log = report.with_suffix(".uart.log")
-    deadline = time.monotonic() + 60
-    while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_record(report, b"MGPT step", 60)
     assert proc.poll() is None, "the run ended before the signals came"
     proc.send_signal(signal.SIGHUP)
     proc.send_signal(signal.SIGINT)
@@ -192,10 +186,7 @@ def test_a_cut_run_resumes_to_the_same_result_as_an_uninterrupted_one(names_path
     report = tmp_path / "cut" / "report.json"
     proc = subprocess.Popen(sim(names_path, report, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=signals())
-    log = report.with_suffix(".uart.log")
-    deadline = time.monotonic() + 120
-    while b"MGPT ckpt step=100" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_record(report, b"MGPT ckpt step=100", 120)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "continue it with --resume" in out, out
@@ -391,11 +382,8 @@ def test_resuming_a_run_without_checkpoints_says_it_starts_again_and_finds_its_r
     # says (and the report says: resumed_from 0) that it starts again from step 1.
     report = tmp_path / "cut" / "mine.json"
     proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 200, "--samples", 0),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = report.with_suffix(".uart.log")
-    deadline = time.monotonic() + 60
-    while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
-        time.sleep(0.1)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=signals())
+    wait_for_record(report, b"MGPT step", 60)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and json.loads(report.read_text())["checkpoints"] == [], out

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import OFFICIAL_FIRMWARE, signals
+from conftest import OFFICIAL_FIRMWARE, signals, wait_for_record
 from test_user_files import in_namespace
 
 from microgpt import reference
@@ -128,10 +128,7 @@ def test_a_power_cut_mid_run_resumes_to_the_uninterrupted_result(trained, virtua
     # One checkpoint (each costs the emulated flash seconds), then the power goes.
     run = device_running("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 50, "--samples", 20,
                          "--ckpt-every", 30, "--data", names_path, "--report", report, "--quiet")
-    log = report.with_suffix(".uart.log")
-    deadline = time.monotonic() + 600
-    while b"MGPT ckpt step=30" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_record(report, b"MGPT ckpt step=30", 600)
     virtual_board.kill()  # the power goes: QEMU dies at once; its flash file keeps what the chip had written
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 1 and "continue it with --resume" in out, out
@@ -147,10 +144,7 @@ def test_ctrl_c_leaves_the_board_usable(trained, virtual_board, names_path, tmp_
     report = tmp_path / "stopped" / "report.json"
     run = device_running("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 1000, "--samples", 0,
                          "--data", names_path, "--report", report, "--quiet")
-    log = report.with_suffix(".uart.log")
-    deadline = time.monotonic() + 600
-    while b"MGPT step n=" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_record(report, b"MGPT step n=", 600)
     run.send_signal(signal.SIGINT)
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 130, out
