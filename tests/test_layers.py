@@ -1,4 +1,4 @@
-"""The host package's layering (README.md, "How the code is laid out"): CLI → run pipeline →
+"""The host package's layering (docs/design.md, "How the code is laid out"): CLI → run pipeline →
 engines → image/payload → chip contract/errors. No module imports one above it, and every module
 imports on its own."""
 import ast

@@ -150,14 +150,15 @@ def test_plan_exits_1_when_the_shape_does_not_fit_and_says_when_no_shape_fits():
     assert result.exit_code == 1 and "n_embd 18 must be a multiple of n_head 4" in result.output
 
 
-def test_readmes_heap_figures_are_the_planners():
-    # The figures are measured once, in planner.py; the README quotes them.
-    readme = " ".join((ROOT / "README.md").read_text().split())
+def test_the_docs_heap_figures_are_the_planners():
+    # The figures are measured once, in planner.py; the planner's model (docs/design.md) and the
+    # measurements (docs/measurements.md) quote them.
+    design, measured = (" ".join((ROOT / "docs" / name).read_text().split()) for name in ("design.md", "measurements.md"))
     assert (f"{planner.VM_MIN_HEAP['c']:,} B with the C kernels, {planner.VM_MIN_HEAP['python']:,} B with the "
-            "MicroPython ones compiled native") in readme
-    assert f"({planner.HEADROOM:,} B: the VM's smallest heap that trains less its peak" in readme
+            "MicroPython ones compiled native") in measured
+    assert f"({planner.HEADROOM:,} B: the VM's smallest heap that trains less its peak" in design
     calibrations = {"ESP32 in QEMU, C kernels (": planner.ESP32.measured["c"],
                     "ESP32 in QEMU, MicroPython kernels (": planner.ESP32.measured["python"],
                     "VM, C kernels (": planner.VM.measured["c"]}
     for row, peak in calibrations.items():
-        assert re.search(re.escape(row) + rf"[^|]*\| {peak:,} B \| {peak:,} B \(", readme), row
+        assert re.search(re.escape(row) + rf"[^|]*\| {peak:,} B \| {peak:,} B \(", measured), row

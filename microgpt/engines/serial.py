@@ -35,7 +35,7 @@ EARLIER_RUN = (chip.WEIGHTS, chip.CKPT, chip.CKPT + ".tmp")
 LARGEST_RUN_FILE = 3 * chip.ESP32_HEAP // 4
 # What one name may take on the board, beyond the command's own time: up to block_size letters,
 # each a forward pass, ~10 M instructions with the MicroPython kernels for microgpt.py's shape
-# (a third of a 200 M step over ~7 letters; README, "Speed"), so ~0.7 s at 240 MHz for 16 letters;
+# (a third of a 200 M step over ~7 letters; docs/measurements.md, "Speed"), so ~0.7 s at 240 MHz for 16 letters;
 # 5 s covers the larger shapes that train and a slow emulator; the C kernels take milliseconds.
 NAME_S = 5.0
 
