@@ -2,6 +2,7 @@
 engines → image/payload → chip contract/errors. No module imports one above it, and every module
 imports on its own."""
 import ast
+import re
 import subprocess
 import sys
 
@@ -48,6 +49,18 @@ def imports(path, module):
 
 def test_every_host_module_has_a_layer():
     assert [module for _, module in modules() if module != "microgpt" and level(module) is None] == []
+
+
+def test_the_design_notes_layer_table_is_this_one():
+    # docs/design.md's table names each layer's modules in backticks (`run.py`, `engines/`, `microgpt/cli/`).
+    rows = {}
+    for line in (ROOT / "docs" / "design.md").read_text().split("## How the code is laid out")[1].splitlines():
+        cells = line.split("|")
+        if len(cells) == 4 and cells[1].strip() not in ("layer", "---"):
+            names = (name.removeprefix("microgpt/").removesuffix("/").removesuffix(".py")
+                     for name in re.findall(r"`([^`]+)`", cells[2]))
+            rows[cells[1].strip().lower()] = sorted(name for name in names if name.split(".")[0] in LEVEL)
+    assert rows == {layer: sorted(names) for layer, names in LAYERS}
 
 
 def test_no_module_imports_from_a_layer_above_it():
