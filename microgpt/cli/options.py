@@ -145,7 +145,7 @@ def run_options(f):
     """The options that define a training run, shared by build, sim run and device run; they
     reach the command as `options` (a payload.RunOptions) and `data` (the names file, or None)."""
 
-    @click.option("--steps", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Training steps.")
+    @click.option("--steps", type=click.IntRange(1, payload.MAX_STEPS), default=1000, show_default=True, help="Training steps.")
     @click.option("--data", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
                   help="Names file, one a-z name per line ('-': standard input) [default: makemore's names.txt, "
                        "downloaded once].")
@@ -176,7 +176,7 @@ def run_options(f):
     def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, val, lr, n_embd, n_head,
                 n_layer, block_size, **kwargs):
         options = payload.RunOptions(steps=steps, seed=seed, init=init, samples=samples,
-                                     log_every=min(log_every, steps), ckpt_every=ckpt_every, emit=emit, kernels=kernels,
+                                     log_every=log_every, ckpt_every=ckpt_every, emit=emit, kernels=kernels,
                                      shape=chip.Shape(n_embd, n_head, n_layer, block_size), val=val, lr=lr)
         return f(options=options, data=data, **kwargs)
 
