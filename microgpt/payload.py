@@ -40,10 +40,10 @@ class RunOptions:
     ckpt_every: int = 0
     emit: str = "auto"  # how mpy-cross compiles the trainer: "native", "bytecode", or "auto" (see emit_for)
     kernels: str = "auto"  # the model's arithmetic: "c" (firmware/cmodel), "python", or "auto" (see kernels_for)
-    temperature: float = reference.TEMPERATURE
+    temperature: float = chip.TEMPERATURE
     shape: chip.Shape = chip.DEFAULT  # microgpt.py's n_embd, n_head, n_layer, block_size
     val: int = VAL  # names held out of training, the last of the run's order; their loss is evaluated on the chip
-    lr: float = reference.LR  # Adam's learning rate at step 1, decaying linearly to 0 over the run
+    lr: float = chip.LR  # Adam's learning rate at step 1, decaying linearly to 0 over the run
 
     def __post_init__(self):
         if self.steps < 1 or self.samples < 0 or not 1 <= self.log_every or self.ckpt_every < 0 or self.val < 0:

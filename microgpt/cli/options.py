@@ -129,7 +129,7 @@ def sampling_options(f):
             click.option("--count", type=click.IntRange(min=1), default=20, show_default=True, help="Names to sample."),
             click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
                          help="Seed of the draws: a run's --seed gives that run's samples."),
-            click.option("--temperature", type=Temperature(), default=reference.TEMPERATURE,
+            click.option("--temperature", type=Temperature(), default=chip.TEMPERATURE,
                          show_default=True, help="Softmax temperature: lower is safer, higher more inventive."),
             click.option("--prefix", default="",
                          help="Letters every name begins with (a-z, fewer than the model's block size).")]):
@@ -168,7 +168,7 @@ def run_options(f):
     @click.option("--val", type=click.IntRange(min=0), default=payload.VAL, show_default=True,
                   help="Names held out of training (the last of the run's order); after training the chip reports "
                        "the mean loss per token on them (0: none).")
-    @click.option("--lr", type=FiniteFloat(0, 1, low_open=True), default=reference.LR, show_default=True,
+    @click.option("--lr", type=FiniteFloat(0, 1, low_open=True), default=chip.LR, show_default=True,
                   help="Adam's learning rate at step 1 (microgpt.py's learning_rate), decaying linearly to 0 over "
                        "the run.")
     @shape_options
