@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from esptool.reset import HardReset
 
-from .. import chip, mpy
+from .. import basefw, chip, mpy
 from ..errors import EngineError, MissingFile
 from ..fileio import write_atomic
 from ..flash import flash_image
@@ -21,7 +21,6 @@ from ..payload import Payload
 from ..ports import FLASH_BAUD, UART_BAUD, open_serial, watch_link
 from ..rawrepl import ENTER_TIMEOUT_S, RawRepl
 from . import Engine, split_lines
-from .qemu import FirmwareBase
 
 log = logging.getLogger(__name__)
 # What MicroPython prints when it starts its REPL: "MicroPython v1.25.0 on 2025-04-15; Generic ESP32 module with ESP32".
@@ -175,7 +174,7 @@ class FlashEngine(SerialEngine):
 
     def __init__(self, port: str, workdir, *, image=None, firmware=None, flash_baud: int = FLASH_BAUD, **kwargs):
         super().__init__(port, **kwargs)
-        self.base = FirmwareBase(image, firmware)
+        self.base = basefw.FirmwareBase(image, firmware)
         self.flash, self.flash_baud = workdir / "flash.bin", flash_baud
         self._serial = None
 
