@@ -180,7 +180,7 @@ def main(mount_flash=lambda fast: None):
     peak = heap_now()
     allocated = bytes_allocated()
     train_us = 0
-    group = zeros(min(log_every, steps))  # losses not yet reported: a fixed buffer, nothing grows
+    group = zeros(log_every)  # losses not yet reported: a fixed buffer, nothing grows
     size, k = len(group), 0
     beta1_t = beta2_t = 1.0  # Adam's powers, as running products; a resumed run rounds them the same
     for _ in range(start):

@@ -73,6 +73,10 @@ VOCAB, BOS, N_EMBD, N_HEAD, N_LAYER, BLOCK = (
 RMS_EPS, BETA1, BETA2, ADAM_EPS = (_MODEL[k] for k in ("RMS_EPS", "BETA1", "BETA2", "ADAM_EPS"))
 # Training (firmware/train.py).
 INIT_STD = _TRAIN["INIT_STD"]
+# microgpt.py's hyperparameters that the host ships to the chip in config.json (the trainer has no
+# defaults of its own): its learning_rate (Adam's at step 1, --lr's default) and its sampling temperature.
+LR = 0.01
+TEMPERATURE = 0.5
 # Files on the chip's filesystem (firmware/train.py).
 CONFIG, DATA, VAL, INIT, WEIGHTS, CKPT = (_TRAIN[k] for k in ("CONFIG", "DATA", "VAL", "INIT", "WEIGHTS", "CKPT"))
 NAMES_BUFFER = _TRAIN["_NAMES_BUFFER"]  # bytes: the trainer's read buffer of the data file; a line must fit it

@@ -16,6 +16,7 @@ from . import chip, dataset, mpy, planner, reference
 from .errors import BuildError
 
 EMITS = ("auto", "native", "bytecode")
+MAX_STEPS = 1_000_000  # the most steps a run asks for (--steps); the parser takes a start asking more as garbage
 # Steps per UART step record: a record of 25 losses is ~180 bytes, ~7 a step; at 115200 baud a
 # board sends a byte in ~87 us, so printing costs it ~0.6 ms a step against ~2 ms of training.
 LOG_EVERY = 25
@@ -35,14 +36,14 @@ class RunOptions:
     seed: int = 42
     init: str = "microgpt"  # "microgpt": microgpt.py's weights from the host; "device": drawn on the chip
     samples: int = 20
-    log_every: int = LOG_EVERY
+    log_every: int = LOG_EVERY  # steps per UART step record; build makes it at most steps
     ckpt_every: int = 0
     emit: str = "auto"  # how mpy-cross compiles the trainer: "native", "bytecode", or "auto" (see emit_for)
     kernels: str = "auto"  # the model's arithmetic: "c" (firmware/cmodel), "python", or "auto" (see kernels_for)
-    temperature: float = reference.TEMPERATURE
+    temperature: float = chip.TEMPERATURE
     shape: chip.Shape = chip.DEFAULT  # microgpt.py's n_embd, n_head, n_layer, block_size
     val: int = VAL  # names held out of training, the last of the run's order; their loss is evaluated on the chip
-    lr: float = reference.LR  # Adam's learning rate at step 1, decaying linearly to 0 over the run
+    lr: float = chip.LR  # Adam's learning rate at step 1, decaying linearly to 0 over the run
 
     def __post_init__(self):
         if self.steps < 1 or self.samples < 0 or not 1 <= self.log_every or self.ckpt_every < 0 or self.val < 0:
@@ -58,7 +59,7 @@ class RunOptions:
 @dataclasses.dataclass(frozen=True)
 class Payload:
     """Everything on the chip's filesystem for one run, made for one target."""
-    options: RunOptions  # as resolved for the target: emit and kernels are never "auto" here
+    options: RunOptions  # as resolved for the target: emit and kernels are never "auto", log_every <= steps
     target: mpy.Target
     files: Mapping[str, bytes]
     run_id: int  # a checkpoint resumes only the run that wrote it
@@ -158,8 +159,9 @@ def build(options: RunOptions, docs: list[str], target: mpy.Target,
     """The payload of a run of `options` on `docs` for `target`, whose heap is `platform`'s."""
     shape = options.shape
     options = dataclasses.replace(options, emit=emit_for(options.emit, target),
-                                  kernels=kernels_for(options.kernels, target, shape))
-    planner.check(shape, options.kernels, min(options.log_every, options.steps), platform)  # its heap holds the run
+                                  kernels=kernels_for(options.kernels, target, shape),
+                                  log_every=min(options.log_every, options.steps))
+    planner.check(shape, options.kernels, options.log_every, platform)  # its heap holds the run
     files = _trainer(target, options.emit, options.kernels)
     # Step s trains on name s % count, so a run of fewer steps than names needs only its first
     # `steps`; and microgpt.py trains on a name's first block_size letters, never further (the

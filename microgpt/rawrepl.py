@@ -12,6 +12,13 @@ board acknowledges one by one, so they never overrun the board's input buffer (2
 ESP32) and never carry the Ctrl-C byte (so Ctrl-C always stops a transfer); downloads as raw
 bytes after their length. Both are checked with CRC-32; a transfer that fails removes its partial
 file (and `sync` rewrites any file whose CRC differs, so a cut one is never used).
+
+Why not mpremote (a test dependency here, checked to work beside this): it is a command-line
+tool, and its Python side says it is not yet a library (mpremote 1.29.0's transport_serial.py:
+SerialTransport "is just the old Pyboard+PyboardExtended class", whose "API is going to change
+significantly"). Nor do its file copies do what a run needs: Transport.fs_writefile and
+fs_readfile send each 256 bytes as a Python literal in a raw-REPL command of its own, check no
+checksum, and leave a partial file on the board when cut.
 """
 import ast
 import base64

@@ -1,18 +1,16 @@
 """numpy reference of microgpt, for any of its shapes: forward, explicit backward, Adam, sampling.
 
-The same model as microgpt.py and the firmware (docs: DEVELOPERS.md, "The model"), written over
-one flat parameter vector in microgpt's state_dict order (chip.Shape.matrices). All positions of
-a name go through the network at once (causal mask), because at these sizes the cost is numpy call
-overhead, not arithmetic. Arithmetic follows the dtype of the parameters: float64 for gradient
-checks and parity, float32 to mirror the chip.
+The same model as microgpt.py and the firmware (README.md, "Exactness"), written over one flat
+parameter vector in microgpt's state_dict order (chip.Shape.matrices; docs/chip-files.md, init.bin).
+All positions of a name go through the network at once (causal mask), because at these sizes the
+cost is numpy call overhead, not arithmetic. Arithmetic follows the dtype of the parameters:
+float64 for gradient checks and parity, float32 to mirror the chip.
 """
 import numpy as np
 
-from .chip import ADAM_EPS, BETA1, BETA2, BOS, DEFAULT, RMS_EPS, VOCAB, Shape
+from .chip import ADAM_EPS, BETA1, BETA2, BOS, DEFAULT, LR, RMS_EPS, TEMPERATURE, VOCAB, Shape
 from .errors import MicrogptError
 
-TEMPERATURE = 0.5  # microgpt.py's; the host ships it to the chip in config.json
-LR = 0.01  # microgpt.py's learning_rate, the default of --lr; shipped to the chip in config.json too
 # The temperatures the chip's sampler takes. It holds the temperature in float32 and divides each
 # logit's gap below the largest by it: whatever the logits' range those quotients are <= 0, and
 # one that overflows is -inf, whose exp is 0 (the limit), so the bound is the temperature itself:

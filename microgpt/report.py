@@ -141,10 +141,8 @@ def _heap_needed(config: dict) -> int:
     shape = config.get("shape") if isinstance(config.get("shape"), Shape) else DEFAULT
     kernels = config.get("kernels") if config.get("kernels") in planner.KERNELS else "c"
     platform = planner.ESP32 if config.get("platform") in (None, "esp32") else planner.VM
-    log_every, steps = config.get("log_every"), config.get("steps")
-    if isinstance(log_every, int) and isinstance(steps, int) and 0 < log_every and 0 < steps:
-        log_every = min(log_every, steps)
-    else:
+    log_every = config.get("log_every")  # the chip's buffer of losses; payload.build keeps it within steps
+    if not (isinstance(log_every, int) and 0 < log_every <= config.get("steps", 0)):  # no start yet, or garbled
         log_every = planner.MEASURED_LOG_EVERY
     return planner.plan(shape, kernels, log_every, platform).heap_needed
 

@@ -280,19 +280,20 @@ def run(engine, rundir: RunDir, options: payloads.RunOptions | None = None, docs
     the report covers the whole run. `display` is shown each line and its records
     (`show(line, records)`, `close()`), e.g. the terminal's progress."""
     resume = options is None
-    steps = rundir.record()["steps"] if resume else options.steps
-    parser = UartParser(steps)
     engine_error = interrupted = None
     started_over = False  # a resumed run with no checkpoint to resume from
     try:
         with interruptible():
-            unreached = None
+            unreached = placed = None
             try:  # options the target cannot run are refused before anything is written: no report
                 placed = None if resume else payloads.build(options, docs, engine.target(), engine.platform())
             except (OutputError, BuildError, PlanError):
                 raise
             except MicrogptError as e:
                 unreached = e  # the target did not answer: reported below, as any engine failure
+            # The parser expects what the payload decided (a resumed run's: what its record kept of it).
+            expect = rundir.record() if resume else dataclasses.asdict(placed.options) if placed else {}
+            parser = UartParser(expect.get("steps"), expect.get("log_every"))
             rundir.start()
             try:
                 if resume:
@@ -308,7 +309,8 @@ def run(engine, rundir: RunDir, options: payloads.RunOptions | None = None, docs
                         raise unreached
                     if not resume:
                         engine.place(placed)
-                        rundir.write_record({"engine": engine.name, "settings": engine.settings(), "steps": steps})
+                        rundir.write_record({"engine": engine.name, "settings": engine.settings(),
+                                             "steps": parser.expect_steps, "log_every": parser.log_every})
                     for line in engine.lines():
                         log.write(line + b"\n")
                         log.flush()

@@ -13,10 +13,10 @@ import struct
 
 from .chip import KNOBS, Shape
 from .errors import MicrogptError
+from .payload import MAX_STEPS
 
 TAG = "MGPT "
 RESET_LOOP_BOOTS = 3  # boots in a row without reaching a new step: the chip is in a reset loop
-MAX_STEPS = 1_000_000  # a start asking for more is garbage; also bounds the loss list
 
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf)")
@@ -102,12 +102,14 @@ def _fields(kind, rest):
 class UartParser:
     """Feed it UART lines as they arrive; ask for `report()` at any time.
 
-    `expect_steps`: the steps the host asked for; a chip running another configuration (a
-    stale image or filesystem) is an error, found at its start line.
+    `expect_steps` and `log_every`: the run's, as its payload decided them (None: a log read
+    alone). A chip running another number of steps (a stale image or filesystem) is an error,
+    found at its start line; a step record of more than log_every losses (the start record's
+    when none is given) is garbled.
     """
 
-    def __init__(self, expect_steps=None):
-        self.expect_steps = expect_steps
+    def __init__(self, expect_steps=None, log_every=None):
+        self.expect_steps, self.log_every = expect_steps, log_every
         self.bad_records = 0  # MGPT records malformed or out of place
         self.boots = 0  # start records
         self.config = {}  # fields of the last start record
@@ -184,7 +186,7 @@ class UartParser:
     # One handler per record: validate first, then change state, so a bad record changes nothing.
 
     def _on_start(self, f):
-        if not 0 <= f["steps"] <= MAX_STEPS:
+        if not 0 <= f["steps"] <= MAX_STEPS:  # garbage: it would also make the loss list absurd
             raise ValueError("steps")
         if self._started or not self._booted:
             self._boot()  # no ROM reset line before it (VM, or the host missed it)
@@ -206,7 +208,7 @@ class UartParser:
 
     def _on_step(self, f):
         n, losses = f["n"], f["loss"]
-        group = self.config.get("log_every")
+        group = self.log_every or self.config.get("log_every")
         if (not self.config or not len(losses) <= n <= self.config["steps"]
                 or isinstance(group, int) and 0 < group < len(losses)):
             raise ValueError("step")

@@ -7,7 +7,7 @@ import pytest
 from vm_pty import VmPort
 
 from microgpt import chip, rawrepl
-from microgpt.engines import serial, split_lines
+from microgpt.engines import split_lines
 from microgpt.errors import EngineError, Silence
 from microgpt.rawrepl import RawRepl
 
@@ -124,7 +124,7 @@ def _ends_within(seconds, *args):
 @pytest.fixture
 def short_deadlines(monkeypatch):
     monkeypatch.setattr(rawrepl, "COMMAND_S", 2.0)
-    monkeypatch.setattr(serial, "NAME_S", 0.5)
+    monkeypatch.setattr("microgpt.board.NAME_S", 0.5)
 
 
 def test_pull_from_a_board_that_streams_forever(short_deadlines, tmp_path):

@@ -14,7 +14,7 @@ PACKAGE = ROOT / "microgpt"
 LAYERS = [
     ("chip contract/errors", ["chip", "errors", "fileio"]),
     ("image/payload", ["payload", "image", "basefw", "mpy", "dataset", "download", "qemu_install", "reference", "scalar", "natmod", "planner"]),
-    ("engines", ["engines", "rawrepl", "ports", "flash"]),
+    ("engines", ["engines", "rawrepl", "board", "ports", "flash"]),
     ("run pipeline", ["run", "uart", "report", "chip_speed"]),
     ("cli", ["cli"]),
 ]
@@ -81,9 +81,9 @@ def test_each_module_imports_on_its_own(module):
 
 def test_config_json_is_written_in_one_place_and_read_by_no_host_code():
     # The options decide what goes on the chip once (payload.build); the chip alone reads its config
-    # (engines/serial.py only names it to the board's sampler, firmware/infer.py, which reads it there).
+    # (board.py only names it to the board's sampler, firmware/infer.py, which reads it there).
     uses = [str(path.relative_to(ROOT)) for path, _ in modules() if "chip.CONFIG" in path.read_text()
             or '"config.json"' in path.read_text()]
-    assert uses == ["microgpt/engines/serial.py", "microgpt/payload.py"]
-    assert "read" not in next(line for line in (ROOT / "microgpt/engines/serial.py").read_text().splitlines()
+    assert uses == ["microgpt/board.py", "microgpt/payload.py"]
+    assert "read" not in next(line for line in (ROOT / "microgpt/board.py").read_text().splitlines()
                               if "chip.CONFIG" in line)

@@ -86,6 +86,8 @@ def test_the_payload_is_built_once_for_the_engines_target_and_placed(tmp_path):
     assert placed.target == VM and placed.options.emit == "native" and placed.options.kernels == "python"
     config = json.loads(placed.files["config.json"])
     assert config["steps"] == 20 and config["emit"] == "native" and config["docs"] == 5
+    # log_every (25 by default) is resolved once, here: at most the run's steps, for the chip and the parser.
+    assert placed.options.log_every == config["log_every"] == 20
     assert all(mpy.parse_header(blob).arch in (None, "x64") for name, blob in placed.files.items() if name.endswith(".mpy"))
 
 

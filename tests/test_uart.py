@@ -324,6 +324,14 @@ def test_a_chip_running_another_configuration_is_stale():
     assert parse_lines([start(1), step(1, 3.0), end(1)]).status == "ok"
 
 
+def test_a_step_record_longer_than_the_payloads_log_every_is_garbled():
+    # The parser takes the run's steps and log_every from its payload, not from what the chip says.
+    parser = UartParser(expect_steps=10, log_every=2)
+    for line in [start(10, every=5), step(2, 3.0, 2.0), step(5, 3.0, 2.0, 1.0)]:
+        parser.feed(line)
+    assert parser.bad_records == 1 and parser.state().losses == [3.0, 2.0]
+
+
 # --- fuzzing: any bytes, never an exception, always a complete report ------------------------
 
 SAMPLES = [p.read_bytes() for p in sorted(LOGS.glob("*.log"))]

@@ -103,7 +103,7 @@ def device_run(ctx, port, mode, options, data, image, firmware, flash_baud, baud
 @baud_option
 def pull(port, out, baud, overwrite):
     """Copy the trained weights (weights.bin) from the board's filesystem."""
-    from ..engines.serial import read_board_file
+    from ..board import read_board_file
     from ..errors import MissingFile
 
     refuse_existing((out,), overwrite, "the weights would replace a file", "name another --out, or --overwrite to replace it")
@@ -124,7 +124,7 @@ def pull(port, out, baud, overwrite):
 def device_sample(port, count, seed, temperature, prefix, baud):
     """Sample names on the board from the weights its last run left there (no training): the
     names `microgpt sample` gives on the host from the same weights, seed, temperature and prefix."""
-    from ..engines.serial import NAME_S, board_names, board_weights
+    from ..board import NAME_S, board_names, board_weights
     from ..rawrepl import RawRepl
 
     check_prefix(prefix)

@@ -129,7 +129,7 @@ def sampling_options(f):
             click.option("--count", type=click.IntRange(min=1), default=20, show_default=True, help="Names to sample."),
             click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
                          help="Seed of the draws: a run's --seed gives that run's samples."),
-            click.option("--temperature", type=Temperature(), default=reference.TEMPERATURE,
+            click.option("--temperature", type=Temperature(), default=chip.TEMPERATURE,
                          show_default=True, help="Softmax temperature: lower is safer, higher more inventive."),
             click.option("--prefix", default="",
                          help="Letters every name begins with (a-z, fewer than the model's block size).")]):
@@ -145,7 +145,7 @@ def run_options(f):
     """The options that define a training run, shared by build, sim run and device run; they
     reach the command as `options` (a payload.RunOptions) and `data` (the names file, or None)."""
 
-    @click.option("--steps", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Training steps.")
+    @click.option("--steps", type=click.IntRange(1, payload.MAX_STEPS), default=1000, show_default=True, help="Training steps.")
     @click.option("--data", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
                   help="Names file, one a-z name per line ('-': standard input) [default: makemore's names.txt, "
                        "downloaded once].")
@@ -168,7 +168,7 @@ def run_options(f):
     @click.option("--val", type=click.IntRange(min=0), default=payload.VAL, show_default=True,
                   help="Names held out of training (the last of the run's order); after training the chip reports "
                        "the mean loss per token on them (0: none).")
-    @click.option("--lr", type=FiniteFloat(0, 1, low_open=True), default=reference.LR, show_default=True,
+    @click.option("--lr", type=FiniteFloat(0, 1, low_open=True), default=chip.LR, show_default=True,
                   help="Adam's learning rate at step 1 (microgpt.py's learning_rate), decaying linearly to 0 over "
                        "the run.")
     @shape_options
@@ -176,7 +176,7 @@ def run_options(f):
     def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, val, lr, n_embd, n_head,
                 n_layer, block_size, **kwargs):
         options = payload.RunOptions(steps=steps, seed=seed, init=init, samples=samples,
-                                     log_every=min(log_every, steps), ckpt_every=ckpt_every, emit=emit, kernels=kernels,
+                                     log_every=log_every, ckpt_every=ckpt_every, emit=emit, kernels=kernels,
                                      shape=chip.Shape(n_embd, n_head, n_layer, block_size), val=val, lr=lr)
         return f(options=options, data=data, **kwargs)
 
