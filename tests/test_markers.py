@@ -12,7 +12,8 @@ import json, sys, pytest
 class Markers:
     def pytest_collection_finish(self, session):
         print(json.dumps({item.nodeid: sorted({m.name for m in item.iter_markers()}) for item in session.items}))
-sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *sys.argv[1:]], plugins=[Markers()]))
+sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0", *sys.argv[1:]],
+                     plugins=[Markers()]))
 """
 
 # The modules whose tests are checked below (collecting these alone is quicker than the whole suite).

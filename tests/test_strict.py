@@ -16,7 +16,7 @@ def pytest_without_qemu(tmp_path, strict: bool) -> subprocess.CompletedProcess:
     env["IDF_TOOLS_PATH"] = str(tmp_path / "no-idf-tools")
     if strict:
         env["MICROGPT_REAL_TARGETS"] = "strict"
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", TEST], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0", TEST], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
 
 
