@@ -128,11 +128,11 @@ def main(mount_flash=lambda fast: None):
     base.set_shape(*knobs)  # before the model's modules import its names
     n_params = base.N_PARAMS
 
-    # The four big arrays go first, into a heap that importing the model has not yet fragmented,
-    # nor the fast flash caches: they come back for the loading that follows.
+    # The weights and their gradient go first, into a heap that importing the model has not yet
+    # fragmented, nor the fast flash caches: they come back for the loading that follows.
     mount_flash(False)
     gc.collect()
-    params, grads, m, v = zeros(n_params), zeros(n_params), zeros(n_params), zeros(n_params)
+    params, grads = zeros(n_params), zeros(n_params)
     names_buf = bytearray(_NAMES_BUFFER)  # Names' chunks
     mount_flash(True)
     if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
@@ -141,6 +141,17 @@ def main(mount_flash=lambda fast: None):
         from model import GPT, adam
     gc.collect()
     gpt = GPT(params, grads)
+    # Then Adam's m and v, an array of each piece of the layout (base.PIECES), so that they spread
+    # over the heap's areas; after the import, whose C module's code needs 14 KB in one piece for
+    # a moment. Adam goes piece by piece: its weights and gradient (views), m and v.
+    mount_flash(False)
+    m, v, pieces = [], [], []
+    for start, end in base.PIECES:
+        m.append(zeros(end - start))
+        v.append(zeros(end - start))
+        pieces.append((memoryview(params)[start:end], memoryview(grads)[start:end], m[-1], v[-1]))
+    state = [params] + m + v  # a checkpoint's arrays: the pieces in order are the flat layout
+    mount_flash(True)
     heap_total = gc.mem_alloc() + gc.mem_free()
     print(
         "MGPT start v=2 params=%d steps=%d seed=%d init=%s docs=%d log_every=%d ckpt_every=%d samples=%d "
@@ -157,7 +168,7 @@ def main(mount_flash=lambda fast: None):
         import checkpoint
 
         try:
-            resumed = checkpoint.load(CKPT, cfg["run_id"], steps, knobs, (params, m, v))
+            resumed = checkpoint.load(CKPT, cfg["run_id"], steps, knobs, state)
         except checkpoint.BadCheckpoint as e:
             print("MGPT ckpt-bad reason=%s" % e)
     start, pos = resumed or (0, 0)
@@ -193,7 +204,8 @@ def main(mount_flash=lambda fast: None):
         beta1_t *= BETA1
         beta2_t *= BETA2
         step_size, unbias = adam_factors(LR * (1.0 - step / steps), beta1_t, beta2_t)
-        adam(params, grads, m, v, step_size, unbias)
+        for p, g, mp, vp in pieces:
+            adam(p, g, mp, vp, step_size, unbias)
         done = step + 1
         save_now = ckpt_every and done % ckpt_every == 0
         # Report before checkpointing: a reset then never skips a step the host has not seen.
@@ -208,7 +220,7 @@ def main(mount_flash=lambda fast: None):
                 pos = names.tell()
                 names.close()
                 mount_flash(True)
-                checkpoint.save(CKPT, cfg["run_id"], steps, done, pos, knobs, (params, m, v))
+                checkpoint.save(CKPT, cfg["run_id"], steps, done, pos, knobs, state)
                 mount_flash(False)
                 names = Names(DATA, pos, names_buf)
                 print("MGPT ckpt step=%d" % done)
@@ -217,7 +229,8 @@ def main(mount_flash=lambda fast: None):
     if allocated is not None:
         allocated = (bytes_allocated() - allocated) // max(steps - start, 1)
     names.close()
-    m = v = grads = gpt.grads = None  # from here on only the weights are needed
+    # From here on only the weights are needed (the loop's names, too, held views of the others).
+    m = v = grads = gpt.grads = pieces = state = p = g = mp = vp = None
     gc.collect()
     mount_flash(True)
     with open(WEIGHTS + ".tmp", "wb") as f:

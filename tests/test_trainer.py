@@ -112,8 +112,8 @@ def test_device_init_trains_from_weights_drawn_on_the_chip(sim_run):
 
 
 def test_too_small_a_heap_ends_in_a_reported_memory_error(sim_run):
-    # Above the planner's peak (91,584 B), below the VM's smallest heap that trains (95,808 B).
-    code, out, report = sim_run("--steps", 5, "--heap", 93_000)
+    # Above the planner's peak (92,672 B), below the VM's smallest heap that trains (97,473 B).
+    code, out, report = sim_run("--steps", 5, "--heap", 95_000)
     assert code != 0 and "run failed" in out
     assert report["status"] == "error" and "MemoryError" in report["error"]
     assert "MGPT error MemoryError" in open(report["uart_log"]).read()
