@@ -24,7 +24,7 @@ def set_shape(n_embd, n_head, n_layer, block_size):
     # then N_LAYER layers of LAYER_SIZE floats from LAYER0, each wq, wk, wv, wo, fc1, fc2 (WQ...
     # FC2: offsets in a layer).
     global N_EMBD, N_HEAD, N_LAYER, BLOCK, HEAD_DIM, N_HIDDEN, WTE, WPE, LM_HEAD, LAYER0
-    global WQ, WK, WV, WO, FC1, FC2, LAYER_SIZE, N_PARAMS, PIECES
+    global WQ, WK, WV, WO, FC1, FC2, LAYER_SIZE, N_PARAMS
     N_EMBD, N_HEAD, N_LAYER, BLOCK = n_embd, n_head, n_layer, block_size
     HEAD_DIM = n_embd // n_head
     N_HIDDEN = 4 * n_embd
@@ -40,12 +40,6 @@ def set_shape(n_embd, n_head, n_layer, block_size):
     FC2 = FC1 + N_HIDDEN * n_embd
     LAYER_SIZE = FC2 + n_embd * N_HIDDEN
     N_PARAMS = LAYER0 + n_layer * LAYER_SIZE  # 4,192 for microgpt.py's shape
-    # Adam's m and v are one array per piece of the flat layout, (start, end): wte to layer 0's
-    # end, then each further layer. Unlike whole-model arrays, pieces spread over the heap's areas
-    # (planner.py); one piece for microgpt.py's shape, whose Adam is then one call as before.
-    PIECES = [(0, LAYER0 + LAYER_SIZE)]
-    for start in range(LAYER0 + LAYER_SIZE, N_PARAMS, LAYER_SIZE):  # a loop: less bytecode than a comprehension
-        PIECES.append((start, start + LAYER_SIZE))
 
 
 set_shape(N_EMBD, N_HEAD, N_LAYER, BLOCK)

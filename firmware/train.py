@@ -16,6 +16,7 @@ from micropython import const
 
 CONFIG = "config.json"
 DATA = "names.txt"  # the host writes it in training order, one name per line
+VAL = "val.txt"  # the names held out of training, one per line: their loss is evaluated after it
 INIT = "init.bin"  # with init "microgpt": the shape's float32 initial weights from the host
 WEIGHTS = "weights.bin"
 CKPT = "ckpt.bin"
@@ -23,7 +24,6 @@ CKPT = "ckpt.bin"
 # (the host refuses a longer line). Underscored: a constant only, no global on the chip's heap.
 _NAMES_BUFFER = const(1024)
 
-LR = 0.01
 INIT_STD = 0.08
 
 
@@ -128,11 +128,15 @@ def main(mount_flash=lambda fast: None):
     base.set_shape(*knobs)  # before the model's modules import its names
     n_params = base.N_PARAMS
 
-    # The weights and their gradient go first, into a heap that importing the model has not yet
-    # fragmented, nor the fast flash caches: they come back for the loading that follows.
+    # The big arrays go first, into a heap that importing the model has not yet fragmented,
+    # nor the fast flash caches: they come back for the loading that follows. Adam's m and v
+    # too for one layer (microgpt.py's shape: whole arrays, one Adam call a step); with more
+    # layers they go by layer (adam.py), after the import.
     mount_flash(False)
     gc.collect()
     params, grads = zeros(n_params), zeros(n_params)
+    if base.N_LAYER == 1:
+        m, v = zeros(n_params), zeros(n_params)
     names_buf = bytearray(_NAMES_BUFFER)  # Names' chunks
     mount_flash(True)
     if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
@@ -141,25 +145,17 @@ def main(mount_flash=lambda fast: None):
         from model import GPT, adam
     gc.collect()
     gpt = GPT(params, grads)
-    # Then Adam's m and v, an array of each piece of the layout (base.PIECES), so that they spread
-    # over the heap's areas; after the import, whose C module's code needs 14 KB in one piece for
-    # a moment. Adam goes piece by piece: its weights and gradient (views), m and v.
-    mount_flash(False)
-    m, v, pieces = [], [], []
-    for start, end in base.PIECES:
-        m.append(zeros(end - start))
-        v.append(zeros(end - start))
-        pieces.append((memoryview(params)[start:end], memoryview(grads)[start:end], m[-1], v[-1]))
-    state = [params] + m + v  # a checkpoint's arrays: the pieces in order are the flat layout
-    mount_flash(True)
+    if base.N_LAYER > 1:  # after the import, whose C code needs 14 KB in one piece for a moment
+        # __import__: no new local in main, whose frame stays on the heap all run
+        m, v, adam = __import__("adam").split(adam, mount_flash)
     heap_total = gc.mem_alloc() + gc.mem_free()
     print(
         "MGPT start v=2 params=%d steps=%d seed=%d init=%s docs=%d log_every=%d ckpt_every=%d samples=%d "
         "temp=%s lr=%s platform=%s impl=%s emit=%s kernels=%s freq_mhz=%s freq_boot_mhz=%s heap_total=%d "
-        "shape=%d,%d,%d,%d"
+        "shape=%d,%d,%d,%d val=%d"
         % ((n_params, steps, seed, cfg["init"], cfg["docs"], log_every, ckpt_every, cfg["samples"],
-           cfg["temperature"], LR, sys.platform, "%d.%d.%d" % sys.implementation.version[:3],
-           cfg["emit"], cfg["kernels"], freq, freq_boot, heap_total) + knobs)
+           cfg["temperature"], cfg["lr"], sys.platform, "%d.%d.%d" % sys.implementation.version[:3],
+           cfg["emit"], cfg["kernels"], freq, freq_boot, heap_total) + knobs + (cfg["val"],))
     )
 
     # Modules load only when used: every KB of heap counts on the chip.
@@ -168,7 +164,7 @@ def main(mount_flash=lambda fast: None):
         import checkpoint
 
         try:
-            resumed = checkpoint.load(CKPT, cfg["run_id"], steps, knobs, state)
+            resumed = checkpoint.load(CKPT, cfg["run_id"], steps, knobs, (params, m, v))
         except checkpoint.BadCheckpoint as e:
             print("MGPT ckpt-bad reason=%s" % e)
     start, pos = resumed or (0, 0)
@@ -191,21 +187,21 @@ def main(mount_flash=lambda fast: None):
     peak = heap_now()
     allocated = bytes_allocated()
     train_us = 0
-    group = zeros(min(log_every, steps))  # losses not yet reported: a fixed buffer, nothing grows
+    group = zeros(log_every)  # losses not yet reported: a fixed buffer, nothing grows
     size, k = len(group), 0
     beta1_t = beta2_t = 1.0  # Adam's powers, as running products; a resumed run rounds them the same
     for _ in range(start):
         beta1_t *= BETA1
         beta2_t *= BETA2
+    lr = cfg["lr"]
     t0 = time.ticks_us()
     for step in range(start, steps):
         group[k] = gpt.loss_and_grad(names.next())
         k += 1
         beta1_t *= BETA1
         beta2_t *= BETA2
-        step_size, unbias = adam_factors(LR * (1.0 - step / steps), beta1_t, beta2_t)
-        for p, g, mp, vp in pieces:
-            adam(p, g, mp, vp, step_size, unbias)
+        step_size, unbias = adam_factors(lr * (1.0 - step / steps), beta1_t, beta2_t)
+        adam(params, grads, m, v, step_size, unbias)
         done = step + 1
         save_now = ckpt_every and done % ckpt_every == 0
         # Report before checkpointing: a reset then never skips a step the host has not seen.
@@ -220,7 +216,7 @@ def main(mount_flash=lambda fast: None):
                 pos = names.tell()
                 names.close()
                 mount_flash(True)
-                checkpoint.save(CKPT, cfg["run_id"], steps, done, pos, knobs, state)
+                checkpoint.save(CKPT, cfg["run_id"], steps, done, pos, knobs, (params, m, v))
                 mount_flash(False)
                 names = Names(DATA, pos, names_buf)
                 print("MGPT ckpt step=%d" % done)
@@ -229,14 +225,17 @@ def main(mount_flash=lambda fast: None):
     if allocated is not None:
         allocated = (bytes_allocated() - allocated) // max(steps - start, 1)
     names.close()
-    # From here on only the weights are needed (the loop's names, too, held views of the others).
-    m = v = grads = gpt.grads = pieces = state = p = g = mp = vp = None
+    m = v = grads = gpt.grads = None  # from here on only the weights are needed
     gc.collect()
     mount_flash(True)
     with open(WEIGHTS + ".tmp", "wb") as f:
         f.write(struct.pack(base.WEIGHTS_HEAD, base.WEIGHTS_MAGIC, *knobs))
         f.write(params)
     os.rename(WEIGHTS + ".tmp", WEIGHTS)
+    if cfg["val"]:  # the held-out names, streamed from flash as the training names were
+        import val
+
+        val.report(gpt, Names(VAL, 0, names_buf), cfg["val"])
     from rng import Rng
     from sample import sample
 

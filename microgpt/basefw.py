@@ -1,10 +1,12 @@
 """The MicroPython firmware a run's flash is built on: the pinned official ESP32_GENERIC release
 (downloaded once, hash-checked, cached), a firmware file the user gives (flashed at 0x1000), or a
 whole-flash image (flashed at 0, e.g. one `microgpt build` wrote), each identified with esptool's
-image parser before anything is built on it or written to a board."""
+image parser before anything is built on it or written to a board. `FirmwareBase` is that choice as
+the engines that build a flash (QEMU, Wokwi, a board's flash) and the virtual board take it."""
 import contextlib
 import hashlib
 import io
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from esptool.cmds import merge_bin
 from esptool.targets import CHIP_DEFS, ESP32ROM
 
 from . import download, image
-from .errors import FirmwareError, ImageError, NoPartitionTable
+from .errors import EngineError, FirmwareError, ImageError, NoPartitionTable
 from .fileio import read_at_most
 from .image import APP, PARTITION_TABLE_OFFSET, Partition
 
@@ -172,3 +174,22 @@ def identify(path: Path) -> Firmware:
 def resolve(path: Path | None = None) -> Firmware:
     """The firmware to build on: `path` if given (--firmware or --image), else the pinned official release."""
     return identify(path if path is not None else fetch())
+
+
+class FirmwareBase:
+    """The firmware an emulated or real ESP32's flash is built on: `image` (a whole-flash image,
+    whose filesystem is kept under the run's files) or `firmware` (a firmware file, with a new
+    filesystem), identified at once; without either the pinned official release, fetched when
+    the target is first asked for (after the engine has checked its tools)."""
+
+    def __init__(self, image: str | os.PathLike | None, firmware: str | os.PathLike | None):
+        if image is not None and firmware is not None:
+            raise EngineError("give --image (a whole flash to run) or --firmware (a firmware to build on), not both")
+        given = image if image is not None else firmware
+        self.keep = image is not None
+        self.firmware = identify(given) if given is not None else None
+
+    def resolve(self) -> Firmware:
+        if self.firmware is None:
+            self.firmware = resolve()
+        return self.firmware

@@ -1,15 +1,16 @@
 """The chip contract, in one place for the host: the model's sizes and training constants, the
 files the trainer keeps on the chip's filesystem, and the ESP32_GENERIC facts the tool relies on.
 
-The firmware is the source of truth: the constants are read out of firmware/base.py and
-firmware/train.py (their module-level `NAME = const(...)` and `NAME = literal` lines) without
-importing them, since they are MicroPython modules. Formats of the files: docs/chip-files.md.
+The firmware is the source of truth: the constants are read out of firmware/base.py,
+firmware/train.py and firmware/checkpoint.py (their module-level `NAME = const(...)` and `NAME =
+literal` lines) without importing them, since they are MicroPython modules. Formats of the files: docs/chip-files.md.
 """
 import ast
 import dataclasses
 import importlib.util
 import operator
 import struct
+import zlib
 from pathlib import Path
 
 from .errors import MicrogptError
@@ -71,9 +72,13 @@ VOCAB, BOS, N_EMBD, N_HEAD, N_LAYER, BLOCK = (
     _MODEL[k] for k in ("VOCAB", "BOS", "N_EMBD", "N_HEAD", "N_LAYER", "BLOCK"))
 RMS_EPS, BETA1, BETA2, ADAM_EPS = (_MODEL[k] for k in ("RMS_EPS", "BETA1", "BETA2", "ADAM_EPS"))
 # Training (firmware/train.py).
-LR, INIT_STD = _TRAIN["LR"], _TRAIN["INIT_STD"]
+INIT_STD = _TRAIN["INIT_STD"]
+# microgpt.py's hyperparameters that the host ships to the chip in config.json (the trainer has no
+# defaults of its own): its learning_rate (Adam's at step 1, --lr's default) and its sampling temperature.
+LR = 0.01
+TEMPERATURE = 0.5
 # Files on the chip's filesystem (firmware/train.py).
-CONFIG, DATA, INIT, WEIGHTS, CKPT = (_TRAIN[k] for k in ("CONFIG", "DATA", "INIT", "WEIGHTS", "CKPT"))
+CONFIG, DATA, VAL, INIT, WEIGHTS, CKPT = (_TRAIN[k] for k in ("CONFIG", "DATA", "VAL", "INIT", "WEIGHTS", "CKPT"))
 NAMES_BUFFER = _TRAIN["_NAMES_BUFFER"]  # bytes: the trainer's read buffer of the data file; a line must fit it
 # MicroPython runs main.py at power-up; the trainer's boot entry is firmware/main.py, whose
 # first line marks it as ours (a board's own main.py is never touched).
@@ -134,6 +139,24 @@ N_PARAMS = DEFAULT.n_params  # 4,192: microgpt.py's own model
 # weights.bin: magic, n_embd, n_head, n_layer, block_size, then the float32 weights.
 WEIGHTS_HEAD = struct.Struct(_MODEL["WEIGHTS_HEAD"])
 WEIGHTS_MAGIC = _MODEL["WEIGHTS_MAGIC"]
+
+
+# ckpt.bin (firmware/checkpoint.py): a head (magic, run id, steps, the step done, ...), the arrays,
+# and a CRC-32 of all that before it.
+_CKPT = constants("checkpoint")
+CKPT_HEAD = struct.Struct(_CKPT["_HEAD"])
+CKPT_MAGIC = _CKPT["_MAGIC"]
+CKPT_CRC = struct.Struct("<I")
+
+
+def checkpoint_step(data: bytes | None) -> int | None:
+    """The step a whole ckpt.bin holds, which a resumed run continues after; None for no file, or
+    one the trainer would reject as cut or damaged."""
+    if data is None or len(data) < CKPT_HEAD.size + CKPT_CRC.size or data[:4] != CKPT_MAGIC:
+        return None
+    if CKPT_CRC.unpack_from(data, len(data) - CKPT_CRC.size)[0] != zlib.crc32(data[:-CKPT_CRC.size]):
+        return None
+    return CKPT_HEAD.unpack_from(data)[3]
 
 
 def weights_shape(head: bytes, size: int, what: str) -> tuple[Shape, int]:

@@ -97,8 +97,9 @@ def per_step_between_marks(found: list[tuple[int, int]], steps: int) -> float:
 def instructions_per_step(options: payload.RunOptions, docs: list[str], firmware: Path | None, qemu: str,
                           plugin: Path) -> ChipSpeed:
     """cpu 1's instructions per training step of `options` (see the module's doc), from runs
-    without samples. Raises if a run fails."""
-    quiet = dataclasses.replace(options, samples=0)
+    without samples or a held-out loss, which follow the training loop and would only add to the
+    MicroPython kernels' noise. Raises if a run fails."""
+    quiet = dataclasses.replace(options, samples=0, val=0)
     if options.kernels == "python":  # step records as asked: a silent run of these would outlast the engine's patience
         reports, counts = {}, {}
         for steps in (SHORT, LONG):

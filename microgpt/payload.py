@@ -1,11 +1,13 @@
 """What goes on the chip, decided once: `build(options, docs, target)` turns a run's options into
 a `Payload` that holds every file of the chip's filesystem (the trainer compiled for the target,
-the C module for its arch, config.json, the names in training order, the initial weights).
+the C module for its arch, config.json, the names in training order, the names held out of it,
+the initial weights).
 Engines receive the Payload and only place it: a VM's filesystem, QEMU's flash, a board's flash
 or its raw REPL. config.json is written here and read by the chip alone (file formats:
 docs/chip-files.md)."""
 import dataclasses
 import json
+import math
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,10 +16,13 @@ from . import chip, dataset, mpy, planner, reference
 from .errors import BuildError
 
 EMITS = ("auto", "native", "bytecode")
+MAX_STEPS = 1_000_000  # the most steps a run asks for (--steps); the parser takes a start asking more as garbage
 # Steps per UART step record: a record of 25 losses is ~180 bytes, ~7 a step; at 115200 baud a
 # board sends a byte in ~87 us, so printing costs it ~0.6 ms a step against ~2 ms of training.
 LOG_EVERY = 25
 KERNELS = ("auto", "c", "python")
+# Names held out of training by default: makemore and nanoGPT report a loss on names the model never saw.
+VAL = 1000
 INITS = ("microgpt", "device")
 NATIVE = "@micropython.native"
 CMODEL_DIR = chip.FIRMWARE_DIR / "cmodel"  # cmodel.c and its committed builds, cmodel-<arch>.mpy
@@ -31,16 +36,20 @@ class RunOptions:
     seed: int = 42
     init: str = "microgpt"  # "microgpt": microgpt.py's weights from the host; "device": drawn on the chip
     samples: int = 20
-    log_every: int = LOG_EVERY
+    log_every: int = LOG_EVERY  # steps per UART step record; build makes it at most steps
     ckpt_every: int = 0
     emit: str = "auto"  # how mpy-cross compiles the trainer: "native", "bytecode", or "auto" (see emit_for)
     kernels: str = "auto"  # the model's arithmetic: "c" (firmware/cmodel), "python", or "auto" (see kernels_for)
-    temperature: float = reference.TEMPERATURE
+    temperature: float = chip.TEMPERATURE
     shape: chip.Shape = chip.DEFAULT  # microgpt.py's n_embd, n_head, n_layer, block_size
+    val: int = VAL  # names held out of training, the last of the run's order; their loss is evaluated on the chip
+    lr: float = chip.LR  # Adam's learning rate at step 1, decaying linearly to 0 over the run
 
     def __post_init__(self):
-        if self.steps < 1 or self.samples < 0 or not 1 <= self.log_every or self.ckpt_every < 0:
-            raise ValueError("steps and log_every must be >= 1; samples and ckpt_every >= 0")
+        if self.steps < 1 or self.samples < 0 or not 1 <= self.log_every or self.ckpt_every < 0 or self.val < 0:
+            raise ValueError("steps and log_every must be >= 1; samples, ckpt_every and val >= 0")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a positive number, not {self.lr!r}")
         reference.check_temperature(self.temperature)  # the samples after training, on the chip
         for name, allowed in (("init", INITS), ("emit", EMITS), ("kernels", KERNELS)):
             if getattr(self, name) not in allowed:
@@ -50,7 +59,7 @@ class RunOptions:
 @dataclasses.dataclass(frozen=True)
 class Payload:
     """Everything on the chip's filesystem for one run, made for one target."""
-    options: RunOptions  # as resolved for the target: emit and kernels are never "auto" here
+    options: RunOptions  # as resolved for the target: emit and kernels are never "auto", log_every <= steps
     target: mpy.Target
     files: Mapping[str, bytes]
     run_id: int  # a checkpoint resumes only the run that wrote it
@@ -131,23 +140,42 @@ def _trainer(target: mpy.Target, emit: str, kernels: str) -> dict[str, bytes]:
     return files
 
 
+def check_val(val: int, count: int) -> None:
+    """Refuse to hold out `val` of `count` names when none would be left to train on (the CLI asks
+    as soon as it has read the names, before anything is built or written)."""
+    if val >= count:
+        raise BuildError(f"--val {val} holds out {val:,} of the {count:,} names, leaving none to train on: "
+                         f"pass --val below {count:,} (--val 0 evaluates no held-out loss)")
+
+
+def split(ordered: list[str], val: int) -> tuple[list[str], list[str]]:
+    """(the names that train, the last `val` names: held out) of the run's order."""
+    check_val(val, len(ordered))
+    return ordered[:len(ordered) - val], ordered[len(ordered) - val:]
+
+
 def build(options: RunOptions, docs: list[str], target: mpy.Target,
           platform: planner.Platform = planner.ESP32) -> Payload:
     """The payload of a run of `options` on `docs` for `target`, whose heap is `platform`'s."""
     shape = options.shape
     options = dataclasses.replace(options, emit=emit_for(options.emit, target),
-                                  kernels=kernels_for(options.kernels, target, shape))
-    planner.check(shape, options.kernels, min(options.log_every, options.steps), platform)  # its heap holds the run
+                                  kernels=kernels_for(options.kernels, target, shape),
+                                  log_every=min(options.log_every, options.steps))
+    planner.check(shape, options.kernels, options.log_every, platform)  # its heap holds the run
     files = _trainer(target, options.emit, options.kernels)
     # Step s trains on name s % count, so a run of fewer steps than names needs only its first
-    # `steps`; and microgpt.py trains on a name's first block_size letters, never further.
+    # `steps`; and microgpt.py trains on a name's first block_size letters, never further (the
+    # held-out loss reads no further either).
     ordered, init = dataset.microgpt_order(docs, options.seed, shape)
-    names = [name[:shape.block_size] for name in ordered[:options.steps]]
+    training, held_out = split(ordered, options.val)
+    names = [name[:shape.block_size] for name in training[:options.steps]]
     files[chip.DATA] = ("\n".join(names) + "\n").encode()
+    if held_out:
+        files[chip.VAL] = ("\n".join(name[:shape.block_size] for name in held_out) + "\n").encode()
     if options.init == "microgpt":
         files[chip.INIT] = init.astype("<f4").tobytes()
-    run_id = zlib.crc32(f"{options.steps} {options.seed} {options.init} {shape}".encode() + files[chip.DATA]
-                        + files.get(chip.INIT, b""))
+    run_id = zlib.crc32(f"{options.steps} {options.seed} {options.init} {shape} {options.lr!r}".encode()
+                        + files[chip.DATA] + files.get(chip.VAL, b"") + files.get(chip.INIT, b""))
     config = dataclasses.asdict(options) | {"docs": len(names), "run_id": run_id}
     files[chip.CONFIG] = json.dumps(config, sort_keys=True).encode()
     return Payload(options, target, files, run_id)

@@ -11,8 +11,8 @@ and the headroom the garbage collector was measured to need above it (the VM's s
 trains 1,000 steps and samples 20 names, less its peak), and when its big arrays find room in the
 heap's areas: the chip's GC heap is not one block but areas (measured below), and an array must
 lie in one of them. The weights and their gradient are whole-model arrays; Adam's m and v are one
-array per piece of the layout (firmware/base.py's PIECES: wte to layer 0, then each further
-layer), which spread over the areas.
+array per piece of the layout for a model of more than one layer (firmware/adam.py: wte to
+layer 0, then each further layer), which spread over the areas.
 """
 import dataclasses
 import functools
@@ -37,7 +37,7 @@ class Platform:
     # by kernels; the constant part of every prediction comes from these.
     measured: dict
     headroom: int  # free heap the collector needs at the peak (temporaries, fragmentation)
-    areas: tuple  # the heap's areas, as free after boot: each array of the run lies in one of them
+    areas: tuple  # the heap's areas, as free where the trainer allocates its big arrays: each lies in one
 
     def array(self, items: int, item_size: int = 4) -> int:
         """Heap bytes of an array of `items` items (array('f'): 4 bytes each; bytearray: 1)."""
@@ -47,30 +47,31 @@ class Platform:
 # The VM (x64) at the chip's heap, its MicroPython kernels native: report.json's peak_heap_bytes
 # of the default shape (`microgpt sim run --engine host --heap 166592 --steps 50 [--kernels python]`),
 # and the smallest heap that trains 1,000 steps and samples 20 names (`scripts/bench.py --min-heap`).
-VM_PEAK = {"c": 92_672, "python": 98_144}
-VM_MIN_HEAP = {"c": 97_473, "python": 104_135}
+VM_PEAK = {"c": 91_968, "python": 97_408}
+VM_MIN_HEAP = {"c": 96_641, "python": 102_470}
 # The collector's headroom, on the chip as in the VM: the most of (smallest heap - peak) over the kernels.
 HEADROOM = max(VM_MIN_HEAP[k] - VM_PEAK[k] for k in KERNELS)
 # The chip: ESP32_GENERIC v1.25.0, measured in Espressif's QEMU
 # (`microgpt sim run --engine qemu --firmware FW --steps 50 [--kernels python]`).
-# Its largest area: at boot the GC heap is 56,000 B (`micropython.mem_info()`: "max new split:
-# 110592"), and it grows by an area from ESP-IDF's heap; the largest bytearray after boot is
-# 107,812 B, the next 46,141 B (the first area, which the trainer's modules then share). Measured
-# in QEMU: with m and v whole-model arrays too, 4 x 24.8 KB (n_embd 20, 6,200 parameters) trained,
-# 4 x 29.1 KB (n_embd 16 with 2 layers, 7,264) failed with a MemoryError before step 1 although the
-# heap's total would hold them; with m and v by piece, 7,264 train.
+# Its areas: at boot the GC heap is 56,000 B (`micropython.mem_info()`: "max new split:
+# 110592"), and it grows by an area from ESP-IDF's heap. Where train.main allocates its big arrays
+# the largest bytearray is 107,851 B, the next 33,104 B (the first area, which the trainer's
+# modules share; 46,141 B after boot): probed in QEMU by bisecting bytearray sizes there. Measured
+# in QEMU: with m and v whole-model arrays, 4 x 24.8 KB (n_embd 20, 6,200 parameters) train,
+# 4 x 34.4 KB (n_embd 24, 8,592) end in a MemoryError allocating m or v (the weights found no room
+# in the first area), and so did 4 x 29.1 KB (n_embd 16 with 2 layers, 7,264) before m and v went
+# by layer for more than one layer (firmware/adam.py); with them by layer, 7,264 train.
 ESP32 = Platform("ESP32_GENERIC v1.25.0", ESP32_HEAP, block=16, array_head=32,
-                 measured={"c": 88_432, "python": 95_632}, headroom=HEADROOM, areas=(46_141, 107_812))
+                 measured={"c": 88_080, "python": 95_216}, headroom=HEADROOM, areas=(33_104, 107_851))
 VM = Platform("the MicroPython VM (x64)", ESP32_HEAP, block=32, array_head=32,
               measured=VM_PEAK, headroom=HEADROOM, areas=(ESP32_HEAP,))  # one piece
 
 
-def vm(heap: int) -> Platform:
+def vm(heap: int, headroom: int = HEADROOM) -> Platform:
     """The VM with a GC heap of `heap` bytes (its --heap): one piece, so its largest area is all of
-    it, and it holds shapes the chip's areas do not. No headroom is asked of it: the VM is where the
-    headroom is measured (scripts/bench.py --min-heap: a run short of it ends in a reported
-    MemoryError), so it is refused only a run whose peak alone exceeds its heap."""
-    return dataclasses.replace(VM, name="the MicroPython VM (x64, --heap)", heap=heap, areas=(heap,), headroom=0)
+    it, and it holds shapes the chip's areas do not. The collector's headroom is asked of it as of
+    the chip (it was measured there); scripts/bench.py --min-heap, which measures it, asks none."""
+    return dataclasses.replace(VM, name="the MicroPython VM (x64, --heap)", heap=heap, areas=(heap,), headroom=headroom)
 
 
 @functools.cache
@@ -93,7 +94,8 @@ def most(knob: str, heap: int = ESP32_HEAP) -> int:
 
 
 def pieces(shape: Shape) -> list[tuple[str, int]]:
-    """firmware/base.py's PIECES, (what, floats): Adam's m and v are an array of each."""
+    """firmware/adam.py's pieces, (what, floats): Adam's m and v are an array of each (one for
+    one layer: train.py's whole arrays)."""
     layer = 12 * shape.n_embd ** 2  # wq, wk, wv, wo, fc1, fc2
     first = shape.n_params - (shape.n_layer - 1) * layer  # wte, wpe, lm_head and layer 0
     return [("wte to layer 0", first)] + [(f"layer {i}", layer) for i in range(1, shape.n_layer)]
@@ -219,7 +221,7 @@ def check(shape: Shape, kernels: str, log_every: int, platform: Platform = ESP32
     if p.placement is None:
         areas = " and ".join(f"{size:,} B" for size in platform.areas)
         raise PlanError(f"{shape} ({shape.n_params:,} parameters) needs its weights and gradients ({p.buffers[0][1]:,} B "
-                        f"each) and Adam's m and v by layer, and {platform.name}'s heap "
+                        f"each) and Adam's m and v (by layer for more than one), and {platform.name}'s heap "
                         f"is areas of {areas} (an array lies in one): they find no room. Choose a smaller shape "
                         "(`microgpt plan` lists the largest that fit)")
     return p

@@ -12,9 +12,17 @@ board acknowledges one by one, so they never overrun the board's input buffer (2
 ESP32) and never carry the Ctrl-C byte (so Ctrl-C always stops a transfer); downloads as raw
 bytes after their length. Both are checked with CRC-32; a transfer that fails removes its partial
 file (and `sync` rewrites any file whose CRC differs, so a cut one is never used).
+
+Why not mpremote (a test dependency here, checked to work beside this): it is a command-line
+tool, and its Python side says it is not yet a library (mpremote 1.29.0's transport_serial.py:
+SerialTransport "is just the old Pyboard+PyboardExtended class", whose "API is going to change
+significantly"). Nor do its file copies do what a run needs: Transport.fs_writefile and
+fs_readfile send each 256 bytes as a Python literal in a raw-REPL command of its own, check no
+checksum, and leave a partial file on the board when cut.
 """
 import ast
 import base64
+import contextlib
 import struct
 import time
 import zlib
@@ -23,8 +31,17 @@ from .errors import EngineError, MissingFile
 from .ports import UART_BAUD, open_serial, watch_link
 
 BANNER = b"raw REPL; CTRL-B to exit\r\n"
+PROMPTS = (b">>> ", b"\x04>")  # the friendly REPL's; the raw REPL's after a command's error output
 ENTER_TIMEOUT_S = 10
 READ_TIMEOUT_S = 0.1  # each serial read; the loops above it keep their own deadlines
+# What a board command may take beyond the time its bytes need on the line, however busily the
+# board talks meanwhile (the silence timer restarts on every byte, so a board that streams bytes
+# forever would hold a command for ever). Its work is a soft reset, the fast mount, the helpers and
+# an import or two: on the virtual board, whose flash QEMU makes slow, a whole `device pull` took
+# 14 s and a `device sample` of 20 names 27-39 s on a loaded host; 120 s is three times that, and
+# still an answer for a user or a CI job waiting on a broken board.
+COMMAND_S = 120.0
+BITS_PER_BYTE = 10  # on the line: a start bit, 8 data bits, a stop bit
 WINDOW = 128  # base64 characters per acknowledged window of an upload
 IN_FLIGHT = 2  # windows sent ahead of their acknowledgement: 256 bytes, within the ESP32's input buffer
 # Ports whose Ctrl-D exits the process instead of soft-resetting (MicroPython's unix/windows VM).
@@ -123,6 +140,7 @@ class RawRepl:
         self.serial = open_serial(port, baud, timeout=READ_TIMEOUT_S)
         self.running = False  # a program started with start() has not ended
         self._eot = 0  # end-of-output markers seen for the running program
+        self._deadline = None  # (monotonic time, seconds, what): set by within()
         self._helpers = self._fast = False
         try:
             self.enter()
@@ -138,7 +156,12 @@ class RawRepl:
             self.serial.write(data)
 
     def _read(self, n: int = 0) -> bytes:
-        """What arrived (up to n bytes; 0: all waiting), after at most one read timeout."""
+        """What arrived (up to n bytes; 0: all waiting), after at most one read timeout. Past the
+        deadline of within(), an EngineError instead."""
+        if self._deadline and time.monotonic() > self._deadline[0]:
+            _, seconds, what = self._deadline
+            raise EngineError(f"the board on {self.port} did not finish {what} within {seconds:.0f} s, though it kept "
+                              "sending: reset it (EN) and try again, or flash MicroPython with `microgpt device flash`")
         with watch_link(self.port):
             return self.serial.read(n or max(1, self.serial.in_waiting))
 
@@ -166,6 +189,21 @@ class RawRepl:
                 raise EngineError(f"the board on {self.port} stopped answering ({describe(data)})")
         return data
 
+    def line_s(self, size: int) -> float:
+        """The seconds `size` bytes take on the line at the port's baud rate."""
+        return size * BITS_PER_BYTE / self.baud
+
+    @contextlib.contextmanager
+    def within(self, what: str, extra_s: float = 0.0):
+        """The commands inside the block (`what`, to the user) must end within COMMAND_S plus
+        `extra_s` (their own work: line time, computing on the board), however busily the board talks."""
+        seconds = COMMAND_S + extra_s
+        self._deadline = (time.monotonic() + seconds, seconds, what)
+        try:
+            yield
+        finally:
+            self._deadline = None
+
     # ---- the REPL ----
 
     def enter(self) -> None:
@@ -179,9 +217,11 @@ class RawRepl:
         while not said.endswith(BANNER + b">"):
             chunk = self._read()
             said += chunk
-            # A board still booting offers its friendly REPL after our Ctrl-A went unheard: ask again,
-            # once it has been quiet at that prompt for a while (never twice for one answer).
-            if not chunk and said.endswith(b">>> ") and time.monotonic() - nudged > 1:
+            # Our Ctrl-A can go unheard: a board still booting offers its friendly REPL after it; a
+            # board stopped mid-command (a transfer reading its input when a host was cut off) may
+            # have read it as data, then prints its KeyboardInterrupt and the raw REPL's prompt.
+            # Ask again, once it has been quiet at either prompt for a while (never twice for one answer).
+            if not chunk and said.endswith(PROMPTS) and time.monotonic() - nudged > 1:
                 self._write(b"\r\x01")
                 nudged = time.monotonic()
             if time.monotonic() > deadline:

@@ -1,17 +1,16 @@
 """numpy reference of microgpt, for any of its shapes: forward, explicit backward, Adam, sampling.
 
-The same model as microgpt.py and the firmware (docs: DEVELOPERS.md, "The model"), written over
-one flat parameter vector in microgpt's state_dict order (chip.Shape.matrices). All positions of
-a name go through the network at once (causal mask), because at these sizes the cost is numpy call
-overhead, not arithmetic. Arithmetic follows the dtype of the parameters: float64 for gradient
-checks and parity, float32 to mirror the chip.
+The same model as microgpt.py and the firmware (README.md, "Exactness"), written over one flat
+parameter vector in microgpt's state_dict order (chip.Shape.matrices; docs/chip-files.md, init.bin).
+All positions of a name go through the network at once (causal mask), because at these sizes the
+cost is numpy call overhead, not arithmetic. Arithmetic follows the dtype of the parameters:
+float64 for gradient checks and parity, float32 to mirror the chip.
 """
 import numpy as np
 
-from .chip import ADAM_EPS, BETA1, BETA2, BOS, DEFAULT, LR, RMS_EPS, VOCAB, Shape
+from .chip import ADAM_EPS, BETA1, BETA2, BOS, DEFAULT, LR, RMS_EPS, TEMPERATURE, VOCAB, Shape
 from .errors import MicrogptError
 
-TEMPERATURE = 0.5  # microgpt.py's; the host ships it to the chip in config.json
 # The temperatures the chip's sampler takes. It holds the temperature in float32 and divides each
 # logit's gap below the largest by it: whatever the logits' range those quotients are <= 0, and
 # one that overflows is -inf, whose exp is 0 (the limit), so the bound is the temperature itself:
@@ -148,9 +147,22 @@ def loss_and_grad(params, tokens, shape: Shape = DEFAULT):
     return float(loss_value), grad
 
 
-def adam_step(params, grad, m, v, step, num_steps):
+def val_loss(params, names, shape: Shape = DEFAULT):
+    """The held-out loss the chip reports: the mean next-token cross-entropy over every token of
+    `names`, each read as training reads it (its first block_size positions)."""
+    total, count = 0.0, 0
+    for name in names:
+        tokens = tokenize(name)
+        t = min(shape.block_size, len(tokens) - 1)  # a longer name is cut, as microgpt.py cuts it
+        probs = _softmax(logits(params, tokens[:t], shape).astype(np.float64))
+        total -= float(np.log(probs[np.arange(t), tokens[1:t + 1]]).sum())
+        count += t
+    return total / count
+
+
+def adam_step(params, grad, m, v, step, num_steps, lr=LR):
     """One Adam update in place, exactly microgpt.py's (0-based step, lr decaying linearly to 0)."""
-    lr_t = LR * (1 - step / num_steps)
+    lr_t = lr * (1 - step / num_steps)
     m *= BETA1
     m += (1 - BETA1) * grad
     v *= BETA2
@@ -160,14 +172,14 @@ def adam_step(params, grad, m, v, step, num_steps):
     params -= lr_t * m_hat / (v_hat ** 0.5 + ADAM_EPS)
 
 
-def train(ordered_docs, init, steps, shape: Shape = DEFAULT):
-    """Train `steps` steps from `init` (its dtype is kept); step s uses ordered_docs[s % len]."""
+def train(ordered_docs, init, steps, shape: Shape = DEFAULT, lr=LR):
+    """Train `steps` steps from `init` (its dtype is kept) at learning rate `lr`; step s uses ordered_docs[s % len]."""
     params = np.array(init, copy=True)
     m, v = np.zeros_like(params), np.zeros_like(params)
     losses = []
     for step in range(steps):
         loss_value, grad = loss_and_grad(params, tokenize(ordered_docs[step % len(ordered_docs)]), shape)
-        adam_step(params, grad, m, v, step, steps)
+        adam_step(params, grad, m, v, step, steps, lr)
         losses.append(loss_value)
     return params, losses
 

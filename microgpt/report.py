@@ -45,6 +45,7 @@ class Report:
     uart_log: str | None
     weights: str | None = None     # the trained weights, read back from the target
     loss_curve: str | None = None  # the PNG beside the JSON
+    resume_step: int | None = None  # a cut run's: the step of the checkpoint on the target, where --resume goes on
 
     @property
     def status(self) -> str:
@@ -52,7 +53,7 @@ class Report:
 
     def to_json(self) -> dict:
         """The flat record report.json holds."""
-        run, end, cfg = self.run, self.run.end or {}, self.run.config
+        run, end, cfg, val = self.run, self.run.end or {}, self.run.config, self.run.val or {}
         mean, window = loss_mean(run.losses)
         # The model's shape: a start record without one came from a trainer of microgpt.py's only.
         shape = cfg.get("shape", DEFAULT if cfg else None)
@@ -61,7 +62,7 @@ class Report:
             "engine": self.engine, "status": self.status, "error": self.error, "interrupted": self.interrupted,
             "steps": run.steps, "params": cfg.get("params"), "shape": shape, "losses": run.losses,
             "samples": run.samples,
-            "loss_mean": mean, "loss_window": window,
+            "loss_mean": mean, "loss_window": window, "val_loss": val.get("loss"), "val_names": val.get("names"),
             "ms_per_step": run.ms_per_step, "peak_heap_bytes": end.get("peak_heap", run.step_heap),
             "peak_src": "end" if end else "step" if run.step_heap is not None else None,
             "heap_total": end.get("heap_total", cfg.get("heap_total")), "platform": cfg.get("platform"),
@@ -70,7 +71,7 @@ class Report:
             "config": cfg | ({"shape": shape} if "shape" in cfg else {}), "boots": run.boots, "resumed_from": run.resumed_from,
             "checkpoints": run.checkpoints, "checkpoints_rejected": run.checkpoints_rejected,
             "bad_records": run.bad_records, "uart_log": self.uart_log, "weights": self.weights,
-            "loss_curve": self.loss_curve,
+            "loss_curve": self.loss_curve, "resume_step": self.resume_step,
         })
 
     def write(self, json_path) -> None:
@@ -140,10 +141,8 @@ def _heap_needed(config: dict) -> int:
     shape = config.get("shape") if isinstance(config.get("shape"), Shape) else DEFAULT
     kernels = config.get("kernels") if config.get("kernels") in planner.KERNELS else "c"
     platform = planner.ESP32 if config.get("platform") in (None, "esp32") else planner.VM
-    log_every, steps = config.get("log_every"), config.get("steps")
-    if isinstance(log_every, int) and isinstance(steps, int) and 0 < log_every and 0 < steps:
-        log_every = min(log_every, steps)
-    else:
+    log_every = config.get("log_every")  # the chip's buffer of losses; payload.build keeps it within steps
+    if not (isinstance(log_every, int) and 0 < log_every <= config.get("steps", 0)):  # no start yet, or garbled
         log_every = planner.MEASURED_LOG_EVERY
     return planner.plan(shape, kernels, log_every, platform).heap_needed
 
@@ -158,8 +157,9 @@ def _finite(value):
     return value
 
 
-def plot_losses(losses: list, title: str) -> bytes | None:
-    """The loss curve as PNG bytes: each step's loss and its trailing mean; None with no losses."""
+def plot_losses(losses: list, title: str, val_loss: float | None = None) -> bytes | None:
+    """The loss curve as PNG bytes: each step's loss and its trailing mean, and the held-out loss
+    after training as a line across; None with no losses."""
     loss = np.array([math.nan if x is None else float(x) for x in losses])
     loss[~np.isfinite(loss)] = np.nan
     if not np.isfinite(loss).any():
@@ -175,6 +175,8 @@ def plot_losses(losses: list, title: str) -> bytes | None:
     ax.plot(steps, loss, lw=0.8, alpha=0.45, color="tab:blue", marker="o" if few else None, label="loss per step")
     ax.plot(steps, _moving_average(loss, window), lw=2, color="tab:orange", marker="." if few else None,
             label=f"mean of last {window} steps")
+    if val_loss is not None and math.isfinite(val_loss):
+        ax.axhline(val_loss, lw=1.5, ls="--", color="tab:green", label=f"held-out loss after training {val_loss:.4f}")
     ax.set(xlabel="step", ylabel="loss", title=title)
     if len(loss) == 1:
         ax.set_xlim(0.5, 1.5)

@@ -13,10 +13,10 @@ import struct
 
 from .chip import KNOBS, Shape
 from .errors import MicrogptError
+from .payload import MAX_STEPS
 
 TAG = "MGPT "
 RESET_LOOP_BOOTS = 3  # boots in a row without reaching a new step: the chip is in a reset loop
-MAX_STEPS = 1_000_000  # a start asking for more is garbage; also bounds the loss list
 
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf)")
@@ -79,6 +79,7 @@ FIELDS = {
     "ckpt-bad": {"reason": str},
     "step": {"n": _int, "loss": _losses, "ms": _num, "heap": _int},
     "ckpt": {"step": _int},
+    "val": {"loss": _float, "names": _int, "tokens": _int},
     "end": {"steps": _int, "ms_train": _num, "ms_per_step": _num, "peak_heap": _int, "heap_total": _int},
 }
 OPTIONAL = {"start": {"shape": _shape}}  # a trainer before shapes sent none: microgpt.py's
@@ -101,12 +102,14 @@ def _fields(kind, rest):
 class UartParser:
     """Feed it UART lines as they arrive; ask for `report()` at any time.
 
-    `expect_steps`: the steps the host asked for; a chip running another configuration (a
-    stale image or filesystem) is an error, found at its start line.
+    `expect_steps` and `log_every`: the run's, as its payload decided them (None: a log read
+    alone). A chip running another number of steps (a stale image or filesystem) is an error,
+    found at its start line; a step record of more than log_every losses (the start record's
+    when none is given) is garbled.
     """
 
-    def __init__(self, expect_steps=None):
-        self.expect_steps = expect_steps
+    def __init__(self, expect_steps=None, log_every=None):
+        self.expect_steps, self.log_every = expect_steps, log_every
         self.bad_records = 0  # MGPT records malformed or out of place
         self.boots = 0  # start records
         self.config = {}  # fields of the last start record
@@ -134,6 +137,7 @@ class UartParser:
         self._error = None  # (text, traceback lines)
         self._error_done = False  # a line other than tb followed the error
         self._samples = {}
+        self._val = None
 
     @property
     def finished(self):
@@ -182,7 +186,7 @@ class UartParser:
     # One handler per record: validate first, then change state, so a bad record changes nothing.
 
     def _on_start(self, f):
-        if not 0 <= f["steps"] <= MAX_STEPS:
+        if not 0 <= f["steps"] <= MAX_STEPS:  # garbage: it would also make the loss list absurd
             raise ValueError("steps")
         if self._started or not self._booted:
             self._boot()  # no ROM reset line before it (VM, or the host missed it)
@@ -204,7 +208,7 @@ class UartParser:
 
     def _on_step(self, f):
         n, losses = f["n"], f["loss"]
-        group = self.config.get("log_every")
+        group = self.log_every or self.config.get("log_every")
         if (not self.config or not len(losses) <= n <= self.config["steps"]
                 or isinstance(group, int) and 0 < group < len(losses)):
             raise ValueError("step")
@@ -218,6 +222,12 @@ class UartParser:
         self._ms_sum += f["ms"] * len(losses)
         self._ms_steps += len(losses)
         self._step_heap = f["heap"] if self._step_heap is None else max(f["heap"], self._step_heap)
+
+    def _on_val(self, f):
+        if (not self._started or not 1 <= f["names"] <= self.config.get("val", f["names"])
+                or f["tokens"] < f["names"]):
+            raise ValueError("val")
+        self._val = f
 
     def _on_sample(self, rest):
         index, _, name = rest.partition(" ")
@@ -246,6 +256,7 @@ class UartParser:
             steps=steps,
             losses=[self._losses.get(s) for s in range(1, steps + 1)],
             samples=[self._samples[i] for i in sorted(self._samples)],
+            val=dict(self._val) if self._val is not None else None,
             end=dict(self._end) if self._end is not None else None,
             error=self._error[0] if self._error else None,
             traceback=list(self._error[1]) if self._error else [],
@@ -270,6 +281,7 @@ class RunState:
     steps: int                    # steps done: the end record's, else the highest step seen
     losses: list                  # loss of steps 1..steps (None where a record was lost)
     samples: list
+    val: dict | None              # fields of the val record (the held-out loss), None if none came
     end: dict | None              # fields of the end record, None if none came
     error: str | None             # the chip's MGPT error text
     traceback: list

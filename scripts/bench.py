@@ -22,23 +22,25 @@ from microgpt import chip, chip_speed, dataset, mpy, payload, reference, scalar
 from microgpt.chip import ESP32_HEAP
 from microgpt.engines.host import HostEngine
 from microgpt.engines.qemu import find_insn_plugin, find_qemu
+from microgpt.planner import HEADROOM
 from microgpt.run import RunDir, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def vm_run(docs, steps, emit, heap=ESP32_HEAP, samples=0, kernels="python"):
+def vm_run(docs, steps, emit, heap=ESP32_HEAP, samples=0, kernels="python", headroom=HEADROOM):
     options = payload.RunOptions(steps=steps, samples=samples, emit=emit, kernels=kernels)
     with tempfile.TemporaryDirectory() as tmp, RunDir(Path(tmp) / "report.json").claim() as rundir:
-        return run(HostEngine(rundir.work, heap=heap), rundir, options, docs)
+        return run(HostEngine(rundir.work, heap=heap, headroom=headroom), rundir, options, docs)
 
 
 def min_heap(docs, emit, kernels, lo=60_000, hi=ESP32_HEAP):
-    # Buffers are all allocated before step 1, so a short run finds the bound; 1,000 steps confirm it.
+    # Buffers are all allocated before step 1, so a short run finds the bound; 1,000 steps confirm it. The
+    # planner's headroom is this search's result, so the runs here ask none of the heap.
     while hi - lo > 1024:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if vm_run(docs, 20, emit, mid, 20, kernels).status == "ok" else (mid, hi)
-    while vm_run(docs, 1000, emit, hi, 20, kernels).status != "ok":
+        lo, hi = (lo, mid) if vm_run(docs, 20, emit, mid, 20, kernels, headroom=0).status == "ok" else (mid, hi)
+    while vm_run(docs, 1000, emit, hi, 20, kernels, headroom=0).status != "ok":
         hi += 1024
     return hi
 
@@ -123,7 +125,7 @@ def main():
 
     esp32 = mpy.firmware_target("v1.25.0")
     for emit in ("bytecode", "native"):
-        built = payload.build(payload.RunOptions(steps=1, emit=emit, kernels="c"), ["emma"], esp32)
+        built = payload.build(payload.RunOptions(steps=1, emit=emit, kernels="c", val=0), ["emma"], esp32)
         sizes = {k: len(v) for k, v in built.files.items() if k.endswith(".mpy")}
         print(f".mpy for xtensawin ({emit}): " + ", ".join(f"{k} {v:,} B" for k, v in sizes.items())
               + f"; total {sum(sizes.values()):,} B")

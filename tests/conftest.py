@@ -8,7 +8,9 @@ import importlib.util
 import itertools
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,11 +56,51 @@ def step_record(n, *losses, ms=5.0, heap=58000) -> str:
     return f"MGPT step n={n} ms={ms} heap={heap} loss={base64.b64encode(struct.pack(f'<{len(losses)}f', *losses)).decode()}"
 
 
+def signals(ignored=()):
+    """A preexec_fn for the tool started as a subprocess to be signalled: SIGINT, SIGTERM and SIGHUP
+    at their defaults, as in a terminal's foreground job, but for those `ignored` (as nohup and a
+    background job start it). The tool keeps a signal ignored at start ignored, and pytest itself
+    may run with SIGINT ignored (a background job)."""
+    def preexec():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+    return preexec
+
+
+def wait_for_record(report: Path, record: bytes, timeout: float) -> None:
+    """Wait until the UART log of the run reporting to `report` (written as it streams) holds `record`,
+    or `timeout` seconds have passed (the test's next assertion then says what is missing)."""
+    log, deadline = report.with_suffix(".uart.log"), time.monotonic() + timeout
+    while record not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def missing_target(reason: str):
     """Skip a real-target test (or fail it, in strict mode)."""
     if STRICT:
         pytest.fail(f"{reason} (MICROGPT_REAL_TARGETS=strict: real-target tests must run)", pytrace=False)
     pytest.skip(reason)
+
+
+# What a test needs, named by the fixture that provides it: each test is marked from the fixtures it
+# uses, directly or through others (markers in pyproject.toml), so `-m "not qemu"` leaves out every
+# test that boots QEMU without any list of them to keep.
+MARKED_BY = {"qemu": "qemu", "board": "virtual_board", "vm": "micropython"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for marker, fixture in MARKED_BY.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def micropython():
+    """The MicroPython VM (the unix port's `micropython`)."""
+    from microgpt.engines.host import find_micropython
+
+    return find_micropython()
 
 
 @pytest.fixture(scope="session")
@@ -95,15 +137,16 @@ def board_flash(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def virtual_board(qemu, board_flash, tmp_path):
+@pytest.fixture(scope="module")
+def virtual_board(qemu, board_flash, tmp_path_factory):
     """A virtual ESP32 (Espressif's QEMU with the official firmware) on a pty, as a new board: a
-    copy of board_flash, so each test has its own. Yields the VirtualBoard (port: .port)."""
+    copy of board_flash, one for the tests of a module, which build on what the others left on
+    it. Yields the VirtualBoard (port: .port)."""
     import shutil
 
     from microgpt.engines.qemu import VirtualBoard
 
-    flash = tmp_path / "board.bin"
+    flash = tmp_path_factory.mktemp("board") / "board.bin"
     shutil.copy(board_flash, flash)
     board = VirtualBoard(flash, qemu=qemu)
     board.start()
@@ -111,6 +154,16 @@ def virtual_board(qemu, board_flash, tmp_path):
         yield board
     finally:
         board.stop()
+
+
+@pytest.fixture
+def vm_board(tmp_path, micropython):
+    """A board running MicroPython on a serial port: the VM behind a pty (tests/vm_pty.py). Its
+    port is .path, its filesystem the directory .cwd."""
+    from vm_pty import VmPort
+
+    with VmPort(tmp_path / "board") as port:
+        yield port.start()
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +190,7 @@ def microgpt_losses():
 
 
 @pytest.fixture(scope="session")
-def firmware():
+def firmware_on_cpython():
     """The firmware modules imported under CPython, with the tiny micropython shim."""
     sys.path[:0] = [str(ROOT / "tests" / "shim"), str(ROOT / "firmware")]
     import model
@@ -147,6 +200,14 @@ def firmware():
     return type("Firmware", (), {"model": model, "rng": rng, "sample": sample})
 
 
+def cli(*args, input=None) -> tuple[int, str]:
+    """`microgpt ARGS` run in-process (click's CliRunner) -> (exit code, output)."""
+    from microgpt.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
 def _sim_runner(directory, names_path):
     """`microgpt sim run ARGS` -> (exit code, output, report dict or None); each run's report,
     UART log and weights go to their own directory unless `report` is given."""
@@ -154,22 +215,26 @@ def _sim_runner(directory, names_path):
 
     def run(*args, report=None):
         report = Path(report or directory / f"run{next(runs)}" / "report.json")
-        argv = ["sim", "run", "--data", str(names_path), "--report", str(report), "--quiet", *map(str, args)]
-        from microgpt.cli import main
-
-        result = CliRunner().invoke(main, argv, catch_exceptions=False)
-        data = json.loads(report.read_text()) if report.exists() else None
-        return result.exit_code, result.output, data
+        code, output = cli("sim", "run", "--data", names_path, "--report", report, "--quiet", *args)
+        return code, output, json.loads(report.read_text()) if report.exists() else None
 
     return run
 
 
 @pytest.fixture
-def sim_run(tmp_path, names_path):
+def sim_run(tmp_path, names_path, micropython):
     return _sim_runner(tmp_path, names_path)
 
 
 @pytest.fixture(scope="module")
-def sim_run_module(tmp_path_factory, names_path):
+def sim_run_module(tmp_path_factory, names_path, micropython):
     """sim_run for runs that several tests of a module read."""
     return _sim_runner(tmp_path_factory.mktemp("runs"), names_path)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """The tool's download cache, empty, in this test's directory ($MICROGPT_CACHE)."""
+    directory = tmp_path / "cache"
+    monkeypatch.setenv("MICROGPT_CACHE", str(directory))
+    return directory

@@ -3,9 +3,11 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.usefixtures("micropython")
 def test_benchmark_prints_every_row_and_the_chips_mpy_sizes(names_path):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), str(names_path),
                           "--vm-steps", "3", "--scalar-steps", "1"],

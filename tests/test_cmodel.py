@@ -42,11 +42,11 @@ def test_rebuilding_gives_the_committed_bytes(arch):
 
 
 @pytest.mark.parametrize("arch, target", [("xtensawin", mpy.firmware_target("v1.25.0")), ("x64", None)])
-def test_builds_are_native_modules_the_targets_import(arch, target):
+def test_builds_are_native_modules_the_targets_import(arch, target, micropython):
     blob = payload.cmodel_build(arch).read_bytes()
     header = mpy.parse_header(blob)
     assert (header.version, header.sub_version, header.arch) == (6, 3, arch)
-    mpy.check_compatible(blob, target or mpy.vm_target())
+    mpy.check_compatible(blob, target or mpy.vm_target(micropython))
 
 
 def test_the_committed_glue_header_is_generated_from_natmods_table_and_the_c_source():
@@ -168,7 +168,7 @@ SHAPES = [Shape(), Shape(n_embd=24), Shape(n_head=2), Shape(n_layer=2), Shape(bl
 
 
 @pytest.fixture(scope="module", params=SHAPES, ids=str)
-def vm_cmodel(request, tmp_path_factory):
+def vm_cmodel(request, tmp_path_factory, micropython):
     """The x64 build run in the MicroPython VM on random weights and four names, for one shape."""
     shape = request.param
     tmp = tmp_path_factory.mktemp("cmodel")
@@ -178,7 +178,7 @@ def vm_cmodel(request, tmp_path_factory):
     (tmp / "case.json").write_text(json.dumps({"params": params.tolist(), "names": names,
                                                "shape": [getattr(shape, k) for k in KNOBS]}))
     script = VM_PROBE.format(lib=str(tmp), case=str(tmp / "case.json"))
-    r = subprocess.run(["micropython", "-X", "heapsize=32000000", "-c", script], capture_output=True, text=True,
+    r = subprocess.run([micropython, "-X", "heapsize=32000000", "-c", script], capture_output=True, text=True,
                        timeout=60, check=False)
     assert r.returncode == 0, r.stderr + r.stdout
     return shape, params.astype(np.float64), [reference.tokenize(n) for n in names], json.loads(r.stdout)
@@ -321,12 +321,12 @@ def _probe_files(arch, tmp):
     return files
 
 
-def _in_the_vm(tmp):
+def _in_the_vm(tmp, micropython):
     lib = tmp / "lib"
     lib.mkdir()
     for name, data in _probe_files("x64", tmp).items():
         (lib / name).write_bytes(data)
-    r = subprocess.run(["micropython", "-c", f"import sys\nsys.path.insert(0, {str(lib)!r})\n{TARGET_PROBE}"],
+    r = subprocess.run([micropython, "-c", f"import sys\nsys.path.insert(0, {str(lib)!r})\n{TARGET_PROBE}"],
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr + r.stdout
     return r.stdout.splitlines()
@@ -345,11 +345,14 @@ def _on_the_chip(tmp, qemu):
     return lines
 
 
-@pytest.fixture(scope="module", params=["vm", "qemu"])
+# Each target's tool is a fixture asked for by name (not from the signature): marked here.
+@pytest.fixture(scope="module", params=[pytest.param("vm", marks=pytest.mark.vm),
+                                        pytest.param("qemu", marks=pytest.mark.qemu)])
 def on_target(request, tmp_path_factory):
     """TARGET_PROBE's answers in the MicroPython VM (x64 builds) or on the emulated ESP32 (xtensawin)."""
     tmp = tmp_path_factory.mktemp(request.param)
-    lines = _in_the_vm(tmp) if request.param == "vm" else _on_the_chip(tmp, request.getfixturevalue("qemu"))
+    lines = (_in_the_vm(tmp, request.getfixturevalue("micropython")) if request.param == "vm"
+             else _on_the_chip(tmp, request.getfixturevalue("qemu")))
     return dict(line.removeprefix("PROBE ").partition(" ")[::2] for line in lines if line.startswith("PROBE "))
 
 

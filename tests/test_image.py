@@ -55,8 +55,8 @@ sys.path.insert(0, "/flash")
 '''
 
 
-def run_vm(script: str, region: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["micropython", "-c", VM_MOUNT + script, str(region)],
+def run_vm(micropython: str, script: str, region: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([micropython, "-c", VM_MOUNT + script, str(region)],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -74,7 +74,7 @@ def assert_valid(info: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def firmware():
+def official_firmware():
     return basefw.identify(OFFICIAL)
 
 
@@ -99,49 +99,50 @@ def files(tmp_path_factory, names_path):
 
 
 @pytest.fixture(scope="module")
-def built(firmware, files, tmp_path_factory):
+def built(official_firmware, files, tmp_path_factory):
     out = tmp_path_factory.mktemp("build") / "flash.bin"
-    out.write_bytes(firmware.flash(files))
+    out.write_bytes(official_firmware.flash(files))
     return out
 
 
-def test_identifies_the_official_release(firmware):
-    assert (firmware.chip, firmware.version, firmware.build_date) == ("esp32", "v1.25.0", "2025-04-15")
-    assert firmware.sha256 == basefw.PINNED.sha256
-    assert firmware.offset == 0x1000 and firmware.flash_size == 4 * MiB
-    parts = {p.label: p for p in firmware.partitions}
+def test_identifies_the_official_release(official_firmware):
+    assert (official_firmware.chip, official_firmware.version, official_firmware.build_date) == (
+        "esp32", "v1.25.0", "2025-04-15")
+    assert official_firmware.sha256 == basefw.PINNED.sha256
+    assert official_firmware.offset == 0x1000 and official_firmware.flash_size == 4 * MiB
+    parts = {p.label: p for p in official_firmware.partitions}
     assert (parts["factory"].type, parts["factory"].offset) == (image.APP, 0x10000)
-    assert image.vfs_partition(firmware.partitions) == image.Partition("vfs", image.DATA, 0x81, 0x200000, 0x200000)
+    assert image.vfs_partition(official_firmware.partitions) == image.Partition("vfs", image.DATA, 0x81, 0x200000, 0x200000)
 
 
-def test_image_is_the_whole_flash_with_the_official_firmware_untouched(built, firmware):
+def test_image_is_the_whole_flash_with_the_official_firmware_untouched(built, official_firmware):
     data = built.read_bytes()
     assert len(data) == 4 * MiB
     assert data[:0x1000] == b"\xff" * 0x1000  # erased flash before the bootloader
-    assert data[0x1000:0x1000 + len(firmware.data)] == firmware.data
-    assert set(data[0x1000 + len(firmware.data):0x200000]) == {0xFF}
-    assert image.read_partition_table(data) == firmware.partitions
+    assert data[0x1000:0x1000 + len(official_firmware.data)] == official_firmware.data
+    assert set(data[0x1000 + len(official_firmware.data):0x200000]) == {0xFF}
+    assert image.read_partition_table(data) == official_firmware.partitions
     assert image.vfs_region(built) == (0x200000, 0x200000)
     assert 0 < image.free_bytes(data[0x200000:]) < 0x200000
 
 
-def test_a_whole_flash_image_is_identified_as_one_and_keeps_its_files(built, firmware, files):
+def test_a_whole_flash_image_is_identified_as_one_and_keeps_its_files(built, official_firmware, files):
     whole = basefw.identify(built)
     assert (whole.offset, whole.version, whole.flash_size, whole.partitions) == (0, "v1.25.0", 4 * MiB,
-                                                                                  firmware.partitions)
+                                                                                  official_firmware.partitions)
     # A run on it writes its files over the image's own, which stay (--image); a firmware starts afresh.
     again = whole.flash({"config.json": b"{}", "extra.txt": b"mine"}, keep=True)
     kept = image.read_vfs(again)
     assert kept["extra.txt"] == b"mine" and kept["config.json"] == b"{}" and kept["names.txt"] == files["names.txt"]
     assert again[:0x200000] == built.read_bytes()[:0x200000]
     assert image.read_vfs(whole.flash({"a": b"1"})) == {"a": b"1"}
-    erased = firmware.flash(None)  # a new board: MicroPython formats the partition at first boot
+    erased = official_firmware.flash(None)  # a new board: MicroPython formats the partition at first boot
     assert erased[:0x200000] == built.read_bytes()[:0x200000] and set(erased[0x200000:]) == {0xFF}
 
 
-def test_esptool_validates_bootloader_and_app(built, firmware, tmp_path):
+def test_esptool_validates_bootloader_and_app(built, official_firmware, tmp_path):
     data = built.read_bytes()
-    app = next(p for p in firmware.partitions if p.type == image.APP)
+    app = next(p for p in official_firmware.partitions if p.type == image.APP)
     assert_valid(esptool_image_info(data[app.offset:app.end], tmp_path / "app.bin"))
     assert_valid(esptool_image_info(data[0x1000:0x8000], tmp_path / "bootloader.bin"))
 
@@ -150,12 +151,12 @@ def test_filesystem_reads_back_byte_for_byte(built, files):
     assert image.read_vfs(built) == files
 
 
-def test_vm_mounts_the_image_filesystem(built, files, tmp_path):
+def test_vm_mounts_the_image_filesystem(built, files, tmp_path, micropython):
     data = built.read_bytes()
     offset, size = image.vfs_region(data)
     region = tmp_path / "vfs.bin"
     region.write_bytes(data[offset:offset + size])
-    r = run_vm('''
+    r = run_vm(micropython, '''
 import os, hashlib, binascii
 print(sorted(os.listdir("/flash")))
 print(binascii.hexlify(hashlib.sha256(open("/flash/names.txt", "rb").read()).digest()).decode())
@@ -177,12 +178,12 @@ except ValueError as e:
     assert {k: v for k, v in back.items() if k != "weights.bin"} == files
 
 
-def test_vm_imports_mpy_from_a_filesystem_we_built(tmp_path):
+def test_vm_imports_mpy_from_a_filesystem_we_built(tmp_path, micropython):
     source = tmp_path / "probe.py"
     source.write_text(PROBE)
     region = tmp_path / "vfs.bin"
-    region.write_bytes(image.build_fs(64 * image.BLOCK_SIZE, {"probe.mpy": mpy.compile_module(source, mpy.vm_target())}))
-    r = run_vm("import probe\nprint(probe.__file__, probe.double(21))", region)
+    region.write_bytes(image.build_fs(64 * image.BLOCK_SIZE, {"probe.mpy": mpy.compile_module(source, mpy.vm_target(micropython))}))
+    r = run_vm(micropython, "import probe\nprint(probe.__file__, probe.double(21))", region)
     assert (r.returncode, r.stdout) == (0, "/flash/probe.mpy 42\n"), r.stderr
 
 
@@ -259,8 +260,8 @@ def test_refuses_files_that_do_not_fit_and_says_by_how_much():
     refusal(image.build_fs, size + short - image.BLOCK_SIZE, files)  # ... and needed
 
 
-def test_refuses_a_dataset_larger_than_the_vfs_partition(firmware, names_path):
-    message = refusal(firmware.flash, {"names.txt": names_path.read_bytes() * 10})
+def test_refuses_a_dataset_larger_than_the_vfs_partition(official_firmware, names_path):
+    message = refusal(official_firmware.flash, {"names.txt": names_path.read_bytes() * 10})
     assert "vfs partition holds 2,097,152" in message and "bytes too many" in message
 
 
@@ -273,12 +274,6 @@ def test_reading_a_region_without_littlefs_is_refused():
 
 
 # --- the pinned download (file:// URLs: urllib's real code path, no network) ----------------------
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MICROGPT_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
 
 def test_fetch_downloads_once_into_the_cache(tmp_path, cache):
     release = basefw.Release(OFFICIAL.name, OFFICIAL.as_uri(), basefw.PINNED.sha256)

@@ -1,7 +1,8 @@
-"""The host package's layering (README.md, "How the code is laid out"): CLI → run pipeline →
+"""The host package's layering (docs/design.md, "How the code is laid out"): CLI → run pipeline →
 engines → image/payload → chip contract/errors. No module imports one above it, and every module
 imports on its own."""
 import ast
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ PACKAGE = ROOT / "microgpt"
 LAYERS = [
     ("chip contract/errors", ["chip", "errors", "fileio"]),
     ("image/payload", ["payload", "image", "basefw", "mpy", "dataset", "download", "qemu_install", "reference", "scalar", "natmod", "planner"]),
-    ("engines", ["engines", "rawrepl", "ports", "flash"]),
+    ("engines", ["engines", "rawrepl", "board", "ports", "flash"]),
     ("run pipeline", ["run", "uart", "report", "chip_speed"]),
     ("cli", ["cli"]),
 ]
@@ -50,6 +51,18 @@ def test_every_host_module_has_a_layer():
     assert [module for _, module in modules() if module != "microgpt" and level(module) is None] == []
 
 
+def test_the_design_notes_layer_table_is_this_one():
+    # docs/design.md's table names each layer's modules in backticks (`run.py`, `engines/`, `microgpt/cli/`).
+    rows = {}
+    for line in (ROOT / "docs" / "design.md").read_text().split("## How the code is laid out")[1].splitlines():
+        cells = line.split("|")
+        if len(cells) == 4 and cells[1].strip() not in ("layer", "---"):
+            names = (name.removeprefix("microgpt/").removesuffix("/").removesuffix(".py")
+                     for name in re.findall(r"`([^`]+)`", cells[2]))
+            rows[cells[1].strip().lower()] = sorted(name for name in names if name.split(".")[0] in LEVEL)
+    assert rows == {layer: sorted(names) for layer, names in LAYERS}
+
+
 def test_no_module_imports_from_a_layer_above_it():
     upward = []
     for path, module in modules():
@@ -68,9 +81,9 @@ def test_each_module_imports_on_its_own(module):
 
 def test_config_json_is_written_in_one_place_and_read_by_no_host_code():
     # The options decide what goes on the chip once (payload.build); the chip alone reads its config
-    # (engines/serial.py only names it to the board's sampler, firmware/infer.py, which reads it there).
+    # (board.py only names it to the board's sampler, firmware/infer.py, which reads it there).
     uses = [str(path.relative_to(ROOT)) for path, _ in modules() if "chip.CONFIG" in path.read_text()
             or '"config.json"' in path.read_text()]
-    assert uses == ["microgpt/engines/serial.py", "microgpt/payload.py"]
-    assert "read" not in next(line for line in (ROOT / "microgpt/engines/serial.py").read_text().splitlines()
+    assert uses == ["microgpt/board.py", "microgpt/payload.py"]
+    assert "read" not in next(line for line in (ROOT / "microgpt/board.py").read_text().splitlines()
                               if "chip.CONFIG" in line)

@@ -19,12 +19,12 @@ def source(tmp_path):
     return write
 
 
-def vm_import(mpy_bytes: bytes, tmp_path) -> subprocess.CompletedProcess:
+def vm_import(micropython: str, mpy_bytes: bytes, tmp_path) -> subprocess.CompletedProcess:
     """Import probe.mpy in the VM from a directory of its own (a probe.py beside it would win)."""
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "probe.mpy").write_bytes(mpy_bytes)
-    return subprocess.run(["micropython", "-c", f"import sys\nsys.path.insert(0, {str(lib)!r})\n"
+    return subprocess.run([micropython, "-c", f"import sys\nsys.path.insert(0, {str(lib)!r})\n"
                            "import probe\nprint(probe.double(21))"], capture_output=True, text=True, timeout=30)
 
 
@@ -36,8 +36,8 @@ def test_firmware_release_maps_to_its_mpy_version(release, version):
     assert mpy.firmware_target(release) == mpy.Target("firmware", release, version, "xtensawin", 31)
 
 
-def test_vm_target_is_asked_of_the_vm():
-    target = mpy.vm_target()
+def test_vm_target_is_asked_of_the_vm(micropython):
+    target = mpy.vm_target(micropython)
     assert (target.system, target.version, target.arch, target.small_int_bits) == ("MicroPython VM", (6, 3), "x64", 63)
 
 
@@ -51,16 +51,16 @@ def test_module_without_native_marks_is_portable_bytecode(source):
     assert mpy.parse_header(mpy.compile_module(source(BYTECODE), target)).arch is None
 
 
-def test_vm_module_imports_and_runs_in_the_vm(source, tmp_path):
-    r = vm_import(mpy.compile_module(source(NATIVE), mpy.vm_target()), tmp_path)
+def test_vm_module_imports_and_runs_in_the_vm(source, tmp_path, micropython):
+    r = vm_import(micropython, mpy.compile_module(source(NATIVE), mpy.vm_target(micropython)), tmp_path)
     assert (r.returncode, r.stdout) == (0, "42\n"), r.stdout + r.stderr
 
 
-def test_chip_code_refused_for_the_vm_as_the_vm_itself_refuses_it(source, tmp_path):
+def test_chip_code_refused_for_the_vm_as_the_vm_itself_refuses_it(source, tmp_path, micropython):
     chip = mpy.compile_module(source(NATIVE), mpy.firmware_target("v1.25.0"))
     with pytest.raises(BuildError, match="holds xtensawin machine code but MicroPython VM v.* runs x64"):
-        mpy.check_compatible(chip, mpy.vm_target())
-    assert "ValueError: incompatible .mpy arch" in vm_import(chip, tmp_path).stdout
+        mpy.check_compatible(chip, mpy.vm_target(micropython))
+    assert "ValueError: incompatible .mpy arch" in vm_import(micropython, chip, tmp_path).stdout
 
 
 def test_mpy_version_mismatch_is_refused_with_the_fix(source):
@@ -87,15 +87,15 @@ def test_syntax_errors_and_non_mpy_are_refused(source):
         mpy.firmware_target("v1.8.7")
 
 
-def test_auto_emit_is_native_only_in_a_vm_with_a_native_emitter():
+def test_auto_emit_is_native_only_in_a_vm_with_a_native_emitter(micropython):
     from microgpt import payload
 
-    chip, vm = mpy.firmware_target("v1.25.0"), mpy.vm_target()
+    chip, vm = mpy.firmware_target("v1.25.0"), mpy.vm_target(micropython)
     no_emitter = vm._replace(arch=None)  # e.g. the unix port on aarch64
     assert [payload.emit_for("auto", t) for t in (chip, vm, no_emitter)] == ["bytecode", "native", "bytecode"]
     assert payload.emit_for("native", chip) == "native"
     with pytest.raises(BuildError, match="use --emit bytecode"):
         payload.emit_for("native", no_emitter)
-    built = payload.build(payload.RunOptions(steps=2), ["emma"], no_emitter)
+    built = payload.build(payload.RunOptions(steps=2, val=0), ["emma"], no_emitter)
     assert (built.options.emit, built.options.kernels) == ("bytecode", "python")
     assert all(mpy.parse_header(blob).arch is None for name, blob in built.files.items() if name.endswith(".mpy"))

@@ -5,15 +5,9 @@ import json
 import os
 
 import pytest
-from click.testing import CliRunner
-from conftest import OFFICIAL_FIRMWARE
+from conftest import OFFICIAL_FIRMWARE, cli
 
 from microgpt.cli import main
-
-
-def cli(*args, input=None):
-    result = CliRunner().invoke(main, [str(a) for a in args], input=input)
-    return result.exit_code, result.output
 
 
 @pytest.mark.parametrize("engine, option, value", [
@@ -30,6 +24,12 @@ def test_an_option_the_engine_does_not_take_is_refused_not_dropped(names_path, e
 def test_an_option_the_mode_does_not_take_is_refused(tmp_path):
     code, out = cli("device", "run", "--mode", "upload", "--port", tmp_path / "tty", "--image", "x.bin")
     assert code == 2 and "--image does not apply to --mode upload" in out
+
+
+@pytest.mark.parametrize("command", [("sim", "run"), ("device", "run")])
+def test_a_renamed_option_names_its_new_name(command):
+    code, out = cli(*command, "--timeout", 5)
+    assert code == 2 and "No such option '--timeout': it is --silence now" in out, out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -87,10 +87,10 @@ def test_sample_refuses_weights_that_are_not_a_trained_model(tmp_path):
     assert code == 1 and "4,192 weights that are not numbers" in out and "aaaa" not in out
 
 
-def test_names_come_from_standard_input_with_a_dash(tmp_path):
+def test_names_come_from_standard_input_with_a_dash(tmp_path, micropython):
     report = tmp_path / "r" / "report.json"
-    code, out = cli("sim", "run", "--data", "-", "--steps", 3, "--samples", 0, "--report", report, "--quiet",
-                    input="emma\nolivia\nava\n")
+    code, out = cli("sim", "run", "--data", "-", "--steps", 3, "--samples", 0, "--val", 0, "--report", report, "--quiet",
+                    "--micropython", micropython, input="emma\nolivia\nava\n")
     assert code == 0, out
     assert json.loads(report.read_text())["config"]["docs"] == 3
 

@@ -11,7 +11,6 @@ from conftest import OFFICIAL_FIRMWARE, ROOT
 
 from microgpt import chip, payload, planner
 from microgpt.cli import main
-from microgpt.engines.host import find_micropython
 from microgpt.errors import PlanError
 
 # The VM allocates the model as the trainer does (train.main): the four big arrays, then GPT.
@@ -37,12 +36,12 @@ probe()
 """
 
 
-def vm(code, tmp_path, kernels):
+def vm(micropython, code, tmp_path, kernels):
     (tmp_path / "probe.py").write_text(code)
     if kernels == "c":
         (tmp_path / "cmodel.mpy").write_bytes(payload.cmodel_build("x64").read_bytes())
     path = f"{tmp_path}:{chip.FIRMWARE_DIR}"
-    out = subprocess.run([find_micropython(), "-X", f"heapsize={chip.ESP32_HEAP}", "-c",
+    out = subprocess.run([micropython, "-X", f"heapsize={chip.ESP32_HEAP}", "-c",
                           f"import sys; sys.path[:0] = {path.split(':')!r}; import probe"],
                          capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     return [int(x) for x in out.split() if x.isdigit()]
@@ -52,9 +51,9 @@ SHAPES = [chip.DEFAULT, chip.Shape(20, 4, 1, 8), chip.Shape(16, 2, 1, 16), chip.
           chip.Shape(12, 3, 3, 16), chip.Shape(64, 4, 1, 32)]
 
 
-def test_the_work_buffer_is_cmodels(tmp_path):
+def test_the_work_buffer_is_cmodels(tmp_path, micropython):
     asked = "".join(f"print(cmodel.shape({s.n_embd}, {s.n_head}, {s.n_layer}, {s.block_size}))\n" for s in SHAPES)
-    assert vm("import cmodel\n" + asked, tmp_path, "c") == [planner.work_floats(s) for s in SHAPES]
+    assert vm(micropython, "import cmodel\n" + asked, tmp_path, "c") == [planner.work_floats(s) for s in SHAPES]
 
 
 @pytest.mark.parametrize("shape, trains", [
@@ -69,8 +68,8 @@ def test_what_fits_is_what_trained_on_the_chip(shape, trains):
 
 
 @pytest.mark.parametrize("kernels, imports", [("c", "from cgpt import GPT"), ("python", "from model import GPT")])
-def test_the_arrays_are_what_the_vm_allocates(tmp_path, kernels, imports):
-    weights, model, attributes = vm(PROBE.format(imports=imports), tmp_path, kernels)
+def test_the_arrays_are_what_the_vm_allocates(tmp_path, kernels, imports, micropython):
+    weights, model, attributes = vm(micropython, PROBE.format(imports=imports), tmp_path, kernels)
     buffers = dict(planner.plan(chip.DEFAULT, kernels, payload.LOG_EVERY, planner.VM).buffers)
     assert weights == buffers["weights"] + buffers["gradients"]
     arrays = sum(size for what, size in buffers.items() if what.startswith(("C work", "logits", "model buffers")))
@@ -94,7 +93,7 @@ def test_the_chips_peak_with_the_micropython_kernels_and_two_layers_within_5_per
     report_path = tmp_path / "report.json"
     result = CliRunner().invoke(main, ["sim", "run", "--engine", "qemu", "--qemu", qemu, "--firmware",
                                        str(OFFICIAL_FIRMWARE), "--data", str(names_path), "--steps", str(steps),
-                                       "--samples", "2", "--kernels", "python", "--report", str(report_path),
+                                       "--samples", "2", "--kernels", "python", "--val", "20", "--report", str(report_path),
                                        "--quiet", "--n-embd", "8", "--n-head", "2", "--n-layer", "2",
                                        "--block-size", "8"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -151,14 +150,15 @@ def test_plan_exits_1_when_the_shape_does_not_fit_and_says_when_no_shape_fits():
     assert result.exit_code == 1 and "n_embd 18 must be a multiple of n_head 4" in result.output
 
 
-def test_readmes_heap_figures_are_the_planners():
-    # The figures are measured once, in planner.py; the README quotes them.
-    readme = " ".join((ROOT / "README.md").read_text().split())
+def test_the_docs_heap_figures_are_the_planners():
+    # The figures are measured once, in planner.py; the planner's model (docs/design.md) and the
+    # measurements (docs/measurements.md) quote them.
+    design, measured = (" ".join((ROOT / "docs" / name).read_text().split()) for name in ("design.md", "measurements.md"))
     assert (f"{planner.VM_MIN_HEAP['c']:,} B with the C kernels, {planner.VM_MIN_HEAP['python']:,} B with the "
-            "MicroPython ones compiled native") in readme
-    assert f"({planner.HEADROOM:,} B: the VM's smallest heap that trains less its peak" in readme
+            "MicroPython ones compiled native") in measured
+    assert f"({planner.HEADROOM:,} B: the VM's smallest heap that trains less its peak" in design
     calibrations = {"ESP32 in QEMU, C kernels (": planner.ESP32.measured["c"],
                     "ESP32 in QEMU, MicroPython kernels (": planner.ESP32.measured["python"],
                     "VM, C kernels (": planner.VM.measured["c"]}
     for row, peak in calibrations.items():
-        assert re.search(re.escape(row) + rf"[^|]*\| {peak:,} B \| {peak:,} B \(", readme), row
+        assert re.search(re.escape(row) + rf"[^|]*\| {peak:,} B \| {peak:,} B \(", measured), row

@@ -6,25 +6,22 @@ import json
 import re
 
 import pytest
-from click.testing import CliRunner
-from conftest import OFFICIAL_FIRMWARE
+from conftest import OFFICIAL_FIRMWARE, cli
+from test_val import AGREE, host_val_loss
 
 from microgpt import chip, chip_speed, payload, planner
-from microgpt.cli import main
 
 
 @pytest.fixture(scope="module")
 def chip_run(qemu, tmp_path_factory, names_path):
     """50 steps and 20 samples on the emulated ESP32, from an image built as a user builds it."""
     tmp = tmp_path_factory.mktemp("qemu")
-    common = ["--steps", "50", "--samples", "20", "--data", str(names_path), "--firmware", str(OFFICIAL_FIRMWARE)]
-    built = CliRunner().invoke(main, ["build", *common, "--out", str(tmp / "flash.bin")], catch_exceptions=False)
-    assert built.exit_code == 0, built.output
-    common.remove("--firmware")
-    common.remove(str(OFFICIAL_FIRMWARE))
-    result = CliRunner().invoke(main, ["sim", "run", "--engine", "qemu", "--qemu", qemu, "--image", str(tmp / "flash.bin"),
-                                       *common, "--report", str(tmp / "report.json"), "--quiet"], catch_exceptions=False)
-    return result.exit_code, result.output, json.loads((tmp / "report.json").read_text())
+    run = ("--steps", 50, "--samples", 20, "--data", names_path)
+    code, out = cli("build", *run, "--firmware", OFFICIAL_FIRMWARE, "--out", tmp / "flash.bin")
+    assert code == 0, out
+    code, out = cli("sim", "run", "--engine", "qemu", "--qemu", qemu, "--image", tmp / "flash.bin", *run,
+                    "--report", tmp / "report.json", "--quiet")
+    return code, out, json.loads((tmp / "report.json").read_text())
 
 
 def test_the_chip_trains_with_the_c_kernels_like_microgpt_py(chip_run, microgpt_losses):
@@ -39,10 +36,18 @@ def test_the_chip_trains_with_the_c_kernels_like_microgpt_py(chip_run, microgpt_
 def test_the_trained_weights_come_back_from_qemus_flash_and_replay_the_chips_names(chip_run):
     # `microgpt sample` with the chip's weights and seed draws the chip's names (float32 on both).
     report = chip_run[2]
-    result = CliRunner().invoke(main, ["sample", "--weights", report["weights"], "--count", "20"])
-    assert result.exit_code == 0
-    names = [(line.split(maxsplit=1) + [""])[1] for line in result.output.splitlines()]  # "NN name"
+    code, out = cli("sample", "--weights", report["weights"], "--count", 20)
+    assert code == 0, out
+    names = [(line.split(maxsplit=1) + [""])[1] for line in out.splitlines()]  # "NN name"
     assert names == report["samples"]
+
+
+def test_the_chips_held_out_loss_is_the_hosts_for_the_same_weights(chip_run, docs):
+    # Computed on the chip in float32 over the 1,000 held-out names, forward only; the host's in numpy.
+    report = chip_run[2]
+    host = host_val_loss(report, docs)
+    assert report["val_names"] == 1000 and abs(report["val_loss"] - host) <= AGREE, (report["val_loss"], host)
+    print(f"held-out loss after 50 steps: chip {report['val_loss']:.6f}, host {host:.6f}")
 
 
 def test_the_chips_heap_peaks_under_100_kb(chip_run):

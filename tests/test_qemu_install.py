@@ -1,6 +1,6 @@
 """`microgpt sim install-qemu`: Espressif's QEMU installed into the tool's cache, from archives in the
 release's layout (`qemu/bin/qemu-system-xtensa`, `qemu/share/qemu/…`) built here from the real QEMU
-in ../shared/qemu, served by a local HTTP server or given as files; then found by every QEMU command
+the tests run (../shared/qemu in CI), served by a local HTTP server or given as files; then found by every QEMU command
 with no --qemu, $QEMU_XTENSA or QEMU on PATH, and trained on (strict mode: the real chip)."""
 import functools
 import hashlib
@@ -12,10 +12,11 @@ import subprocess
 import sys
 import tarfile
 import threading
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import OFFICIAL_FIRMWARE, ROOT, missing_target
+from conftest import OFFICIAL_FIRMWARE
 from test_user_files import in_namespace, one_line_error
 
 from microgpt import qemu_install
@@ -24,7 +25,6 @@ from microgpt.engines.qemu import find_insn_plugin, find_qemu
 from microgpt.errors import MicrogptError
 from microgpt.qemu_install import BINARY
 
-SHARED_QEMU = ROOT.parent / "shared" / "qemu"  # Espressif's QEMU beside the checkout, never in it
 CLI = [sys.executable, "-c", "from microgpt.cli import main; main()"]
 
 
@@ -35,21 +35,24 @@ def release_modes(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def build_archive(path, *, libraries=True):
-    """A .tar.xz of ../shared/qemu in the release's layout; the insn plugin in qemu/plugins/ (Espressif's
-    release has none: a QEMU built with plugins has them beside it). `libraries`: its lib/libslirp.so.0,
-    which this build finds through its RUNPATH and which this machine lacks otherwise."""
-    if not (SHARED_QEMU / "bin" / BINARY).is_file():
-        missing_target(f"Espressif's QEMU is not at {SHARED_QEMU}: no release-layout archive to install")
+def build_archive(path, qemu, insn_plugin, *, libraries=True):
+    """A .tar.xz of the QEMU the tests run (`qemu`, in its tree bin/, share/ and lib/) in the release's layout; the
+    insn plugin in qemu/plugins/ (Espressif's release has none: a QEMU built with plugins has them beside it).
+    `libraries`: its lib/ (../shared/qemu's holds libslirp.so.0, found through its RUNPATH, which this machine
+    lacks otherwise)."""
+    tree = Path(qemu).resolve().parents[1]
+    parts = ["bin", "share"] + (["lib"] if libraries and (tree / "lib").is_dir() else [])
     with tarfile.open(path, "w:xz", preset=0) as tar:
-        for part in ["bin", "share", "plugins/libinsn.so"] + (["lib"] if libraries else []):
-            tar.add(SHARED_QEMU / part, f"qemu/{part}", filter=release_modes)
+        for part in parts:
+            tar.add(tree / part, f"qemu/{part}", filter=release_modes)
+        tar.add(insn_plugin, "qemu/plugins/libinsn.so", filter=release_modes)
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    return build_archive(tmp_path_factory.mktemp("release") / "qemu-xtensa-softmmu-test-x86_64-linux-gnu.tar.xz")
+def archive(tmp_path_factory, qemu, insn_plugin):
+    return build_archive(tmp_path_factory.mktemp("release") / "qemu-xtensa-softmmu-test-x86_64-linux-gnu.tar.xz",
+                         qemu, insn_plugin)
 
 
 @pytest.fixture
@@ -216,8 +219,8 @@ def test_two_installs_at_once_make_one(archive, cache):
     assert subprocess.run([find_qemu(), "--version"], capture_output=True).returncode == 0
 
 
-def test_missing_libraries_are_named_with_the_install_command(tmp_path, cache):
-    path, sha256 = build_archive(tmp_path / "no-libs.tar.xz", libraries=False)
+def test_missing_libraries_are_named_with_the_install_command(tmp_path, qemu, insn_plugin, cache):
+    path, sha256 = build_archive(tmp_path / "no-libs.tar.xz", qemu, insn_plugin, libraries=False)
     result = install_qemu("--archive", path, "--sha256", sha256)
     if result.exit_code == 0:
         pytest.skip("this machine has libslirp0: the QEMU without its lib/ starts here")

@@ -11,12 +11,15 @@ import re
 import sys
 from pathlib import Path
 
+from conftest import step_record
+
 from microgpt import mpy, payload
 from microgpt.cli.progress import Terminal
 from microgpt.engines import Engine, split_lines
 from microgpt.errors import EngineError
 from microgpt.report import from_log
 from microgpt.run import RunDir, run
+from microgpt.uart import UartParser
 
 LOGS = Path(__file__).parent / "data" / "uart"
 VM = mpy.Target("MicroPython VM", "v1.29.0", (6, 3), "x64", 63)
@@ -69,7 +72,7 @@ def replay(name, tmp_path, steps=None, display=None, **kw):
     engine = Replay(data, **kw)
     rundir = RunDir(tmp_path / "out" / "run.json")
     with rundir.claim():
-        report = run(engine, rundir, payload.RunOptions(steps=steps or steps_of(data)), DOCS, display=display)
+        report = run(engine, rundir, payload.RunOptions(val=0, steps=steps or steps_of(data)), DOCS, display=display)
     assert engine.closed == 1
     return report, rundir.uart_log.read_bytes()
 
@@ -78,11 +81,13 @@ def test_the_payload_is_built_once_for_the_engines_target_and_placed(tmp_path):
     engine = Replay((LOGS / "vm_ok.log").read_bytes())
     rundir = RunDir(tmp_path / "run.json")
     with rundir.claim():
-        run(engine, rundir, payload.RunOptions(steps=20, kernels="python"), DOCS)
+        run(engine, rundir, payload.RunOptions(val=0, steps=20, kernels="python"), DOCS)
     placed = engine.placed
     assert placed.target == VM and placed.options.emit == "native" and placed.options.kernels == "python"
     config = json.loads(placed.files["config.json"])
     assert config["steps"] == 20 and config["emit"] == "native" and config["docs"] == 5
+    # log_every (25 by default) is resolved once, here: at most the run's steps, for the chip and the parser.
+    assert placed.options.log_every == config["log_every"] == 20
     assert all(mpy.parse_header(blob).arch in (None, "x64") for name, blob in placed.files.items() if name.endswith(".mpy"))
 
 
@@ -111,7 +116,7 @@ def test_each_line_is_on_disk_before_the_next_arrives(tmp_path):
     rundir = RunDir(tmp_path / "run.json")
     log_path = rundir.uart_log
     with rundir.claim():
-        report = run(Watched((LOGS / "reset_resume.log").read_bytes()), rundir, payload.RunOptions(steps=30), DOCS)
+        report = run(Watched((LOGS / "reset_resume.log").read_bytes()), rundir, payload.RunOptions(val=0, steps=30), DOCS)
     assert report.status == "ok"
     assert len(seen) == 42  # all lines up to the end record, which stops the run
 
@@ -129,7 +134,7 @@ def test_stops_after_the_traceback(tmp_path):
     engine = Replay(data)
     rundir = RunDir(tmp_path / "run.json")
     with rundir.claim():
-        report = run(engine, rundir, payload.RunOptions(steps=20), DOCS)
+        report = run(engine, rundir, payload.RunOptions(val=0, steps=20), DOCS)
     assert rundir.uart_log.read_bytes().endswith(b"allocating 16768 bytes\nMicroPython v1.25.0 on 2025-04-15\n")
     assert report.error.startswith("MemoryError") and engine.closed == 1
 
@@ -178,7 +183,7 @@ def test_terminal_without_tty_prints_progress_every_tenth(tmp_path, capsys):
     # The loss shown is the running mean over the window (all of a run this short), not one name's.
     assert progress[-1].startswith("step 20/20 ▕████████████████████▏ loss 3.10 (mean of last 20)  4.6 ms/step")
     assert progress[0] == "step 1/20 ▕█···················▏ loss 3.37 (mean of last 1)  5.3 ms/step"
-    assert re.search(r"  \d+ s left$", progress[5])  # the time left, from the pace so far
+    assert re.search(r"  (<1|\d+) s left$", progress[5])  # the time left, from the pace so far
     assert "MGPT sample 1 ieodnne" in out and not any("MGPT step" in line for line in out)
     assert out[0].startswith("MGPT start") and out[-1].startswith("MGPT end")
 
@@ -191,3 +196,15 @@ def test_terminal_with_tty_redraws_one_line(tmp_path, capsys, monkeypatch):
     assert "\rstep 20/20 ▕████████████████████▏ loss 3.10 (mean of last 20)  183.0 ms/step" in out
     assert "\nMGPT sample 1 ieodnne\n" in out and "\r\n" not in out  # progress line ended, CRs not echoed
     assert "rst:0x1 (POWERON_RESET)" in out
+
+
+def test_progress_of_a_fast_run_shows_what_is_known_not_zeros(capsys):
+    # The VM's steps take hundredths of a millisecond and the run ends within a second.
+    parser, terminal = UartParser(100), Terminal()
+    lines = ["MGPT start v=2 params=4192 steps=100 seed=42 log_every=25",
+             *(step_record(n, *[3.0] * 25, ms=ms) for n, ms in ((25, 0.03), (50, 0.7), (75, 0.0), (100, 0.12)))]
+    for line in lines:
+        terminal.show(line.encode(), parser.feed(line.encode()))
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split(")", 1)[1] for line in progress] == [
+        "  0.03 ms/step", "  0.7 ms/step  <1 s left", "  <1 s left", "  0.12 ms/step"]

@@ -4,11 +4,9 @@ what the image held); the image file itself is never written."""
 import json
 
 import pytest
-from click.testing import CliRunner
-from conftest import OFFICIAL_FIRMWARE
+from conftest import OFFICIAL_FIRMWARE, cli
 
 from microgpt import image, mpy
-from microgpt.cli import main
 
 
 @pytest.fixture
@@ -16,9 +14,8 @@ def built(tmp_path, names_path):
     out = tmp_path / "build" / "flash.bin"
 
     def build(*args):
-        result = CliRunner().invoke(main, ["build", "--firmware", str(OFFICIAL_FIRMWARE), "--data", str(names_path),
-                                           "--out", str(out), *map(str, args)], catch_exceptions=False)
-        assert result.exit_code == 0, result.output
+        code, output = cli("build", "--firmware", OFFICIAL_FIRMWARE, "--data", names_path, "--out", out, *args)
+        assert code == 0, output
         return out
 
     return build
@@ -61,9 +58,8 @@ def test_the_runs_options_decide_what_runs_not_the_image(built, sim_run, tmp_pat
 def test_a_whole_image_given_as_firmware_builds_on_its_firmware(built, tmp_path, names_path):
     first = built("--steps", 3)
     again = tmp_path / "again.bin"
-    result = CliRunner().invoke(main, ["build", "--firmware", str(first), "--data", str(names_path), "--steps", "7",
-                                       "--out", str(again)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    code, output = cli("build", "--firmware", first, "--data", names_path, "--steps", 7, "--out", again)
+    assert code == 0, output
     assert json.loads(image.read_vfs(again)["config.json"])["steps"] == 7
     assert again.read_bytes()[:0x200000] == first.read_bytes()[:0x200000]  # the same firmware and table
 
@@ -82,6 +78,6 @@ def test_host_sampling_from_the_weights_replays_the_chips_names(sim_run, init):
     # Whatever --init drew on the chip, its samples come from a PRNG seeded afresh with --seed.
     code, out, report = sim_run("--steps", 20, "--samples", 5, "--seed", 7, "--init", init)
     assert code == 0, out
-    result = CliRunner().invoke(main, ["sample", "--weights", report["weights"], "--count", "5", "--seed", "7"])
-    assert result.exit_code == 0, result.output
-    assert [line[3:] for line in result.output.splitlines()] == report["samples"]  # "NN name"
+    code, output = cli("sample", "--weights", report["weights"], "--count", 5, "--seed", 7)
+    assert code == 0, output
+    assert [line[3:] for line in output.splitlines()] == report["samples"]  # "NN name"

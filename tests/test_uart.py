@@ -15,9 +15,10 @@ from microgpt.uart import UartParser
 LOGS = Path(__file__).parent / "data" / "uart"
 REPORT_KEYS = {
     "engine", "status", "error", "interrupted", "steps", "params", "shape", "losses", "samples", "loss_mean", "loss_window",
+    "val_loss", "val_names",
     "ms_per_step", "peak_heap_bytes", "uart_log", "config", "boots", "resumed_from", "checkpoints",
     "checkpoints_rejected", "heap_total", "platform", "emit", "kernels", "freq_mhz", "ms_train",
-    "peak_src", "alloc_per_step", "bad_records", "weights", "loss_curve",
+    "peak_src", "alloc_per_step", "bad_records", "weights", "loss_curve", "resume_step",
 }
 START = ("MGPT start v=2 params=4192 steps={steps} seed=42 init=microgpt docs=32033 log_every={every} ckpt_every=0"
          " samples=2 temp=0.5 lr=0.01 platform=linux impl=1.29.0 emit=bytecode freq_mhz=none"
@@ -321,6 +322,14 @@ def test_a_chip_running_another_configuration_is_stale():
     assert parser.finished
     assert "1000-step configuration but 50 steps were asked" in report_of(parser.state(), "serial", None).error
     assert parse_lines([start(1), step(1, 3.0), end(1)]).status == "ok"
+
+
+def test_a_step_record_longer_than_the_payloads_log_every_is_garbled():
+    # The parser takes the run's steps and log_every from its payload, not from what the chip says.
+    parser = UartParser(expect_steps=10, log_every=2)
+    for line in [start(10, every=5), step(2, 3.0, 2.0), step(5, 3.0, 2.0, 1.0)]:
+        parser.feed(line)
+    assert parser.bad_records == 1 and parser.state().losses == [3.0, 2.0]
 
 
 # --- fuzzing: any bytes, never an exception, always a complete report ------------------------

@@ -11,13 +11,19 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from conftest import OFFICIAL_FIRMWARE as FIRMWARE
+from conftest import signals, wait_for_record
 
+from microgpt import payload
 from microgpt.cli import main
+from microgpt.cli.options import launch
+from microgpt.engines.host import HostEngine
 from microgpt.errors import OutputError
-from microgpt.run import RunDir
+from microgpt.payload import RunOptions
+from microgpt.run import RunDir, run
 
 CLI = [sys.executable, "-c", "from microgpt.cli import main; main()"]
 REFUSALS = ("in use by another run", "belongs to an earlier run")  # the claim's two ways to refuse a run
@@ -66,7 +72,7 @@ def test_every_file_of_a_run_is_named_after_its_report_with_absolute_paths(sim_r
     assert sorted(p.name for p in here.iterdir()) == ["mine.json", "mine.png", "mine.uart.log", "mine.weights.bin"]
 
 
-def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, tmp_path):
+def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, docs, micropython, tmp_path):
     report = tmp_path / "run" / "report.json"
     code, out, ok = sim_run("--steps", 3, "--samples", 0, report=report)
     assert code == 0, out
@@ -75,12 +81,19 @@ def test_an_earlier_run_is_never_replaced_unless_asked(sim_run, tmp_path):
     code, out, _ = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, report=report)
     assert code != 0 and "belongs to an earlier run" in out and "--overwrite" in out
     assert {p.name: p.read_bytes() for p in report.parent.iterdir()} == before
-    # Told to replace it, the failed run leaves no weights that could pass for its own.
-    code, out, failed = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, "--overwrite", report=report)
-    assert code != 0 and failed["status"] == "error" and failed["weights"] is None
+    # Told to replace it, a run refused before it starts (a heap the planner knows is too small) replaces nothing.
+    code, out, _ = sim_run("--steps", 3, "--samples", 0, "--heap", 20000, "--overwrite", report=report)
+    assert code != 0 and {p.name: p.read_bytes() for p in report.parent.iterdir()} == before
+    # One that starts and fails (a MemoryError: a heap above the planned peak, below what the collector needs, run
+    # as scripts/bench.py runs it, asking no headroom) leaves no weights that could pass for its own.
+    with RunDir(report).claim(overwrite=True) as rundir:
+        engine = HostEngine(rundir.work, heap=93_000, headroom=0, micropython=micropython)
+        failed = run(engine, rundir, RunOptions(steps=3, samples=0), docs).to_json()
+    assert failed["status"] == "error" and "MemoryError" in failed["error"] and failed["weights"] is None
     assert not report.with_name("report.weights.bin").exists()
 
 
+@pytest.mark.usefixtures("micropython")
 def test_runs_aimed_at_one_report_never_mix(names_path, tmp_path):
     # Four runs with different seeds started at once at one report path: one runs, the others are
     # refused at once; the report, log and weights left are all the winner's.
@@ -133,15 +146,13 @@ def test_claims_started_together_let_exactly_one_run(tmp_path):
         assert sorted(p.name for p in report.parent.iterdir()) == ["report.json"]
 
 
+@pytest.mark.usefixtures("micropython")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_path, sig):
     report = tmp_path / "run" / "report.json"
     proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 1000, "--samples", 0),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = report.with_suffix(".uart.log")
-    deadline = time.monotonic() + 60
-    while b"MGPT step" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
-        time.sleep(0.1)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=signals())
+    wait_for_record(report, b"MGPT step", 60)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, out  # as a shell reports a process ended by that signal
@@ -151,16 +162,31 @@ def test_an_interrupted_run_keeps_its_report_naming_the_signal(names_path, tmp_p
     assert f"interrupted by {name}" in out and saved["steps"] >= 1
 
 
+def test_signals_ignored_at_start_stay_ignored(names_path, tmp_path):
+    # `nohup microgpt sim run ... &`: the terminal closing (SIGHUP) or a Ctrl-C in it must not end the run.
+    report = tmp_path / "run" / "report.json"
+    proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 150, "--samples", 0),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=signals(ignored=(signal.SIGHUP, signal.SIGINT)))
+    wait_for_record(report, b"MGPT step", 60)
+    assert proc.poll() is None, "the run ended before the signals came"
+    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    saved = json.loads(report.read_text())
+    assert saved["status"] == "ok" and saved["interrupted"] is None and saved["steps"] == 150
+
+
+@pytest.mark.slow
 def test_a_cut_run_resumes_to_the_same_result_as_an_uninterrupted_one(names_path, tmp_path, sim_run):
     args = ("--steps", 300, "--samples", 5, "--ckpt-every", 50, "--kernels", "python")
     code, out, whole = sim_run(*args, report=tmp_path / "whole" / "report.json")
     assert code == 0, out
     report = tmp_path / "cut" / "report.json"
-    proc = subprocess.Popen(sim(names_path, report, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = report.with_suffix(".uart.log")
-    deadline = time.monotonic() + 120
-    while b"MGPT ckpt step=100" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = subprocess.Popen(sim(names_path, report, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=signals())
+    wait_for_record(report, b"MGPT ckpt step=100", 120)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "continue it with --resume" in out, out
@@ -178,6 +204,38 @@ def test_a_cut_run_resumes_to_the_same_result_as_an_uninterrupted_one(names_path
     assert not report.with_suffix(".work").exists()  # finished: nothing left to resume
     again = CliRunner().invoke(main, ["sim", "run", "--resume", str(report.parent)])
     assert again.exit_code != 0 and "no run to resume" in again.output
+
+
+class CutAfterCheckpoint(HostEngine):
+    """The VM, cut once it has written checkpoint `at`, before its record of it reached the host
+    (the line in flight is lost, as in a power cut or a Ctrl-C)."""
+
+    def __init__(self, at, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def lines(self):
+        for line in super().lines():
+            if line.startswith(b"MGPT ckpt step=%d" % self.at):
+                return
+            yield line
+
+
+def test_a_cut_run_names_the_checkpoint_it_resumes_from(names_path, tmp_path, capsys):
+    # The UART's last ckpt record says 20, the VM's flash holds 40: the message and --resume both
+    # take the flash's, the one the trainer loads.
+    rundir = RunDir(tmp_path / "cut" / "report.json")
+    options = payload.RunOptions(steps=60, samples=0, log_every=5, ckpt_every=20, kernels="python")
+    with rundir.claim(), pytest.raises(click.ClickException, match="the run stopped after step 40 of 60"):
+        launch(CutAfterCheckpoint(40, rundir.work), rundir, options, names_path, quiet=True)
+    said = capsys.readouterr().err
+    cut = json.loads(rundir.report.read_text())
+    assert cut["checkpoints"] == [20] and cut["resume_step"] == 40
+    assert f"its last checkpoint is step 40: continue it with --resume {rundir.report.parent}\n" in said
+    result = CliRunner().invoke(main, ["sim", "run", "--resume", str(rundir.report.parent), "--quiet"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(rundir.report.read_text())["resumed_from"] == 40
 
 
 # --- full and read-only disks: run the real CLI in a mount namespace with a small tmpfs ---------
@@ -200,6 +258,7 @@ def one_line_error(result) -> str:
     return err.splitlines()[-1]
 
 
+@pytest.mark.usefixtures("micropython")  # the run asks the VM what it imports before it writes
 def test_a_full_disk_is_one_line_naming_the_path_and_leaves_no_partial_file(names_path, tmp_path):
     (tmp_path / "full").mkdir()
     result = in_namespace(
@@ -236,3 +295,107 @@ def test_a_report_path_that_is_not_utf8_is_refused_in_one_line(names_path, tmp_p
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "must be UTF-8" in proc.stderr, proc.stderr
 
+
+
+# --- outputs never replace what is there unasked; a refused run writes nothing --------------------
+
+def test_build_refuses_to_replace_a_file_it_would_write_unless_told(names_path, tmp_path):
+    # The image's manifest goes beside it as .json: `--out myrun.bin` would replace the report
+    # myrun.json; `--out myrun.weights.bin` the trained weights.
+    (tmp_path / "myrun.json").write_text('{"a": "report"}')
+    (tmp_path / "myrun.weights.bin").write_bytes(b"trained")
+    build = ["build", "--data", str(names_path), "--steps", "3", "--firmware", str(FIRMWARE)]
+    for out in ("myrun.bin", "myrun.weights.bin"):
+        result = CliRunner().invoke(main, [*build, "--out", str(tmp_path / out)])
+        assert result.exit_code != 0 and "--overwrite to replace them" in result.output, result.output
+    assert (tmp_path / "myrun.json").read_text() == '{"a": "report"}'
+    assert (tmp_path / "myrun.weights.bin").read_bytes() == b"trained"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["myrun.json", "myrun.weights.bin"]
+    result = CliRunner().invoke(main, [*build, "--out", str(tmp_path / "myrun.bin"), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "myrun.json").read_text())["image"] == str(tmp_path / "myrun.bin")
+
+
+def test_files_written_together_are_all_written_or_none(tmp_path):
+    from microgpt.fileio import write_together
+
+    image, manifest = tmp_path / "flash.bin", tmp_path / "gone" / "flash.json"
+    image.write_bytes(b"earlier")
+    with pytest.raises(OutputError, match="gone"):
+        write_together({image: b"new image", manifest: b"{}"})
+    assert image.read_bytes() == b"earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["flash.bin"]
+
+
+@pytest.mark.parametrize("args", [("--kernels", "c", "--n-embd", 68), ("--block-size", 256), ("--n-embd", 24)])
+def test_a_shape_the_chip_cannot_run_is_refused_before_anything_is_written(sim_run, tmp_path, args):
+    fresh = tmp_path / "fresh" / "r.json"
+    code, out, saved = sim_run("--steps", 2, "--samples", 0, *args, report=fresh)
+    assert code != 0 and "run failed" not in out and saved is None, out
+    assert not fresh.parent.exists()  # no report, log, nor r.work/lock: the same --report is free
+    # Over an earlier run, --overwrite replaces it only once a run starts: the refused one loses nothing.
+    report = tmp_path / "earlier" / "r.json"
+    code, out, _ = sim_run("--steps", 3, "--samples", 0, report=report)
+    assert code == 0, out
+    before = {p.name: p.read_bytes() for p in report.parent.iterdir()}
+    code, out, _ = sim_run("--steps", 2, "--samples", 0, "--overwrite", *args, report=report)
+    assert code != 0 and "run failed" not in out, out
+    assert {p.name: p.read_bytes() for p in report.parent.iterdir()} == before
+
+
+def test_a_directory_named_like_the_work_directory_that_this_tool_did_not_make_is_refused(sim_run, tmp_path):
+    theirs = tmp_path / "r.work"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    code, out, saved = sim_run("--steps", 2, "--samples", 0, report=tmp_path / "r.json")
+    assert code != 0 and "did not make" in out and saved is None, out
+    assert (theirs / "notes.txt").read_text() == "mine"
+    # A symlink is never followed, not even to replace an earlier run.
+    theirs.rename(tmp_path / "elsewhere")
+    theirs.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "r.json").write_text("{}")
+    code, out, _ = sim_run("--steps", 2, "--samples", 0, "--overwrite", report=tmp_path / "r.json")
+    assert code != 0 and "is a symlink" in out, out
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["notes.txt"]
+    assert (tmp_path / "r.json").read_text() == "{}"
+
+
+def test_a_report_under_a_file_says_so(sim_run, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    code, out, _ = sim_run("--steps", 2, report=tmp_path / "afile" / "r.json")
+    assert code != 0 and "a file stands where a directory is needed" in out, out
+
+
+def test_a_signal_while_a_run_claims_its_report_leaves_nothing(names_path, tmp_path):
+    # SIGTERM sent at the claim's most delicate moment: its lock taken, the earlier run not yet checked.
+    script = ("import os, signal\nfrom microgpt.run import RunDir\ncheck = RunDir._check\n"
+              "def _check(self, *a):\n    os.kill(os.getpid(), signal.SIGTERM)\n    check(self, *a)\n"
+              "RunDir._check = _check\nfrom microgpt.cli import main\nmain()")
+    report = tmp_path / "r" / "r.json"
+    proc = subprocess.run([sys.executable, "-c", script, "sim", "run", "--data", str(names_path), "--steps", "2",
+                           "--report", str(report)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "interrupted by SIGTERM" in proc.stderr, proc
+    assert "Traceback" not in proc.stderr and not report.parent.exists()
+
+
+def test_resuming_a_run_without_checkpoints_says_it_starts_again_and_finds_its_report(names_path, tmp_path):
+    # A run cut with no --ckpt-every, its report not named report.json: --resume DIR finds it, and
+    # says (and the report says: resumed_from 0) that it starts again from step 1.
+    report = tmp_path / "cut" / "mine.json"
+    proc = subprocess.Popen(sim(names_path, report, "--kernels", "python", "--steps", 200, "--samples", 0),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=signals())
+    wait_for_record(report, b"MGPT step", 60)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and json.loads(report.read_text())["checkpoints"] == [], out
+    result = CliRunner().invoke(main, ["sim", "run", "--resume", str(report.parent), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0 and "it starts again from step 1" in result.output, result.output
+    resumed = json.loads(report.read_text())
+    assert resumed["status"] == "ok" and resumed["steps"] == 200 and resumed["resumed_from"] == 0
+
+
+def test_resume_of_a_directory_with_two_cut_runs_asks_which(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.work").mkdir()
+        (tmp_path / f"{name}.work" / "run.json").write_text("{}")
+    result = CliRunner().invoke(main, ["sim", "run", "--resume", str(tmp_path)])
+    assert result.exit_code != 0 and "holds 2 cut runs (a.json, b.json): name one" in result.output, result.output

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import OFFICIAL_FIRMWARE
+from conftest import OFFICIAL_FIRMWARE, signals, wait_for_record
 from test_user_files import in_namespace
 
 from microgpt import reference
 from microgpt.cli import main
-from microgpt.engines.qemu import VirtualBoard, qemu_argv
+from microgpt.engines.qemu import qemu_argv
 
 CLI = [sys.executable, "-c", "from microgpt.cli import main; main()"]
 
@@ -34,28 +34,15 @@ def device(*args, timeout=600):
 def device_running(*args):
     """`microgpt device ARGS` started, to be cut while it runs."""
     return subprocess.Popen([*CLI, "device", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=signals())
 
 
 @pytest.fixture(scope="module")
-def board(qemu, board_flash, tmp_path_factory):
-    """One virtual board for the module (a new board's flash: the official firmware, empty filesystem)."""
-    import shutil
-
-    flash = tmp_path_factory.mktemp("board") / "board.bin"
-    shutil.copy(board_flash, flash)
-    virtual = VirtualBoard(flash, qemu=qemu)
-    virtual.start()
-    yield virtual
-    virtual.stop()
-
-
-@pytest.fixture(scope="module")
-def trained(board, names_path, tmp_path_factory):
+def trained(virtual_board, names_path, tmp_path_factory):
     """50 steps and 20 samples trained on the virtual board, uploaded as to a board on USB."""
     report = tmp_path_factory.mktemp("run") / "report.json"
     t0 = time.monotonic()
-    code, out = device("run", "--mode", "upload", "--port", board.port, "--steps", 50, "--samples", 20,
+    code, out = device("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 50, "--samples", 20,
                        "--data", names_path, "--report", report, "--quiet")
     print(f"upload + 50 steps + read-back on the virtual board: {time.monotonic() - t0:.1f} s")
     return code, out, json.loads(report.read_text())
@@ -71,35 +58,43 @@ def test_upload_trains_on_the_real_firmware_like_microgpt_py(trained, microgpt_l
     assert len(report["samples"]) == 20 and all(re.fullmatch("[a-z]*", s) for s in report["samples"])
 
 
-def test_pull_returns_the_runs_weights_and_they_replay_the_chips_names(trained, board, tmp_path):
+@pytest.fixture(scope="module")
+def pulled(trained, virtual_board, tmp_path_factory):
+    """`device pull` of the trained run's weights -> (exit code, output, the file pulled)."""
+    path = tmp_path_factory.mktemp("pull") / "pulled.bin"
+    code, out = device("pull", "--port", virtual_board.port, "--out", path)
+    return code, out, path
+
+
+def test_pull_returns_the_runs_weights_and_they_replay_the_chips_names(trained, pulled):
     report = trained[2]
-    code, out = device("pull", "--port", board.port, "--out", tmp_path / "pulled.bin")
+    code, out, path = pulled
     assert code == 0, out
-    assert (tmp_path / "pulled.bin").read_bytes() == Path(report["weights"]).read_bytes()
-    result = CliRunner().invoke(main, ["sample", "--weights", str(tmp_path / "pulled.bin"), "--count", "20"])
+    assert path.read_bytes() == Path(report["weights"]).read_bytes()
+    result = CliRunner().invoke(main, ["sample", "--weights", str(path), "--count", "20"])
     assert [line[3:] for line in result.output.splitlines()] == report["samples"]
 
 
-def test_mpremote_sees_what_the_run_left_on_the_board(board, trained):
+def test_mpremote_sees_what_the_run_left_on_the_board(virtual_board, trained):
     # The virtual board is a board to other tools too: mpremote lists the trainer's files.
-    proc = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.port, "fs", "ls"],
+    proc = subprocess.run([sys.executable, "-m", "mpremote", "connect", virtual_board.port, "fs", "ls"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "weights.bin" in proc.stdout and "names.txt" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_the_board_samples_on_demand_what_the_host_samples(trained, board, tmp_path):
+def test_the_board_samples_on_demand_what_the_host_samples(trained, virtual_board, pulled):
     # Names made on the emulated chip (float32, the C kernels) from the weights on its flash, with
     # and without a prefix: the host's, from the same weights pulled.
     assert trained[0] == 0
-    code, out = device("pull", "--port", board.port, "--out", tmp_path / "pulled.bin")
+    code, out, path = pulled
     assert code == 0, out
     for args in ((), ("--prefix", "ka", "--seed", 7, "--temperature", 0.8),
                  ("--temperature", repr(reference.MIN_TEMPERATURE))):  # the least float32 takes: greedy
         t0 = time.monotonic()
-        code, on_board = device("sample", "--port", board.port, "--count", 20, *args)
+        code, on_board = device("sample", "--port", virtual_board.port, "--count", 20, *args)
         print(f"device sample {' '.join(map(str, args))}: {time.monotonic() - t0:.1f} s")
         assert code == 0, on_board
-        on_host = CliRunner().invoke(main, ["sample", "--weights", str(tmp_path / "pulled.bin"), "--count", "20",
+        on_host = CliRunner().invoke(main, ["sample", "--weights", str(path), "--count", "20",
                                             *map(str, args)])
         assert on_board == on_host.output and len(on_board.splitlines()) == 20
         assert all(line[3:].startswith("ka") for line in on_board.splitlines()) or "--prefix" not in args
@@ -107,16 +102,16 @@ def test_the_board_samples_on_demand_what_the_host_samples(trained, board, tmp_p
         assert len({line[3:] for line in on_board.splitlines()}) == 1 or not greedy  # every draw the likeliest
 
 
-def test_upload_1000_steps_and_pull_in_a_minute(trained, board, names_path, microgpt_losses, tmp_path):
+def test_upload_1000_steps_and_pull_in_a_minute(trained, virtual_board, names_path, microgpt_losses, tmp_path):
     # The whole path a user takes with a board: upload (the trainer is on the board already from
     # the run above, so the run's own files go), 1,000 steps, the weights read back, and a pull.
     report = tmp_path / "long" / "report.json"
     t0 = time.monotonic()
-    code, out = device("run", "--mode", "upload", "--port", board.port, "--steps", 1000, "--data", names_path,
+    code, out = device("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 1000, "--data", names_path,
                        "--report", report, "--quiet")
     t_run = time.monotonic() - t0
     assert code == 0, out
-    code, out = device("pull", "--port", board.port, "--out", tmp_path / "pulled.bin")
+    code, out = device("pull", "--port", virtual_board.port, "--out", tmp_path / "pulled.bin")
     wall = time.monotonic() - t0
     print(f"virtual board: upload + 1,000 steps + read-back {t_run:.1f} s, with a pull {wall:.1f} s")
     assert code == 0, out
@@ -128,39 +123,59 @@ def test_upload_1000_steps_and_pull_in_a_minute(trained, board, names_path, micr
     assert wall < 180  # the goal is a minute on an idle host; this bounds a busy one
 
 
-def test_a_power_cut_mid_run_resumes_to_the_uninterrupted_result(trained, board, names_path, tmp_path):
+def test_a_power_cut_mid_run_resumes_to_the_uninterrupted_result(trained, virtual_board, names_path, tmp_path):
     report = tmp_path / "cut" / "report.json"
     # One checkpoint (each costs the emulated flash seconds), then the power goes.
-    run = device_running("run", "--mode", "upload", "--port", board.port, "--steps", 50, "--samples", 20,
+    run = device_running("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 50, "--samples", 20,
                          "--ckpt-every", 30, "--data", names_path, "--report", report, "--quiet")
-    log = report.with_suffix(".uart.log")
-    deadline = time.monotonic() + 600
-    while b"MGPT ckpt step=30" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    board.kill()  # the power goes: QEMU dies at once; its flash file keeps what the chip had written
+    wait_for_record(report, b"MGPT ckpt step=30", 600)
+    virtual_board.kill()  # the power goes: QEMU dies at once; its flash file keeps what the chip had written
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 1 and "continue it with --resume" in out, out
-    board.start()  # power back on, on the same flash
-    code, out = device("run", "--resume", report.parent, "--port", board.port, "--quiet")
+    virtual_board.start()  # power back on, on the same flash
+    code, out = device("run", "--resume", report.parent, "--port", virtual_board.port, "--quiet")
     assert code == 0, out
     resumed, whole = json.loads(report.read_text()), trained[2]
     assert resumed["resumed_from"] == 30 and resumed["boots"] == 2
     assert resumed["losses"] == whole["losses"] and resumed["samples"] == whole["samples"]
 
 
-def test_ctrl_c_leaves_the_board_usable(trained, board, names_path, tmp_path):
+def test_ctrl_c_leaves_the_board_usable(trained, virtual_board, names_path, tmp_path):
     report = tmp_path / "stopped" / "report.json"
-    run = device_running("run", "--mode", "upload", "--port", board.port, "--steps", 1000, "--samples", 0,
+    run = device_running("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 1000, "--samples", 0,
                          "--data", names_path, "--report", report, "--quiet")
-    log = report.with_suffix(".uart.log")
-    deadline = time.monotonic() + 600
-    while b"MGPT step n=" not in (log.read_bytes() if log.exists() else b"") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_record(report, b"MGPT step n=", 600)
     run.send_signal(signal.SIGINT)
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 130, out
-    code, out = device("pull", "--port", board.port, "--out", tmp_path / "w.bin")  # the board answers at once
+    code, out = device("pull", "--port", virtual_board.port, "--out", tmp_path / "w.bin")  # the board answers at once
     assert code == 1 and "there is no weights.bin on the board" in out  # the stopped run left none
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_upload_cut_while_copying_leaves_the_earlier_weights_and_a_usable_board(virtual_board, names_path,
+                                                                                     tmp_path, sig):
+    from microgpt import chip
+    from microgpt.rawrepl import RawRepl
+
+    earlier = chip.WEIGHTS_HEAD.pack(chip.WEIGHTS_MAGIC, *(getattr(chip.DEFAULT, k) for k in chip.KNOBS)) + bytes(
+        4 * chip.N_PARAMS)  # an earlier run's weights
+    repl = RawRepl(virtual_board.port)
+    try:
+        repl.write_file(chip.WEIGHTS, earlier)
+    finally:
+        repl.close()
+    run = device_running("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 10, "--data", names_path,
+                         "--report", tmp_path / "cut" / "report.json")
+    for line in run.stdout:  # a new board: every file is copied, the trainer's first
+        if line.startswith("copying"):
+            break
+    run.send_signal(sig)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 128 + sig, out
+    code, out = device("pull", "--port", virtual_board.port, "--out", tmp_path / "w.bin")  # the REPL answers again
+    assert code == 0, out
+    assert (tmp_path / "w.bin").read_bytes() == earlier
 
 
 def test_a_board_in_its_rom_bootloader_is_named_not_waited_for(qemu, board_flash, tmp_path):
@@ -202,10 +217,11 @@ def kill_qemus_on(flash: Path) -> list[int]:
     return left
 
 
-def sim_board(qemu, *args, env=None) -> subprocess.Popen:
-    """`microgpt sim board ARGS` started, as a user starts it; its first line of output read."""
+def sim_board(qemu, *args, env=None, ignored=()) -> subprocess.Popen:
+    """`microgpt sim board ARGS` started, as a user starts it (the signals in `ignored` ignored, as nohup
+    or a background job starts it); its first line of output read."""
     proc = subprocess.Popen([*CLI, "sim", "board", "--qemu", qemu, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+                            stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=signals(ignored))
     proc.first_line = proc.stdout.readline()
     return proc
 
@@ -234,6 +250,25 @@ def test_board_powers_off_when_terminated_or_hung_up(qemu, tmp_path, sig):
     assert not kill_qemus_on(flash), "QEMU still runs"
     assert proc.returncode == 128 + sig, out
     assert signal.Signals(sig).name in out
+
+
+def test_board_started_with_sighup_ignored_keeps_running_on_a_hangup(qemu, tmp_path):
+    # `nohup microgpt sim board &`: the terminal closing does not power the board off.
+    flash = tmp_path / "b.bin"
+    proc = sim_board(qemu, "--image", OFFICIAL_FIRMWARE, "--flash", flash, ignored=(signal.SIGHUP,))
+    try:
+        assert "virtual ESP32" in proc.first_line
+        proc.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=3)
+        assert qemus_on(flash)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C still powers it off
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, out
+    assert not qemus_on(flash)
 
 
 def test_board_command_line_and_flash_file(qemu, tmp_path):
@@ -345,16 +380,3 @@ def test_a_flash_on_a_read_only_filesystem_is_refused_naming_it(qemu, board_flas
         assert f"cannot write {path}: the filesystem is read-only" in line and "--flash" in line, line
         assert ".tmp" not in line
     assert "virtual ESP32" not in result.stdout + result.stderr
-
-
-def test_the_readmes_board_commands_need_no_download():
-    # What each command would download (the firmware, the names) is given as a file in the README's
-    # board section, so it runs offline as shown.
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Try the board commands without a board")[1].split("\n## ")[0]
-    commands = [line.split("#")[0].split() for line in section.split("```")[1].splitlines() if line.strip()]
-    needs = {("sim", "board"): "--firmware", ("device", "run"): "--data"}
-    for argv in commands:
-        if argv[0] == "microgpt" and tuple(argv[1:3]) in needs:
-            assert needs[tuple(argv[1:3])] in argv, " ".join(argv)
-    assert {tuple(argv[1:3]) for argv in commands} >= set(needs)

@@ -12,6 +12,7 @@ from conftest import ROOT
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("micropython")
 def test_the_installed_wheel_trains_with_its_own_firmware(tmp_path, names_path):
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(ROOT)],

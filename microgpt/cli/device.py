@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from .. import chip
-from ..fileio import write_atomic
+from ..fileio import refuse_existing, write_atomic
 from ..ports import FLASH_BAUD, UART_BAUD, find_port
 from ..run import RunDir
 from .options import (
@@ -99,12 +99,14 @@ def device_run(ctx, port, mode, options, data, image, firmware, flash_baud, baud
 @port_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path(chip.WEIGHTS), show_default=True,
               help="Where the weights go.")
+@click.option("--overwrite", is_flag=True, help="Replace the file at --out if it is there.")
 @baud_option
-def pull(port, out, baud):
+def pull(port, out, baud, overwrite):
     """Copy the trained weights (weights.bin) from the board's filesystem."""
-    from ..engines.serial import read_board_file
+    from ..board import read_board_file
     from ..errors import MissingFile
 
+    refuse_existing((out,), overwrite, "the weights would replace a file", "name another --out, or --overwrite to replace it")
     try:
         data = read_board_file(port or find_port(), baud, chip.WEIGHTS)
     except MissingFile as e:
@@ -122,14 +124,15 @@ def pull(port, out, baud):
 def device_sample(port, count, seed, temperature, prefix, baud):
     """Sample names on the board from the weights its last run left there (no training): the
     names `microgpt sample` gives on the host from the same weights, seed, temperature and prefix."""
-    from ..engines.serial import board_names, board_weights
+    from ..board import NAME_S, board_names, board_weights
     from ..rawrepl import RawRepl
 
     check_prefix(prefix)
     repl = RawRepl(port or find_port(), baud)
     try:
-        check_prefix(prefix, board_weights(repl))
-        for i, name in enumerate(board_names(repl, count, seed, temperature, prefix)):
-            click.echo(f"{i + 1:2d} {name}")
+        with repl.within(f"sampling {count} names", count * NAME_S):
+            check_prefix(prefix, board_weights(repl))
+            for i, name in enumerate(board_names(repl, count, seed, temperature, prefix)):
+                click.echo(f"{i + 1:2d} {name}")
     finally:
         repl.close()

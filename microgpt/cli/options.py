@@ -13,10 +13,11 @@ from .. import chip, dataset, payload, planner, reference
 from ..errors import MicrogptError
 from ..fileio import output_error
 from ..report import loss_mean
-from ..run import RunDir, run
+from ..run import Interrupted, RunDir, run
 from .progress import Terminal
 
 BUILD_IMAGE = Path("build/flash.bin")
+RENAMED = {"--timeout": "--silence"}  # options given a new name: the old one's error names the new
 
 
 class Group(click.Group):
@@ -25,8 +26,17 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.NoSuchOption as e:
+            new = RENAMED.get(e.option_name)
+            if new is None or e.ctx is None or not any(new in p.opts for p in e.ctx.command.params):
+                raise
+            raise click.NoSuchOption(e.option_name, f"No such option '{e.option_name}': it is {new} now",
+                                     ctx=e.ctx) from None
         except MicrogptError as e:
             raise click.ClickException(str(e)) from None
+        except Interrupted as e:  # before a run started (it has left nothing) or outside one
+            click.echo(f"interrupted by {e}", err=True)
+            raise SystemExit(128 + e.signum) from None  # as a shell reports it
         except OSError as e:
             if e.filename is None or e.errno is None:
                 raise
@@ -119,7 +129,7 @@ def sampling_options(f):
             click.option("--count", type=click.IntRange(min=1), default=20, show_default=True, help="Names to sample."),
             click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
                          help="Seed of the draws: a run's --seed gives that run's samples."),
-            click.option("--temperature", type=Temperature(), default=reference.TEMPERATURE,
+            click.option("--temperature", type=Temperature(), default=chip.TEMPERATURE,
                          show_default=True, help="Softmax temperature: lower is safer, higher more inventive."),
             click.option("--prefix", default="",
                          help="Letters every name begins with (a-z, fewer than the model's block size).")]):
@@ -127,14 +137,15 @@ def sampling_options(f):
     return f
 
 
-RUN_OPTIONS = ("steps", "data", "init", "seed", "samples", "log_every", "ckpt_every", "emit", "kernels") + chip.KNOBS
+RUN_OPTIONS = ("steps", "data", "init", "seed", "samples", "log_every", "ckpt_every", "emit", "kernels", "val",
+               "lr") + chip.KNOBS
 
 
 def run_options(f):
     """The options that define a training run, shared by build, sim run and device run; they
     reach the command as `options` (a payload.RunOptions) and `data` (the names file, or None)."""
 
-    @click.option("--steps", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Training steps.")
+    @click.option("--steps", type=click.IntRange(1, payload.MAX_STEPS), default=1000, show_default=True, help="Training steps.")
     @click.option("--data", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
                   help="Names file, one a-z name per line ('-': standard input) [default: makemore's names.txt, "
                        "downloaded once].")
@@ -154,13 +165,19 @@ def run_options(f):
     @click.option("--kernels", type=click.Choice(payload.KERNELS), default="auto", show_default=True,
                   help="The model's arithmetic: c (a native module, ~400x fewer instructions per step on the chip) "
                        "or python; auto is c wherever it is built for the target (the ESP32 and the x64 VM).")
+    @click.option("--val", type=click.IntRange(min=0), default=payload.VAL, show_default=True,
+                  help="Names held out of training (the last of the run's order); after training the chip reports "
+                       "the mean loss per token on them (0: none).")
+    @click.option("--lr", type=FiniteFloat(0, 1, low_open=True), default=chip.LR, show_default=True,
+                  help="Adam's learning rate at step 1 (microgpt.py's learning_rate), decaying linearly to 0 over "
+                       "the run.")
     @shape_options
     @functools.wraps(f)
-    def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, n_embd, n_head, n_layer,
-                block_size, **kwargs):
+    def wrapper(steps, data, init, seed, samples, log_every, ckpt_every, emit, kernels, val, lr, n_embd, n_head,
+                n_layer, block_size, **kwargs):
         options = payload.RunOptions(steps=steps, seed=seed, init=init, samples=samples,
-                                     log_every=min(log_every, steps), ckpt_every=ckpt_every, emit=emit, kernels=kernels,
-                                     shape=chip.Shape(n_embd, n_head, n_layer, block_size))
+                                     log_every=log_every, ckpt_every=ckpt_every, emit=emit, kernels=kernels,
+                                     shape=chip.Shape(n_embd, n_head, n_layer, block_size), val=val, lr=lr)
         return f(options=options, data=data, **kwargs)
 
     return wrapper
@@ -188,12 +205,12 @@ def report_options(engine: str):
 
 
 def resume_dir(ctx: click.Context, resume: Path, *also: str) -> RunDir:
-    """The run to continue: --resume DIR (its report.json) or --resume REPORT.json; run options
+    """The run to continue: --resume DIR (the cut run in it) or --resume REPORT.json; run options
     (and `also`) are its own."""
     for name in RUN_OPTIONS + ("report", "overwrite") + also:
         if given(ctx, name):
             raise click.UsageError(f"{flag(name)} does not go with --resume: a resumed run keeps its own options")
-    return RunDir(resume / "report.json" if resume.is_dir() else resume)
+    return RunDir.cut_in(resume) if resume.is_dir() else RunDir(resume)
 
 
 def launch(engine, rundir: RunDir, options, data, quiet: bool) -> None:
@@ -202,6 +219,8 @@ def launch(engine, rundir: RunDir, options, data, quiet: bool) -> None:
     if quiet:
         logging.getLogger("microgpt").setLevel(logging.WARNING)  # no "copying ..." either
     docs = dataset.load_names(data) if options is not None else None
+    if docs is not None:
+        payload.check_val(options.val, len(docs))
     report = run(engine, rundir, options, docs, display=None if quiet else Terminal())
     state = report.run
     if not report.error:
@@ -211,12 +230,19 @@ def launch(engine, rundir: RunDir, options, data, quiet: bool) -> None:
         peak = report.to_json()["peak_heap_bytes"]
         click.echo(f"ok: {state.steps} steps, {curve}{state.ms_per_step or 0:.2f} ms/step"
                    + (f", peak heap {peak:,} B" if peak is not None else ""))
+        if state.val:
+            click.echo(f"held-out loss {state.val['loss']:.4f} ({state.val['names']:,} names never trained on)")
         if state.samples:
             click.echo("samples: " + " ".join(state.samples))
     click.echo(f"report: {rundir.report}  (UART log: {rundir.uart_log})", err=bool(report.error))
-    if report.error and state.checkpoints and rundir.work.is_dir():
+    if report.error and rundir.work.is_dir():
         where = rundir.report.parent if rundir.report.name == "report.json" else rundir.report
-        click.echo(f"its last checkpoint is step {state.checkpoints[-1]}: continue it with --resume {where}", err=True)
+        if report.resume_step is not None:
+            click.echo(f"its last checkpoint is step {report.resume_step}: continue it with --resume {where}", err=True)
+        elif state.checkpoints:  # the target did not answer: the UART's last ckpt record is a lower bound
+            click.echo(f"its checkpoint could not be read back; the last reported is step {state.checkpoints[-1]} "
+                       f"(the chip may hold a later one): once it answers, continue it with --resume {where}",
+                       err=True)
     if report.interrupted:
         click.echo(f"interrupted by {report.interrupted}", err=True)
         raise SystemExit(128 + getattr(signal, report.interrupted, signal.SIGINT))  # as a shell reports it

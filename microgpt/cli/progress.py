@@ -53,7 +53,9 @@ class Terminal:
         else:
             bar = f"step {n}"
         mean = sum(self.recent) / len(self.recent) if self.recent else math.nan
-        text = f"{bar} loss {mean:.2f} (mean of last {len(self.recent)})  {step['ms']:.1f} ms/step"
+        text = f"{bar} loss {mean:.2f} (mean of last {len(self.recent)})"
+        if step["ms"] > 0:  # 0: faster than the chip's clock tells
+            text += f"  {_ms(step['ms'])} ms/step"
         done, since = n - self.first[0], now - self.first[1]
         if total and done > 0 and n < total:
             text += f"  {_duration((total - n) * since / done)} left"
@@ -72,7 +74,14 @@ class Terminal:
             self.drawn = 0
 
 
+def _ms(ms: float) -> str:
+    """A step's time: tenths of a millisecond, or two figures below one (a VM's 0.03 ms is not 0.0)."""
+    return f"{ms:.1f}" if ms >= 1 else f"{ms:.2g}"
+
+
 def _duration(seconds: float) -> str:
+    if seconds < 0.5:
+        return "<1 s"  # not "0 s": the run is not over
     seconds = round(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 

@@ -86,7 +86,8 @@ def sim_run(ctx, engine, options, data, heap, micropython, qemu, image, firmware
 def board(image, firmware, flash, new, qemu, tcp):
     """A virtual ESP32: Espressif's QEMU running MicroPython, with UART0 on a serial port for
     `microgpt device run/pull`, mpremote or a terminal. Runs until Ctrl-C."""
-    from ..engines.qemu import FirmwareBase, VirtualBoard, find_qemu
+    from ..basefw import FirmwareBase
+    from ..engines.qemu import VirtualBoard, find_qemu
 
     find_qemu(qemu)  # the tool first: no flash is made for a board that cannot start
     given = image or firmware

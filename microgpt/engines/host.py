@@ -45,18 +45,19 @@ class HostEngine(ProcessEngine):
     OPTIONS = ("heap", "micropython", "image")
 
     def __init__(self, workdir, *, heap: int = chip.ESP32_HEAP, micropython: str | None = None,
-                 image: str | os.PathLike | None = None, silence_s: float = 120.0, deadline_s: float | None = None):
+                 image: str | os.PathLike | None = None, silence_s: float = 120.0, deadline_s: float | None = None,
+                 headroom: int = planner.HEADROOM):
         super().__init__(workdir, silence_s, deadline_s)
         if not MIN_HEAP <= heap <= MAX_HEAP:
             raise EngineError(f"a VM heap of {heap:,} bytes is outside {MIN_HEAP:,}..{MAX_HEAP:,} "
                               f"(the ESP32's is {chip.ESP32_HEAP:,})")
-        self.heap = heap
+        self.heap, self.headroom = heap, headroom  # headroom: what the planner asks beside the peak
         self.micropython = find_micropython(micropython)
         self.image = basefw.identify(image) if image is not None else None
         self.flash = self.workdir / FLASH
 
     def platform(self) -> planner.Platform:
-        return planner.vm(self.heap)
+        return planner.vm(self.heap, self.headroom)
 
     def settings(self) -> dict:
         return {"heap": self.heap, "micropython": self.micropython}

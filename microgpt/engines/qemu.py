@@ -120,25 +120,6 @@ def qemu_argv(qemu: str, flash: Path, *, serial: str | None = None, watchdog: bo
     return argv + ([] if watchdog else NO_WATCHDOG) + list(extra)
 
 
-class FirmwareBase:
-    """The firmware an emulated or real ESP32's flash is built on: `image` (a whole-flash image,
-    whose filesystem is kept under the run's files) or `firmware` (a firmware file, with a new
-    filesystem), identified at once; without either the pinned official release, fetched when
-    the target is first asked for (after the engine has checked its tools)."""
-
-    def __init__(self, image: str | os.PathLike | None, firmware: str | os.PathLike | None):
-        if image is not None and firmware is not None:
-            raise EngineError("give --image (a whole flash to run) or --firmware (a firmware to build on), not both")
-        given = image if image is not None else firmware
-        self.keep = image is not None
-        self.firmware = basefw.identify(given) if given is not None else None
-
-    def resolve(self) -> basefw.Firmware:
-        if self.firmware is None:
-            self.firmware = basefw.resolve()
-        return self.firmware
-
-
 class QemuEngine(ProcessEngine):
     """Boot the run's flash (`workdir`/qemu-flash.bin) in `qemu-system-xtensa -machine esp32`;
     UART0 is QEMU's stdout. QEMU writes the chip's flash back to that file, so after the run it
@@ -154,7 +135,7 @@ class QemuEngine(ProcessEngine):
                  extra_args: Sequence[str] = ()):
         super().__init__(workdir, silence_s, deadline_s)
         self.qemu = find_qemu(qemu)
-        self.base = FirmwareBase(image, firmware)
+        self.base = basefw.FirmwareBase(image, firmware)
         self.watchdog, self.extra_args = watchdog, list(extra_args)
         self.flash = self.workdir / FLASH
         self.insn_plugin = insn_plugin
@@ -217,7 +198,7 @@ class VirtualBoard:
         self._hold(new)
 
     @staticmethod
-    def new_flash(base: FirmwareBase) -> bytes:
+    def new_flash(base: basefw.FirmwareBase) -> bytes:
         """A new board's flash: a whole-flash image as it is (with `base.keep`), or the firmware
         with its filesystem erased, as a board comes after MicroPython is first flashed."""
         fw = base.resolve()

@@ -6,14 +6,14 @@ MicroPython already and starts it over the raw REPL (also how a cut run is resum
 A board reset does not drop a USB-serial bridge: the UART is read through it, and only the
 pipeline decides when the run is over.
 """
-import ast
 import logging
 import re
 from collections.abc import Iterator
 
 from esptool.reset import HardReset
 
-from .. import chip, mpy
+from .. import basefw, chip, mpy
+from ..board import read_board_file
 from ..errors import EngineError, MissingFile
 from ..fileio import write_atomic
 from ..flash import flash_image
@@ -21,7 +21,6 @@ from ..payload import Payload
 from ..ports import FLASH_BAUD, UART_BAUD, open_serial, watch_link
 from ..rawrepl import ENTER_TIMEOUT_S, RawRepl
 from . import Engine, split_lines
-from .qemu import FirmwareBase
 
 log = logging.getLogger(__name__)
 # What MicroPython prints when it starts its REPL: "MicroPython v1.25.0 on 2025-04-15; Generic ESP32 module with ESP32".
@@ -29,61 +28,6 @@ MICROPYTHON_BANNER = re.compile(rb"MicroPython \S+ on \d{4}-\d\d-\d\d")
 # What an earlier run left behind: a new run must neither resume its checkpoint nor leave its
 # weights to be pulled as if they were the new run's.
 EARLIER_RUN = (chip.WEIGHTS, chip.CKPT, chip.CKPT + ".tmp")
-
-
-# What the board's sampler (firmware/infer.py) says the weights it holds are; "no-sampler" where the
-# board lacks the trainer's modules (the trainer's upload or image brings them).
-_HELD = f"""
-try:
-    from infer import held
-except ImportError:
-    held = lambda weights, config: 'no-sampler'
-print(repr(held({chip.WEIGHTS!r}, {chip.CONFIG!r})))
-"""
-
-
-def board_weights(repl: RawRepl) -> chip.Shape:
-    """The shape of the weights.bin on the board, which must be its last run's. The board is
-    soft-reset first (a clean heap, as after a boot), its files mounted for quick imports."""
-    repl.soft_reset()
-    repl.fast_flash()
-    held = ast.literal_eval(repl.exec(_HELD).decode())
-    if held in (None, "no-sampler"):
-        what = f"no {chip.WEIGHTS}" if held is None else "no microgpt trainer (its infer.mpy)"
-        raise MissingFile(f"there is {what} on the board: run `microgpt device run` first")
-    head, size, trained = held
-    shape, _ = chip.weights_shape(head, size, f"{chip.WEIGHTS} on the board")
-    if shape != chip.Shape(*trained):
-        raise EngineError(f"{chip.WEIGHTS} on the board is a model of {shape}, but the board's last run trained "
-                          f"{chip.Shape(*trained)}: run `microgpt device run` again, so that both come from one run")
-    return shape
-
-
-def board_names(repl: RawRepl, count: int, seed: int, temperature: float, prefix: str,
-                silence_s: float = 120.0) -> Iterator[str]:
-    """`count` names sampled on the board from its weights.bin (firmware/infer.py), as they come:
-    the host's `microgpt sample` gives the same for the same weights, seed, temperature and prefix."""
-    repl.start(f"from infer import names\nnames({chip.CONFIG!r}, {chip.WEIGHTS!r}, {count:d}, {seed:d}, "
-               f"{float(temperature)!r}, {prefix!r})")
-    made, said = 0, []
-    for line in split_lines(repl.read, silence_s):
-        text = line.decode(errors="replace").rstrip("\r")
-        if text.startswith("MGPT sample "):
-            made += 1
-            yield text.removeprefix("MGPT sample ").partition(" ")[2]
-        elif text.strip():
-            said.append(text.strip())
-    if made < count:
-        raise EngineError(f"the board stopped after {made} of {count} names: {said[-1] if said else 'it said nothing'}")
-
-
-def read_board_file(port: str, baud: int, name: str) -> bytes:
-    """A file from the board's filesystem, over the raw REPL (MissingFile if it has none)."""
-    repl = RawRepl(port, baud)
-    try:
-        return repl.read_file(name)
-    finally:
-        repl.close()
 
 
 class SerialEngine(Engine):
@@ -148,10 +92,12 @@ class UploadEngine(SerialEngine):
 
     def place(self, payload: Payload) -> None:
         repl = self.repl()
-        repl.remove(*EARLIER_RUN)
         repl.remove_own(chip.BOOT, chip.BOOT_MARK)
         files = {name: data for name, data in payload.files.items() if name != chip.BOOT}
         repl.sync(files, progress=lambda path, size: log.info("copying %s (%s bytes) to the board", path, f"{size:,}"))
+        # Only now that the new run is whole on the board: a copy cut short (Ctrl-C, a lost cable)
+        # leaves the earlier run's weights to pull.
+        repl.remove(*EARLIER_RUN)
 
 
 class FlashEngine(SerialEngine):
@@ -163,7 +109,7 @@ class FlashEngine(SerialEngine):
 
     def __init__(self, port: str, workdir, *, image=None, firmware=None, flash_baud: int = FLASH_BAUD, **kwargs):
         super().__init__(port, **kwargs)
-        self.base = FirmwareBase(image, firmware)
+        self.base = basefw.FirmwareBase(image, firmware)
         self.flash, self.flash_baud = workdir / "flash.bin", flash_baud
         self._serial = None
 

@@ -17,12 +17,11 @@ from collections.abc import Iterator
 
 from wokwi_client import GET_TOKEN_URL, WokwiClient
 
-from .. import mpy
+from .. import basefw, mpy
 from ..errors import EngineError, Silence
 from ..fileio import write_atomic
 from ..payload import Payload
 from . import ProcessEngine, queue_reader, split_lines
-from .qemu import FirmwareBase
 
 TIMEOUT_EXIT_CODE = 42  # wokwi-cli's documented --timeout-exit-code default, passed explicitly
 FLASH = "flash.bin"
@@ -63,7 +62,7 @@ class WokwiEngine(ProcessEngine):
         if wokwi_cli and not shutil.which(wokwi_cli):
             raise EngineError(f"{wokwi_cli}: no such wokwi-cli executable (without one the wokwi-client SDK is used).")
         self.cli = shutil.which(wokwi_cli or "wokwi-cli")
-        self.base = FirmwareBase(image, firmware)
+        self.base = basefw.FirmwareBase(image, firmware)
         self.sim_time_s = sim_time_s
         self.expect_text, self.fail_text = expect_text, fail_text
         self._sdk: tuple[asyncio.AbstractEventLoop, asyncio.Task, threading.Thread] | None = None
