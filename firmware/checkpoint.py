@@ -13,6 +13,15 @@ class BadCheckpoint(Exception):
     pass
 
 
+def _flat(arrays):
+    # train.py's (params, m, v), m and v lists of pieces for a model of more than one layer
+    # (adam.py): the arrays in order, the flat layout either way.
+    out = []
+    for a in arrays:
+        out += a if type(a) is list else [a]
+    return out
+
+
 def save(path, run_id, steps, step, data_pos, shape, arrays):
     # Write a temp file, then rename: littlefs renames atomically, so a reset leaves the old
     # checkpoint or the new one, never half of one. A CRC over everything catches bad flash.
@@ -21,7 +30,7 @@ def save(path, run_id, steps, step, data_pos, shape, arrays):
     crc = binascii.crc32(head)
     with open(tmp, "wb") as f:
         f.write(head)
-        for a in arrays:
+        for a in _flat(arrays):
             f.write(a)
             crc = binascii.crc32(a, crc)
         f.write(struct.pack("<I", crc))
@@ -32,6 +41,7 @@ def load(path, run_id, steps, shape, arrays):
     # Fills `arrays` and returns (step, data position); None when there is no checkpoint; raises
     # BadCheckpoint(reason) when there is one that must not be used. The whole file is checked
     # before any array is written, so a rejected checkpoint leaves no trace in the run.
+    arrays = _flat(arrays)
     try:
         f = open(path, "rb")
     except OSError:

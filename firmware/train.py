@@ -128,11 +128,15 @@ def main(mount_flash=lambda fast: None):
     base.set_shape(*knobs)  # before the model's modules import its names
     n_params = base.N_PARAMS
 
-    # The four big arrays go first, into a heap that importing the model has not yet fragmented,
-    # nor the fast flash caches: they come back for the loading that follows.
+    # The big arrays go first, into a heap that importing the model has not yet fragmented,
+    # nor the fast flash caches: they come back for the loading that follows. Adam's m and v
+    # too for one layer (microgpt.py's shape: whole arrays, one Adam call a step); with more
+    # layers they go by layer (adam.py), after the import.
     mount_flash(False)
     gc.collect()
-    params, grads, m, v = zeros(n_params), zeros(n_params), zeros(n_params), zeros(n_params)
+    params, grads = zeros(n_params), zeros(n_params)
+    if base.N_LAYER == 1:
+        m, v = zeros(n_params), zeros(n_params)
     names_buf = bytearray(_NAMES_BUFFER)  # Names' chunks
     mount_flash(True)
     if cfg["kernels"] == "c":  # the arithmetic in C (cmodel.mpy), where the build shipped it
@@ -141,6 +145,9 @@ def main(mount_flash=lambda fast: None):
         from model import GPT, adam
     gc.collect()
     gpt = GPT(params, grads)
+    if base.N_LAYER > 1:  # after the import, whose C code needs 14 KB in one piece for a moment
+        # __import__: no new local in main, whose frame stays on the heap all run
+        m, v, adam = __import__("adam").split(adam, mount_flash)
     heap_total = gc.mem_alloc() + gc.mem_free()
     print(
         "MGPT start v=2 params=%d steps=%d seed=%d init=%s docs=%d log_every=%d ckpt_every=%d samples=%d "

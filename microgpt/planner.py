@@ -8,9 +8,11 @@ gradient and Adam's m and v (array('f') of n_params each, allocated first), the 
 read buffer and the losses not yet reported. The rest is one constant per platform and kernels,
 the measured peak of the default shape less its arrays. A run fits when the heap holds its peak
 and the headroom the garbage collector was measured to need above it (the VM's smallest heap that
-trains 1,000 steps and samples 20 names, less its peak), and when the four arrays of n_params fit
-in one piece of the heap: the chip's GC heap is not one block but areas, and the only one large
-enough for them is the one it adds from ESP-IDF's heap (measured below).
+trains 1,000 steps and samples 20 names, less its peak), and when its big arrays find room in the
+heap's areas: the chip's GC heap is not one block but areas (measured below), and an array must
+lie in one of them. The weights and their gradient are whole-model arrays; Adam's m and v are one
+array per piece of the layout for a model of more than one layer (firmware/adam.py: wte to
+layer 0, then each further layer), which spread over the areas.
 """
 import dataclasses
 import functools
@@ -19,7 +21,7 @@ from .chip import DEFAULT, ESP32_HEAP, KNOBS, NAMES_BUFFER, VOCAB, Shape
 from .errors import PlanError
 
 KERNELS = ("c", "python")
-TRAINING_ARRAYS = 4  # the weights, their gradient, Adam's m and v: an array('f') of every parameter each
+TRAINING_ARRAYS = 4  # the weights, their gradient, Adam's m and v: four floats of every parameter
 MEASURED_LOG_EVERY = 25  # the measured runs' steps per UART record (their default): the losses' buffer
 
 
@@ -35,7 +37,7 @@ class Platform:
     # by kernels; the constant part of every prediction comes from these.
     measured: dict
     headroom: int  # free heap the collector needs at the peak (temporaries, fragmentation)
-    area: int  # the largest piece of the heap: the weights, gradients, m and v go there together
+    areas: tuple  # the heap's areas, as free where the trainer allocates its big arrays: each lies in one
 
     def array(self, items: int, item_size: int = 4) -> int:
         """Heap bytes of an array of `items` items (array('f'): 4 bytes each; bytearray: 1)."""
@@ -45,28 +47,31 @@ class Platform:
 # The VM (x64) at the chip's heap, its MicroPython kernels native: report.json's peak_heap_bytes
 # of the default shape (`microgpt sim run --engine host --heap 166592 --steps 50 [--kernels python]`),
 # and the smallest heap that trains 1,000 steps and samples 20 names (`scripts/bench.py --min-heap`).
-VM_PEAK = {"c": 91_584, "python": 96_928}
-VM_MIN_HEAP = {"c": 95_808, "python": 102_470}
+VM_PEAK = {"c": 91_968, "python": 97_408}
+VM_MIN_HEAP = {"c": 96_641, "python": 102_470}
 # The collector's headroom, on the chip as in the VM: the most of (smallest heap - peak) over the kernels.
 HEADROOM = max(VM_MIN_HEAP[k] - VM_PEAK[k] for k in KERNELS)
 # The chip: ESP32_GENERIC v1.25.0, measured in Espressif's QEMU
 # (`microgpt sim run --engine qemu --firmware FW --steps 50 [--kernels python]`).
-# Its largest area: at boot the GC heap is 56,000 B (`micropython.mem_info()`: "max new split:
-# 110592"), and it grows by an area from ESP-IDF's heap; the largest bytearray after boot is
-# 107,812 B, the next 46,141 B (the first area, which the trainer's modules then share). Measured
-# in QEMU: 4 x 24.8 KB (n_embd 20, 6,200 parameters) train, 4 x 29.1 KB (n_embd 16 with 2 layers,
-# 7,264) fail with a MemoryError before step 1 although the heap's total would hold them.
+# Its areas: at boot the GC heap is 56,000 B (`micropython.mem_info()`: "max new split:
+# 110592"), and it grows by an area from ESP-IDF's heap. Where train.main allocates its big arrays
+# the largest bytearray is 107,851 B, the next 33,104 B (the first area, which the trainer's
+# modules share; 46,141 B after boot): probed in QEMU by bisecting bytearray sizes there. Measured
+# in QEMU: with m and v whole-model arrays, 4 x 24.8 KB (n_embd 20, 6,200 parameters) train,
+# 4 x 34.4 KB (n_embd 24, 8,592) end in a MemoryError allocating m or v (the weights found no room
+# in the first area), and so did 4 x 29.1 KB (n_embd 16 with 2 layers, 7,264) before m and v went
+# by layer for more than one layer (firmware/adam.py); with them by layer, 7,264 train.
 ESP32 = Platform("ESP32_GENERIC v1.25.0", ESP32_HEAP, block=16, array_head=32,
-                 measured={"c": 87_824, "python": 94_784}, headroom=HEADROOM, area=107_812)
+                 measured={"c": 88_080, "python": 95_216}, headroom=HEADROOM, areas=(33_104, 107_851))
 VM = Platform("the MicroPython VM (x64)", ESP32_HEAP, block=32, array_head=32,
-              measured=VM_PEAK, headroom=HEADROOM, area=ESP32_HEAP)  # one piece
+              measured=VM_PEAK, headroom=HEADROOM, areas=(ESP32_HEAP,))  # one piece
 
 
 def vm(heap: int, headroom: int = HEADROOM) -> Platform:
     """The VM with a GC heap of `heap` bytes (its --heap): one piece, so its largest area is all of
     it, and it holds shapes the chip's areas do not. The collector's headroom is asked of it as of
     the chip (it was measured there); scripts/bench.py --min-heap, which measures it, asks none."""
-    return dataclasses.replace(VM, name="the MicroPython VM (x64, --heap)", heap=heap, area=heap, headroom=headroom)
+    return dataclasses.replace(VM, name="the MicroPython VM (x64, --heap)", heap=heap, areas=(heap,), headroom=headroom)
 
 
 @functools.cache
@@ -86,6 +91,14 @@ def most(knob: str, heap: int = ESP32_HEAP) -> int:
         else:
             high = middle - 1
     return low
+
+
+def pieces(shape: Shape) -> list[tuple[str, int]]:
+    """firmware/adam.py's pieces, (what, floats): Adam's m and v are an array of each (one for
+    one layer: train.py's whole arrays)."""
+    layer = 12 * shape.n_embd ** 2  # wq, wk, wv, wo, fc1, fc2
+    first = shape.n_params - (shape.n_layer - 1) * layer  # wte, wpe, lm_head and layer 0
+    return [("wte to layer 0", first)] + [(f"layer {i}", layer) for i in range(1, shape.n_layer)]
 
 
 def work_floats(shape: Shape) -> int:
@@ -137,19 +150,33 @@ class Plan:
         return self.platform.heap - self.heap_needed
 
     @property
-    def big_arrays(self) -> int:
-        """The weights, gradients, Adam's m and v: they must fit in the heap's largest area."""
-        return sum(size for what, size in self.buffers[:TRAINING_ARRAYS])
+    def placement(self) -> list[list[str]] | None:
+        """What goes into each of the heap's areas, in the trainer's order (train.main), first-fit:
+        the weights and their gradient, then Adam's m and v by piece; None when an array finds no
+        area with room. The rest of the run (modules, their objects, the small buffers) is many
+        small objects that fill the gaps: the heap's total (spare) counts them. Measured: this
+        gives the chip's verdicts for the shapes in tests/test_planner.py."""
+        room, placed = list(self.platform.areas), [[] for _ in self.platform.areas]
+        for what, size in self.buffers:
+            if what.startswith(("weights", "gradients", "Adam")):
+                area = next((i for i, free in enumerate(room) if size <= free), None)
+                if area is None:
+                    return None
+                room[area] -= size
+                placed[area].append(what)
+        return placed
 
     @property
     def fits(self) -> bool:
-        return self.spare >= 0 and self.big_arrays <= self.platform.area
+        return self.spare >= 0 and self.placement is not None
 
 
 def _buffers(shape: Shape, kernels: str, log_every: int, platform: Platform) -> list[tuple[str, int]]:
     weights = platform.array(shape.n_params)
-    arrays = [("weights", weights), ("gradients", weights), ("Adam m", weights), ("Adam v", weights),
-              ("names buffer", platform.array(NAMES_BUFFER, 1)), ("losses not yet reported", platform.array(log_every))]
+    split = [(what, platform.array(floats)) for what, floats in pieces(shape)]
+    arrays = [("weights", weights), ("gradients", weights)]
+    arrays += [(f"Adam {mv}" + (f", {what}" if len(split) > 1 else ""), size) for mv in "mv" for what, size in split]
+    arrays += [("names buffer", platform.array(NAMES_BUFFER, 1)), ("losses not yet reported", platform.array(log_every))]
     if kernels == "c":
         arrays += [(f"C work ({work_floats(shape):,} floats)", platform.array(work_floats(shape))),
                    ("logits, sampling's scratch", 2 * platform.array(VOCAB))]
@@ -191,9 +218,11 @@ def check(shape: Shape, kernels: str, log_every: int, platform: Platform = ESP32
                         f"with the {kernels} kernels, and {platform.headroom:,} B free beside it: {-p.spare:,} B more "
                         f"than {platform.name}'s {platform.heap:,} B. Choose a smaller shape (`microgpt plan` "
                         "lists the largest that fit)")
-    if p.big_arrays > platform.area:
-        raise PlanError(f"{shape} ({shape.n_params:,} parameters) needs its weights, gradients and Adam's m and v, "
-                        f"{p.big_arrays:,} B, in one area of the heap, and {platform.name}'s largest is "
-                        f"{platform.area:,} B. Choose a smaller shape (`microgpt plan` lists the largest that fit)")
+    if p.placement is None:
+        areas = " and ".join(f"{size:,} B" for size in platform.areas)
+        raise PlanError(f"{shape} ({shape.n_params:,} parameters) needs its weights and gradients ({p.buffers[0][1]:,} B "
+                        f"each) and Adam's m and v (by layer for more than one), and {platform.name}'s heap "
+                        f"is areas of {areas} (an array lies in one): they find no room. Choose a smaller shape "
+                        "(`microgpt plan` lists the largest that fit)")
     return p
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import cli
 from vm_pty import VmPort
 
-from microgpt import payload
+from microgpt import chip, payload
 from microgpt.chip import N_PARAMS, WEIGHTS_HEAD
 from microgpt.engines import Engine
 from microgpt.engines.serial import UploadEngine
@@ -88,10 +88,12 @@ def run_on(engine, report, options, docs):
         return run(engine, rundir, options, docs)
 
 
-def test_a_reset_mid_run_resumes_to_bit_identical_weights(tmp_path, docs, micropython):
+@pytest.mark.parametrize("shape", [chip.DEFAULT, chip.Shape(n_embd=12, n_layer=2)], ids=["default", "two-layers"])
+def test_a_reset_mid_run_resumes_to_bit_identical_weights(tmp_path, docs, micropython, shape):
     # The board resets under the run and comes back at its REPL (an upload leaves no boot entry):
-    # the host sees MicroPython's banner, starts the trainer again, and it resumes from its checkpoint.
-    options = payload.RunOptions(steps=100, samples=3, ckpt_every=10, log_every=5)
+    # the host sees MicroPython's banner, starts the trainer again, and it resumes from its checkpoint
+    # (with two layers, Adam's m and v in two pieces each: adam.py).
+    options = payload.RunOptions(steps=100, samples=3, ckpt_every=10, log_every=5, shape=shape)
     reports = {}
     for name, reset_at in (("whole", None), ("reset", 15)):
         with VmPort(tmp_path / name) as board:

@@ -165,7 +165,7 @@ def test_a_name_as_long_as_the_chips_read_buffer_takes_is_read(tmp_path):
 
 
 def test_the_vm_plans_for_its_own_heap_not_the_chips_areas(sim_run):
-    # n_embd 24 has no room in the chip's largest area (107,812 B); the VM's --heap is one piece.
+    # n_embd 24's arrays find no room in the chip's areas (planner.ESP32.areas); the VM's --heap is one piece.
     shape = chip.Shape(n_embd=24)
     code, out, report = sim_run("--heap", 600_000, "--n-embd", 24, "--steps", 3, "--samples", 2)
     assert code == 0, out

@@ -70,7 +70,7 @@ def test_c_kernels_are_the_default_where_built(sim_run):
     assert code == 0 and report["kernels"] == "c", out
 
 
-# 1 to 1.5 KB above the smallest VM heap that trains 1,000 steps and samples (planner.VM_MIN_HEAP).
+# 0.6 to 0.9 KB above the smallest VM heap that trains 1,000 steps and samples (planner.VM_MIN_HEAP).
 HEAP = {"c": 95 * 1024, "python": 101 * 1024}
 
 
@@ -114,7 +114,7 @@ def test_device_init_trains_from_weights_drawn_on_the_chip(sim_run):
 
 
 def test_too_small_a_heap_ends_in_a_reported_memory_error(docs, micropython, tmp_path):
-    # Above the planner's peak (91,584 B), below the VM's smallest heap that trains (95,808 B): a heap the planner
+    # Above the planner's peak (91,968 B), below the VM's smallest heap that trains (96,641 B): a heap the planner
     # refuses with its headroom, so run as scripts/bench.py --min-heap runs, asking none.
     from microgpt.engines.host import HostEngine
     from microgpt.payload import RunOptions

@@ -23,8 +23,9 @@ def plan(n_embd, n_head, n_layer, block_size, kernels):
     room = f"{p.spare:,} B to spare" if p.spare >= 0 else f"{-p.spare:,} B short"
     click.echo(f"  {'with the collector headroom (measured)':<40} {p.peak + p.platform.headroom:>9,} B  of the "
                f"{p.platform.heap:,} B heap: {room}")
-    click.echo(f"  {'weights, gradients, m, v in one area':<40} {p.big_arrays:>9,} B  of the largest area's "
-               f"{p.platform.area:,} B (measured)")
+    placed = p.placement
+    for size, arrays in zip(p.platform.areas, placed or [[] for _ in p.platform.areas]):
+        click.echo(f"  {f'area of {size:,} B (measured)':<40} " + ("; ".join(arrays) or "(no room found)"))
     click.echo(f"{shape}: " + ("fits" if p.fits else "does NOT fit"))
     click.echo(f"largest that fit (n_head {n_head}, block_size {block_size}, {kernels} kernels):")
     fitting = planner.largest(kernels, payload.LOG_EVERY, n_head, block_size)
