@@ -22,6 +22,7 @@ from microgpt import chip, chip_speed, dataset, mpy, payload, reference, scalar
 from microgpt.chip import ESP32_HEAP
 from microgpt.engines.host import HostEngine
 from microgpt.engines.qemu import find_insn_plugin, find_qemu
+from microgpt.errors import PlanError
 from microgpt.planner import HEADROOM
 from microgpt.run import RunDir, run
 
@@ -36,11 +37,18 @@ def vm_run(docs, steps, emit, heap=ESP32_HEAP, samples=0, kernels="python", head
 
 def min_heap(docs, emit, kernels, lo=60_000, hi=ESP32_HEAP):
     # Buffers are all allocated before step 1, so a short run finds the bound; 1,000 steps confirm it. The
-    # planner's headroom is this search's result, so the runs here ask none of the heap.
+    # planner's headroom is this search's result, so the runs here ask none of the heap; a heap below the
+    # planned peak is refused before it runs, as one that runs out is.
+    def trains(heap, steps):
+        try:
+            return vm_run(docs, steps, emit, heap, 20, kernels, headroom=0).status == "ok"
+        except PlanError:
+            return False
+
     while hi - lo > 1024:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if vm_run(docs, 20, emit, mid, 20, kernels, headroom=0).status == "ok" else (mid, hi)
-    while vm_run(docs, 1000, emit, hi, 20, kernels, headroom=0).status != "ok":
+        lo, hi = (lo, mid) if trains(mid, 20) else (mid, hi)
+    while not trains(hi, 1000):
         hi += 1024
     return hi
 
