@@ -93,10 +93,6 @@ def pytest_collection_modifyitems(items):
         for marker, fixture in MARKED_BY.items():
             if fixture in item.fixturenames:
                 item.add_marker(marker)
-        if "qemu" in item.fixturenames:
-            # pytest-xdist (pyproject's addopts) runs the emulator's tests one at a time on one worker: QEMU's guest
-            # clock follows the host's, and two emulated chips on two cores would leave the other tests none.
-            item.add_marker(pytest.mark.xdist_group("qemu"))
 
 
 @pytest.fixture(scope="session")
