@@ -76,6 +76,9 @@ INIT_STD = _TRAIN["INIT_STD"]
 # microgpt.py's hyperparameters that the host ships to the chip in config.json (the trainer has no
 # defaults of its own): its learning_rate (Adam's at step 1, --lr's default) and its sampling temperature.
 LR = 0.01
+# --lr's bound: Adam moves each weight by about the learning rate a step, so above 1 one step outgrows
+# the weights themselves (drawn at 0.08).
+MAX_LR = 1.0
 TEMPERATURE = 0.5
 # Files on the chip's filesystem (firmware/train.py).
 CONFIG, DATA, VAL, INIT, WEIGHTS, CKPT = (_TRAIN[k] for k in ("CONFIG", "DATA", "VAL", "INIT", "WEIGHTS", "CKPT"))

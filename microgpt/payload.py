@@ -7,7 +7,6 @@ or its raw REPL. config.json is written here and read by the chip alone (file fo
 docs/chip-files.md)."""
 import dataclasses
 import json
-import math
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,8 +47,8 @@ class RunOptions:
     def __post_init__(self):
         if self.steps < 1 or self.samples < 0 or not 1 <= self.log_every or self.ckpt_every < 0 or self.val < 0:
             raise ValueError("steps and log_every must be >= 1; samples, ckpt_every and val >= 0")
-        if not 0 < self.lr < math.inf:
-            raise ValueError(f"lr must be a positive number, not {self.lr!r}")
+        if not 0 < self.lr <= chip.MAX_LR:
+            raise ValueError(f"lr must be in (0, {chip.MAX_LR:g}], not {self.lr!r}")
         reference.check_temperature(self.temperature)  # the samples after training, on the chip
         for name, allowed in (("init", INITS), ("emit", EMITS), ("kernels", KERNELS)):
             if getattr(self, name) not in allowed:

@@ -138,3 +138,12 @@ def test_a_slow_evaluation_sends_running_records_and_the_last_covers_every_name(
         parser.feed(line)
     assert parser.state().val["tokens"] == sum(min(len(n) + 1, chip.BLOCK) for n in names)
     assert parser.state().val["loss"] == pytest.approx(reference.val_loss(weights.astype(np.float64), names), abs=1e-5)
+
+
+def test_a_library_caller_meets_the_options_learning_rate_bound():
+    # The one bound, chip.MAX_LR, holds for RunOptions as for --lr.
+    from microgpt.payload import RunOptions
+
+    assert RunOptions(lr=chip.MAX_LR).lr == chip.MAX_LR
+    with pytest.raises(ValueError, match=r"lr must be in \(0, 1\]"):
+        RunOptions(lr=2 * chip.MAX_LR)

@@ -168,7 +168,7 @@ def run_options(f):
     @click.option("--val", type=click.IntRange(min=0), default=payload.VAL, show_default=True,
                   help="Names held out of training (the last of the run's order); after training the chip reports "
                        "the mean loss per token on them (0: none).")
-    @click.option("--lr", type=FiniteFloat(0, 1, low_open=True), default=chip.LR, show_default=True,
+    @click.option("--lr", type=FiniteFloat(0, chip.MAX_LR, low_open=True), default=chip.LR, show_default=True,
                   help="Adam's learning rate at step 1 (microgpt.py's learning_rate), decaying linearly to 0 over "
                        "the run.")
     @shape_options
