@@ -132,11 +132,12 @@ def _mgsums(paths):
 
 class RawRepl:
     """A MicroPython board on `port` in its raw REPL. `answer_s`: how long it may take to open the
-    REPL; `silence_s`: how long a command may go without a byte from the board (writing flash can
-    keep it busy for seconds)."""
+    REPL (default ENTER_TIMEOUT_S); `silence_s`: how long a command may go without a byte from the
+    board (writing flash can keep it busy for seconds)."""
 
-    def __init__(self, port: str, baud: int = UART_BAUD, answer_s: float = ENTER_TIMEOUT_S, silence_s: float = 120.0):
-        self.port, self.baud, self.answer_s, self.silence_s = port, baud, answer_s, silence_s
+    def __init__(self, port: str, baud: int = UART_BAUD, answer_s: float | None = None, silence_s: float = 120.0):
+        self.port, self.baud, self.silence_s = port, baud, silence_s
+        self.answer_s = ENTER_TIMEOUT_S if answer_s is None else answer_s
         self.serial = open_serial(port, baud, timeout=READ_TIMEOUT_S)
         self.running = False  # a program started with start() has not ended
         self._eot = 0  # end-of-output markers seen for the running program

@@ -125,6 +125,7 @@ def _ends_within(seconds, *args):
 def short_deadlines(monkeypatch):
     monkeypatch.setattr(rawrepl, "COMMAND_S", 2.0)
     monkeypatch.setattr("microgpt.board.NAME_S", 0.5)
+    monkeypatch.setattr("microgpt.board.LARGEST_RUN_FILE", 11_520)  # a second on the line at 115200 baud
 
 
 def test_pull_from_a_board_that_streams_forever(short_deadlines, tmp_path):
@@ -134,8 +135,8 @@ def test_pull_from_a_board_that_streams_forever(short_deadlines, tmp_path):
         t0 = time.monotonic()
         code, out = _ends_within(60, "device", "pull", "--port", board.start().path, "--out", tmp_path / "w.bin")
     assert code == 1 and out.count("\n") == 1, out
-    assert "did not finish reading weights.bin within 13 s, though it kept sending: reset it" in out
-    assert time.monotonic() - t0 < 30 and not (tmp_path / "w.bin").exists()
+    assert "did not finish reading weights.bin within 3 s, though it kept sending: reset it" in out
+    assert time.monotonic() - t0 < 20 and not (tmp_path / "w.bin").exists()
 
 
 def test_sample_on_a_board_that_streams_forever(short_deadlines, tmp_path):

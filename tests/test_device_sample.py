@@ -21,7 +21,7 @@ def trained(request, tmp_path_factory, names_path, micropython):
     root = tmp_path_factory.mktemp(f"trained-{request.param}")
     with VmPort(root / "board") as board:
         code, out = cli("device", "run", "--mode", "upload", "--port", board.start().path, "--steps", 30,
-                        "--samples", 5, "--kernels", request.param, "--data", names_path,
+                        "--samples", 5, "--val", 0, "--kernels", request.param, "--data", names_path,
                         "--report", root / "run" / "report.json", "--quiet")
     assert code == 0, out
     return root / "board", out.split("samples: ")[1].split("\n")[0].split(" ")
@@ -64,7 +64,7 @@ def test_a_run_of_another_shape_samples_on_the_board_as_on_the_host(tmp_path, na
     shape = ("--n-embd", 12, "--n-head", 3, "--n-layer", 2, "--block-size", 8)
     with VmPort(tmp_path / "board") as board:
         code, out = cli("device", "run", "--mode", "upload", "--port", board.start().path, "--steps", 10,
-                        "--samples", 3, *shape, "--data", names_path, "--report", tmp_path / "r" / "report.json",
+                        "--samples", 3, "--val", 0, *shape, "--data", names_path, "--report", tmp_path / "r" / "report.json",
                         "--quiet")
     assert code == 0, out
     shutil.copy(tmp_path / "board" / chip.WEIGHTS, tmp_path / "w.bin")
@@ -115,7 +115,8 @@ def test_a_prefix_the_model_cannot_take(board_with_weights, prefix, error, tmp_p
     assert cli("sample", "--weights", tmp_path / "w.bin", "--prefix", prefix) == (1, f"Error: {error}\n")
 
 
-def test_not_micropython(tmp_path):
+def test_not_micropython(tmp_path, monkeypatch):
+    monkeypatch.setattr("microgpt.rawrepl.ENTER_TIMEOUT_S", 2)  # the answer it waits for never comes
     with VmPort(tmp_path / "board") as port:
         port.start(["cat"])  # something on the port that is not MicroPython
         code, out = cli("device", "sample", "--port", port.path)

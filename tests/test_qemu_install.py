@@ -283,7 +283,7 @@ def test_installed_into_an_empty_cache_then_a_qemu_run_trains(archive, cache, tm
     assert find_qemu() == str(cache / "qemu-xtensa" / "qemu" / "bin" / BINARY)  # the only QEMU there is
     report = tmp_path / "run" / "report.json"
     result = CliRunner().invoke(main, ["sim", "run", "--engine", "qemu", "--steps", "10", "--samples", "2",
-                                       "--data", str(names_path), "--firmware", str(OFFICIAL_FIRMWARE),
+                                       "--val", "0", "--data", str(names_path), "--firmware", str(OFFICIAL_FIRMWARE),
                                        "--report", str(report), "--quiet"])
     assert result.exit_code == 0, result.output
     ran = json.loads(report.read_text())

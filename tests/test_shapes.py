@@ -72,7 +72,7 @@ def test_the_vm_trains_any_shape_like_microgpt_py(sim_run, microgpt_losses_of, s
 def test_the_chip_trains_any_shape_like_microgpt_py(qemu, names_path, tmp_path, microgpt_losses_of, shape):
     report_path = tmp_path / "report.json"
     code, out = cli("sim", "run", "--engine", "qemu", "--qemu", qemu, "--firmware", OFFICIAL_FIRMWARE,
-                    "--data", names_path, "--steps", STEPS, "--samples", 5, "--report", report_path, "--quiet",
+                    "--data", names_path, "--steps", STEPS, "--samples", 5, "--val", 0, "--report", report_path, "--quiet",
                     *knob_options(shape))
     report = json.loads(report_path.read_text())
     check_run(code, out, report, shape, microgpt_losses_of(shape), "c")

@@ -30,7 +30,9 @@ REFUSALS = ("in use by another run", "belongs to an earlier run")  # the claim's
 
 
 def sim(names_path, report, *args):
-    return [*CLI, "sim", "run", "--data", str(names_path), "--report", str(report), "--quiet", *map(str, args)]
+    # No held-out evaluation: what these runs test is their files, and it would take the VM seconds.
+    return [*CLI, "sim", "run", "--data", str(names_path), "--report", str(report), "--quiet", "--val", "0",
+            *map(str, args)]
 
 
 @pytest.mark.parametrize("name", ["weights.bin", "report.png", "report.uart.log"])
@@ -225,7 +227,7 @@ def test_a_cut_run_names_the_checkpoint_it_resumes_from(names_path, tmp_path, ca
     # The UART's last ckpt record says 20, the VM's flash holds 40: the message and --resume both
     # take the flash's, the one the trainer loads.
     rundir = RunDir(tmp_path / "cut" / "report.json")
-    options = payload.RunOptions(steps=60, samples=0, log_every=5, ckpt_every=20, kernels="python")
+    options = payload.RunOptions(steps=60, samples=0, log_every=5, ckpt_every=20, kernels="python", val=0)
     with rundir.claim(), pytest.raises(click.ClickException, match="the run stopped after step 40 of 60"):
         launch(CutAfterCheckpoint(40, rundir.work), rundir, options, names_path, quiet=True)
     said = capsys.readouterr().err

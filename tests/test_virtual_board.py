@@ -43,7 +43,7 @@ def trained(virtual_board, names_path, tmp_path_factory):
     report = tmp_path_factory.mktemp("run") / "report.json"
     t0 = time.monotonic()
     code, out = device("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 50, "--samples", 20,
-                       "--data", names_path, "--report", report, "--quiet")
+                       "--val", 0, "--data", names_path, "--report", report, "--quiet")
     print(f"upload + 50 steps + read-back on the virtual board: {time.monotonic() - t0:.1f} s")
     return code, out, json.loads(report.read_text())
 
@@ -107,8 +107,8 @@ def test_upload_1000_steps_and_pull_in_a_minute(trained, virtual_board, names_pa
     # the run above, so the run's own files go), 1,000 steps, the weights read back, and a pull.
     report = tmp_path / "long" / "report.json"
     t0 = time.monotonic()
-    code, out = device("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 1000, "--data", names_path,
-                       "--report", report, "--quiet")
+    code, out = device("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 1000, "--val", 0,
+                       "--data", names_path, "--report", report, "--quiet")
     t_run = time.monotonic() - t0
     assert code == 0, out
     code, out = device("pull", "--port", virtual_board.port, "--out", tmp_path / "pulled.bin")
@@ -127,7 +127,7 @@ def test_a_power_cut_mid_run_resumes_to_the_uninterrupted_result(trained, virtua
     report = tmp_path / "cut" / "report.json"
     # One checkpoint (each costs the emulated flash seconds), then the power goes.
     run = device_running("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 50, "--samples", 20,
-                         "--ckpt-every", 30, "--data", names_path, "--report", report, "--quiet")
+                         "--ckpt-every", 30, "--val", 0, "--data", names_path, "--report", report, "--quiet")
     wait_for_record(report, b"MGPT ckpt step=30", 600)
     virtual_board.kill()  # the power goes: QEMU dies at once; its flash file keeps what the chip had written
     out, _ = run.communicate(timeout=120)
