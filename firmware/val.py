@@ -11,18 +11,24 @@ from base import BOS, exp_logits
 PROGRESS_MS = 5000
 
 
-def name_loss(gpt, name):
-    # (the sum of the next-token losses of `name`, their count), forward only: the weights, their
-    # gradient and Adam's state are not touched. -log softmax(logits)[target] is
-    # log(sum(exp(logits - max))) - (logits[target] - max), exp_logits' shifted sum at temperature 1.
-    n = min(len(name) + 1, base.BLOCK)  # training's positions: a longer name is cut at block_size
+def name_loss(gpt, name, n):
+    # The sum of the n next-token losses of `name`, forward only: the weights, their gradient and
+    # Adam's state are not touched. The C kernels' model (cgpt's, the one with a work array) gives
+    # their mean in one call, loss_and_grad without a gradient: called from here, not from cgpt.py,
+    # whose code is on the heap all through training. With the MicroPython kernels, -log
+    # softmax(logits)[target] is log(sum(exp(logits - max))) - (logits[target] - max), exp_logits'
+    # shifted sum at temperature 1.
+    if hasattr(gpt, "work"):
+        from cmodel import loss_and_grad
+
+        return loss_and_grad(gpt.params, None, gpt.work, name) * n
     loss, token = 0.0, BOS
     for pos in range(n):
         gpt.forward(token, pos)
         token = name[pos] - 97 if pos < len(name) else BOS
         top, total = exp_logits(gpt.logits, 1.0, gpt.dlogits)
         loss += math.log(total) + top - gpt.logits[token]
-    return loss, n
+    return loss
 
 
 def report(gpt, names, count):
@@ -32,8 +38,9 @@ def report(gpt, names, count):
     t0 = last = time.ticks_ms()
     total, tokens = 0.0, 0
     for done in range(1, count + 1):
-        loss, n = name_loss(gpt, names.next())
-        total += loss
+        name = names.next()
+        n = min(len(name) + 1, base.BLOCK)  # training's positions: a longer name is cut at block_size
+        total += name_loss(gpt, name, n)
         tokens += n
         now = time.ticks_ms()
         if done == count or time.ticks_diff(now, last) >= PROGRESS_MS:

@@ -137,6 +137,9 @@ for name in case['names']:
         grads[i] = 0.0
     out['losses'].append(cmodel.loss_and_grad(params, grads, work, name.encode()))
     out['grads'].append(list(grads))
+kept = list(grads)
+out['losses_alone'] = [cmodel.loss_and_grad(params, None, work, name.encode()) for name in case['names']]
+out['grads_untouched'] = list(grads) == kept
 logits = array('f', bytes(4 * 27))
 for pos, token in enumerate([26] + [ord(c) - 97 for c in case['names'][1]]):
     cmodel.forward(params, work, token, pos, logits)
@@ -191,6 +194,12 @@ def test_c_gradients_match_the_numpy_reference(vm_cmodel):
         rel = np.abs(np.array(grad) - ref_grad).max() / np.abs(ref_grad).max()
         assert rel <= 1e-5, rel  # float32 arithmetic against float64
         assert loss == pytest.approx(ref_loss, rel=1e-6)
+
+
+def test_c_loss_alone_is_the_training_loss_and_leaves_the_gradient(vm_cmodel):
+    # grads None: the held-out loss's call (val.py), forward only.
+    out = vm_cmodel[3]
+    assert out["losses_alone"] == out["losses"] and out["grads_untouched"]
 
 
 def test_c_forward_gives_the_reference_logits(vm_cmodel):

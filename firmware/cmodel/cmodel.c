@@ -682,13 +682,15 @@ static void gpt_forward(work_t *w, const float *p, int token, int pos) {
 }
 
 static float loss_and_grad(float *g, work_t *w, const float *p, const uint8_t *tokens, int n) {
-    // microgpt's loss for one name: the mean cross-entropy of its n next tokens; adds its gradient to g.
+    // microgpt's loss for one name: the mean cross-entropy of its n next tokens; adds its gradient to
+    // g, or with g NULL is forward only (the held-out loss: no gradient, nothing kept).
     int top = S.n_layer - 1;
     // n as a float once, from unsigned: the step's one ufloat.s, by which microgpt/chip_speed.py counts steps.
     float count = (float)(unsigned)n, loss = 0.0f, dloss = recip(count);
     for (int pos = 0; pos < n; pos++) {
         gpt_forward(w, p, tokens[pos], pos);
         loss += crossentropy_forward(w->probs, w->logits, tokens[pos + 1]);
+        if (!g) continue;
         crossentropy_backward(w->dlogits, w->probs, tokens[pos + 1], dloss);
         // linear_forward(w->logits, w->after_mlp, p + S.lm_head, VOCAB, n_embd)
         clear(w->dafter_mlp, S.n_embd);
@@ -696,6 +698,7 @@ static float loss_and_grad(float *g, work_t *w, const float *p, const uint8_t *t
                         S.n_embd);
         layer_backward(g, w, p, top, tokens[pos], pos, w->dafter_mlp);
     }
+    if (!g) return div_(loss, count);
     keys_values_backward(g, w, p, top, tokens, n);
     for (int l = top - 1; l >= 0; l--) {  // the gradient at layer l's output is complete: walk the name again
         for (int pos = 0; pos < n; pos++) {
@@ -733,9 +736,11 @@ static obj_t py_shape(size_t n_args, const obj_t *args) {
 static obj_t py_loss_and_grad(size_t n_args, const obj_t *args) {
     // loss_and_grad(params, grads, work, name): microgpt's loss for one name (bytes-like, a-z),
     // the mean cross-entropy of its tokens BOS, letters, BOS over the first block_size positions;
-    // adds its gradient to grads.
+    // adds its gradient to grads, or with grads None computes the loss alone (val.py's).
     const float *p = params_of(args[0], "params must be an array('f') of the shape's parameters");
-    float *g = params_of(args[1], "grads must be an array('f') of the shape's parameters");
+    float *g = args[1] == mp->const_none
+                   ? NULL
+                   : params_of(args[1], "grads must be an array('f') of the shape's parameters");
     work_t w;
     work_of(&w, args[2]);
     buffer_t nb;
