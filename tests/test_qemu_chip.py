@@ -11,6 +11,8 @@ from test_val import AGREE, host_val_loss
 
 from microgpt import chip, chip_speed, payload, planner
 
+pytestmark = pytest.mark.xdist_group("qemu_chip")  # one worker: chip_run boots QEMU once for the module
+
 
 @pytest.fixture(scope="module")
 def chip_run(qemu, tmp_path_factory, names_path):

@@ -23,6 +23,9 @@ from microgpt.cli import main
 from microgpt.engines.qemu import qemu_argv
 
 CLI = [sys.executable, "-c", "from microgpt.cli import main; main()"]
+# The module's tests share one board, each building on what the others left: one worker runs them
+# all (--dist loadgroup), so the board boots, and trains its first run, once.
+pytestmark = pytest.mark.xdist_group("virtual_board")
 
 
 def device(*args, timeout=600):
