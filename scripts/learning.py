@@ -29,6 +29,7 @@ from the training names (the others), plus one in every cell as makemore's bigra
 sum), per token.
 """
 import argparse
+import contextlib
 import dataclasses
 import math
 import tempfile
@@ -40,10 +41,11 @@ import numpy as np
 from microgpt import chip, chip_speed, dataset, payload, reference
 from microgpt.engines.host import HostEngine
 from microgpt.engines.qemu import QemuEngine, find_insn_plugin, find_qemu
+from microgpt.errors import MicrogptError
 from microgpt.run import RunDir, run
 
 ROOT = Path(__file__).resolve().parents[1]
-LOG_EVERY = 500  # steps per UART step record of a budget run: 2 KB of losses on the heap, ~45 B of record a 500 steps
+LOG_EVERY = 500  # steps per UART step record of a budget run: 2 KB of losses on the heap, ~45 B of record header every 500 steps
 SLACK = 256  # UART bytes kept spare beyond uart_model's: a longer step count in the start line, other samples, val records
 SHOW = 8  # samples shown in a row
 SEARCH_SHAPES = ("16,4,1,16", "20,4,1,16", "20,2,1,16", "12,4,2,16", "16,4,2,16", "12,3,3,16", "12,4,4,16")  # all fit
@@ -84,16 +86,19 @@ def train(options: payload.RunOptions, docs: list[str], engine: str, report: Pat
           qemu: str | None = None, firmware: Path | None = None) -> tuple[dict, bytes]:
     """One run (`engine` "host" or "qemu"): its report.json as a dict, and its UART log. The run's
     files go to `report` (and beside it), or to a directory removed after it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        with RunDir(report or Path(tmp) / "report.json").claim(overwrite=report is not None) as rundir:
-            made = (HostEngine(rundir.work) if engine == "host" else
-                    QemuEngine(rundir.work, qemu=qemu, firmware=firmware))
-            start = time.monotonic()
-            r = run(made, rundir, options, docs).to_json()
-            if r["error"]:
-                raise SystemExit(f"the {options.steps}-step run ({engine}) failed: {r['error']}")
-            r["wall_s"] = time.monotonic() - start
-            return r, rundir.uart_log.read_bytes()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        try:  # --out that names no report, or one there already: the tool's own message
+            rundir = stack.enter_context(RunDir(report or Path(tmp) / "report.json").claim())
+        except MicrogptError as e:
+            raise SystemExit(f"Error: {e}") from None
+        made = (HostEngine(rundir.work) if engine == "host" else
+                QemuEngine(rundir.work, qemu=qemu, firmware=firmware))
+        start = time.monotonic()
+        r = run(made, rundir, options, docs).to_json()
+        if r["error"]:
+            raise SystemExit(f"the {options.steps}-step run ({engine}) failed: {r['error']}")
+        r["wall_s"] = time.monotonic() - start
+        return r, rundir.uart_log.read_bytes()
 
 
 def uart_model(options: payload.RunOptions, docs: list[str], engine: str, qemu: str | None = None,
@@ -163,8 +168,11 @@ def main():
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--val", type=int, default=payload.VAL, help="names held out (the last of the run's order)")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--out", type=Path, default=None, help="keep the run's files here (REPORT.json and beside it)")
+    ap.add_argument("--out", type=Path, default=None, metavar="REPORT.json",
+                    help="keep the run's report here, its UART log and weights beside it (not with --search)")
     args = ap.parse_args()
+    if args.search and args.out:
+        ap.error("--out keeps one run's files: not with --search")
     docs = dataset.load_names(args.names)
 
     if args.bigram:
@@ -186,8 +194,9 @@ def main():
     engine = "qemu" if args.qemu else "host"
     if args.default:
         options = payload.RunOptions(kernels="c", samples=args.samples, val=args.val, seed=args.seed)
+        counted = instructions(options.shape)  # first: a missing plugin is said before the run's minutes
         r, log = train(options, docs, engine, args.out, qemu, args.firmware)
-        print(row(f"microgpt.py's run ({engine})", r, log, instructions(options.shape)))
+        print(row(f"microgpt.py's run ({engine})", r, log, counted))
         print(wall(r, engine))
         return
 

@@ -210,14 +210,15 @@ def cli(*args, input=None) -> tuple[int, str]:
 
 def _sim_runner(directory, names_path):
     """`microgpt sim run ARGS` -> (exit code, output, report dict or None); each run's report,
-    UART log and weights go to their own directory unless `report` is given. A run evaluates no
-    held-out names unless ARGS say `--val` (tests/test_val.py's): in MicroPython the evaluation
-    takes the VM seconds, more than the test's training."""
+    UART log and weights go to their own directory unless `report` is given. A run with the
+    MicroPython kernels evaluates no held-out names unless ARGS say `--val`: there the evaluation
+    takes the VM seconds, more than the test's training (tests/test_val.py checks it)."""
     runs = itertools.count(1)
 
     def run(*args, report=None):
         report = Path(report or directory / f"run{next(runs)}" / "report.json")
-        held_out = () if "--val" in args else ("--val", 0)
+        python_kernels = "--kernels" in args and args[args.index("--kernels") + 1] == "python"
+        held_out = ("--val", 0) if python_kernels and "--val" not in args else ()
         code, output = cli("sim", "run", "--data", names_path, "--report", report, "--quiet", *held_out, *args)
         return code, output, json.loads(report.read_text()) if report.exists() else None
 

@@ -40,6 +40,7 @@ def test_upload_run_matches_the_host_engine(vm_board, device_cli, sim_run, tmp_p
     assert code == 0, out
     assert rep["losses"] == host["losses"]  # same VM, trainer and files: identical, not merely close
     assert rep["samples"] == host["samples"]
+    assert rep["val_names"] == payload.VAL and rep["val_loss"] == host["val_loss"]  # held-out names went up too
     weights = Path(rep["weights"]).read_bytes()  # pulled from the board after the run
     assert weights == (vm_board.cwd / "weights.bin").read_bytes() == Path(host["weights"]).read_bytes()
 

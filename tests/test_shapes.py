@@ -9,12 +9,14 @@ import sys
 
 import pytest
 from conftest import OFFICIAL_FIRMWARE, ROOT, cli
+from test_val import AGREE, host_val_loss
 
 from microgpt import chip, reference
 from microgpt.chip import Shape
 from microgpt.dataset import microgpt_order
 
 STEPS = 20
+VAL = 100  # held-out names the chip's runs evaluate (the default run's 1,000: tests/test_qemu_chip.py)
 # Together they differ from microgpt.py's shape in each knob (heads of 5 and 3, a width the
 # unrolled MicroPython kernels do not take), and each trains in the ESP32's heap: microgpt.py's
 # width with two layers (7,264 parameters) only since Adam's m and v are arrays by layer
@@ -69,14 +71,16 @@ def test_the_vm_trains_any_shape_like_microgpt_py(sim_run, microgpt_losses_of, s
 
 
 @pytest.mark.parametrize("shape", SHAPES + [LARGEST], ids=shape_id)
-def test_the_chip_trains_any_shape_like_microgpt_py(qemu, names_path, tmp_path, microgpt_losses_of, shape):
+def test_the_chip_trains_any_shape_like_microgpt_py(qemu, names_path, tmp_path, microgpt_losses_of, shape, docs):
     report_path = tmp_path / "report.json"
     code, out = cli("sim", "run", "--engine", "qemu", "--qemu", qemu, "--firmware", OFFICIAL_FIRMWARE,
-                    "--data", names_path, "--steps", STEPS, "--samples", 5, "--val", 0, "--report", report_path, "--quiet",
+                    "--data", names_path, "--steps", STEPS, "--samples", 5, "--val", VAL, "--report", report_path, "--quiet",
                     *knob_options(shape))
     report = json.loads(report_path.read_text())
     check_run(code, out, report, shape, microgpt_losses_of(shape), "c")
     assert report["platform"] == "esp32"
+    # The C's forward-only loss, for this shape, on the chip: the host's from the same weights.
+    assert report["val_names"] == VAL and abs(report["val_loss"] - host_val_loss(report, docs, VAL)) <= AGREE
     # `microgpt sample` reads the shape from the weights' header and draws the chip's names.
     code, sampled = cli("sample", "--weights", report["weights"], "--count", 5)
     assert code == 0, sampled

@@ -30,7 +30,8 @@ REFUSALS = ("in use by another run", "belongs to an earlier run")  # the claim's
 
 
 def sim(names_path, report, *args):
-    # No held-out evaluation: what these runs test is their files, and it would take the VM seconds.
+    # No held-out evaluation: what these runs test is their files, and with the MicroPython kernels
+    # (most of them here) it takes the VM seconds.
     return [*CLI, "sim", "run", "--data", str(names_path), "--report", str(report), "--quiet", "--val", "0",
             *map(str, args)]
 

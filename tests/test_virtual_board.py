@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import OFFICIAL_FIRMWARE, signals, wait_for_record
 from test_user_files import in_namespace
+from test_val import AGREE, host_val_loss
 
 from microgpt import reference
 from microgpt.cli import main
@@ -46,17 +47,19 @@ def trained(virtual_board, names_path, tmp_path_factory):
     report = tmp_path_factory.mktemp("run") / "report.json"
     t0 = time.monotonic()
     code, out = device("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 50, "--samples", 20,
-                       "--val", 0, "--data", names_path, "--report", report, "--quiet")
+                       "--data", names_path, "--report", report, "--quiet")
     print(f"upload + 50 steps + read-back on the virtual board: {time.monotonic() - t0:.1f} s")
     return code, out, json.loads(report.read_text())
 
 
-def test_upload_trains_on_the_real_firmware_like_microgpt_py(trained, microgpt_losses):
+def test_upload_trains_on_the_real_firmware_like_microgpt_py(trained, microgpt_losses, docs):
     code, out, report = trained
     assert code == 0 and report["status"] == "ok", out
     assert (report["engine"], report["platform"], report["kernels"]) == ("serial", "esp32", "c")
     worst = max(abs(a - b) for a, b in zip(report["losses"], microgpt_losses[50], strict=True))
     assert worst <= 2e-3, worst
+    # The held-out names went up with the run, and the chip's loss over them is the host's.
+    assert report["val_names"] == 1000 and abs(report["val_loss"] - host_val_loss(report, docs)) <= AGREE
     # After 50 steps the model may end a name at once (microgpt.py samples an empty one then too).
     assert len(report["samples"]) == 20 and all(re.fullmatch("[a-z]*", s) for s in report["samples"])
 
@@ -110,8 +113,8 @@ def test_upload_1000_steps_and_pull_in_a_minute(trained, virtual_board, names_pa
     # the run above, so the run's own files go), 1,000 steps, the weights read back, and a pull.
     report = tmp_path / "long" / "report.json"
     t0 = time.monotonic()
-    code, out = device("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 1000, "--val", 0,
-                       "--data", names_path, "--report", report, "--quiet")
+    code, out = device("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 1000, "--data", names_path,
+                       "--report", report, "--quiet")
     t_run = time.monotonic() - t0
     assert code == 0, out
     code, out = device("pull", "--port", virtual_board.port, "--out", tmp_path / "pulled.bin")
@@ -130,7 +133,7 @@ def test_a_power_cut_mid_run_resumes_to_the_uninterrupted_result(trained, virtua
     report = tmp_path / "cut" / "report.json"
     # One checkpoint (each costs the emulated flash seconds), then the power goes.
     run = device_running("run", "--mode", "upload", "--port", virtual_board.port, "--steps", 50, "--samples", 20,
-                         "--ckpt-every", 30, "--val", 0, "--data", names_path, "--report", report, "--quiet")
+                         "--ckpt-every", 30, "--data", names_path, "--report", report, "--quiet")
     wait_for_record(report, b"MGPT ckpt step=30", 600)
     virtual_board.kill()  # the power goes: QEMU dies at once; its flash file keeps what the chip had written
     out, _ = run.communicate(timeout=120)

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 
 from esptool.reset import HardReset
 
-from .. import basefw, chip, mpy
+from .. import basefw, chip, mpy, rawrepl
 from ..board import read_board_file
 from ..errors import EngineError, MissingFile
 from ..fileio import write_atomic
 from ..flash import flash_image
 from ..payload import Payload
 from ..ports import FLASH_BAUD, UART_BAUD, open_serial, watch_link
-from ..rawrepl import ENTER_TIMEOUT_S, RawRepl
+from ..rawrepl import RawRepl
 from . import Engine, split_lines
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class SerialEngine(Engine):
 
     def repl(self) -> RawRepl:
         if self._repl is None:
-            self._repl = RawRepl(self.port, self.baud, answer_s=min(self.silence_s, ENTER_TIMEOUT_S),
+            self._repl = RawRepl(self.port, self.baud, answer_s=min(self.silence_s, rawrepl.ENTER_TIMEOUT_S),
                                  silence_s=self.silence_s)
         return self._repl
 
