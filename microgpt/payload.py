@@ -153,6 +153,11 @@ def split(ordered: list[str], val: int) -> tuple[list[str], list[str]]:
     return ordered[:len(ordered) - val], ordered[len(ordered) - val:]
 
 
+def _names_file(names: list[str], block_size: int) -> bytes:
+    """Names as the trainer reads them from flash (train.Names): one a line, each cut at block_size."""
+    return ("\n".join(name[:block_size] for name in names) + "\n").encode()
+
+
 def build(options: RunOptions, docs: list[str], target: mpy.Target,
           platform: planner.Platform = planner.ESP32) -> Payload:
     """The payload of a run of `options` on `docs` for `target`, whose heap is `platform`'s."""
@@ -167,14 +172,14 @@ def build(options: RunOptions, docs: list[str], target: mpy.Target,
     # held-out loss reads no further either).
     ordered, init = dataset.microgpt_order(docs, options.seed, shape)
     training, held_out = split(ordered, options.val)
-    names = [name[:shape.block_size] for name in training[:options.steps]]
-    files[chip.DATA] = ("\n".join(names) + "\n").encode()
+    trained = training[:options.steps]
+    files[chip.DATA] = _names_file(trained, shape.block_size)
     if held_out:
-        files[chip.VAL] = ("\n".join(name[:shape.block_size] for name in held_out) + "\n").encode()
+        files[chip.VAL] = _names_file(held_out, shape.block_size)
     if options.init == "microgpt":
         files[chip.INIT] = init.astype("<f4").tobytes()
     run_id = zlib.crc32(f"{options.steps} {options.seed} {options.init} {shape} {options.lr!r}".encode()
                         + files[chip.DATA] + files.get(chip.VAL, b"") + files.get(chip.INIT, b""))
-    config = dataclasses.asdict(options) | {"docs": len(names), "run_id": run_id}
+    config = dataclasses.asdict(options) | {"docs": len(trained), "run_id": run_id}
     files[chip.CONFIG] = json.dumps(config, sort_keys=True).encode()
     return Payload(options, target, files, run_id)
