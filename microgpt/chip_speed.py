@@ -26,7 +26,6 @@ in fact sends while the CPU computes).
 """
 import dataclasses
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
@@ -34,7 +33,7 @@ from typing import NamedTuple
 from . import payload
 from .engines.qemu import MICROPYTHON_CPU, QemuEngine
 from .report import Report
-from .run import RunDir, run
+from .run import run_apart
 
 STEPS = 201  # the C kernels' run: 200 steps between the first marker and the last
 SHORT, LONG = 10, 210  # the MicroPython kernels' runs
@@ -58,12 +57,11 @@ class UartLoad(NamedTuple):
 def _qemu_run(options: payload.RunOptions, docs: list[str], firmware: Path | None, qemu: str,
               plugin: str | None) -> tuple[Report, QemuEngine, bytes]:
     """One run in QEMU: its report, the engine (instruction counts, plugin output) and its UART log."""
-    with tempfile.TemporaryDirectory() as tmp, RunDir(Path(tmp) / "report.json").claim() as rundir:
-        engine = QemuEngine(rundir.work, qemu=qemu, firmware=firmware, insn_plugin=plugin)
-        report = run(engine, rundir, options, docs)
-        if report.error:
-            raise RuntimeError(f"the {options.steps}-step QEMU run failed: {report.error}")
-        return report, engine, rundir.uart_log.read_bytes()
+    report, engine, log = run_apart(lambda work: QemuEngine(work, qemu=qemu, firmware=firmware, insn_plugin=plugin),
+                                    options, docs)
+    if report.error:
+        raise RuntimeError(f"the {options.steps}-step QEMU run failed: {report.error}")
+    return report, engine, log
 
 
 def marks(plugin_log: str) -> list[tuple[int, int]]:

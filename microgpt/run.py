@@ -359,6 +359,15 @@ def run(engine, rundir: RunDir, options: payloads.RunOptions | None = None, docs
     return report
 
 
+def run_apart(make_engine, options: payloads.RunOptions, docs: list[str], report: Path | None = None):
+    """One run for a script (benchmarks, measurements): `make_engine(workdir)` builds its engine, its
+    files go beside `report` or, without one, to a directory removed after it. (the Report, the
+    engine, the UART log)."""
+    with tempfile.TemporaryDirectory() as tmp, RunDir(report or Path(tmp) / "report.json").claim() as rundir:
+        engine = make_engine(rundir.work)
+        return run(engine, rundir, options, docs), engine, rundir.uart_log.read_bytes()
+
+
 def _held_checkpoint(engine) -> int | None:
     """The step of the checkpoint the target holds, which a resumed run continues from (the UART's
     last ckpt record is not that: a cut can lose it after the checkpoint was written); None where

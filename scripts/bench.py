@@ -14,7 +14,6 @@ trainer module compiled for the chip (mpy-cross -march=xtensawin); with --min-he
 VM heap (1 KB resolution) at which 1,000 steps + 20 samples complete.
 """
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from microgpt.engines.host import HostEngine
 from microgpt.engines.qemu import find_insn_plugin, find_qemu
 from microgpt.errors import PlanError
 from microgpt.planner import HEADROOM
-from microgpt.run import RunDir, run
+from microgpt.run import run_apart
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def vm_run(docs, steps, emit, heap=ESP32_HEAP, samples=0, kernels="python", headroom=HEADROOM, val=0):
     # The speed rows evaluate no held-out names (their time is the steps'); the heap search does, as a default run.
     options = payload.RunOptions(steps=steps, samples=samples, emit=emit, kernels=kernels, val=val)
-    with tempfile.TemporaryDirectory() as tmp, RunDir(Path(tmp) / "report.json").claim() as rundir:
-        return run(HostEngine(rundir.work, heap=heap, headroom=headroom), rundir, options, docs)
+    return run_apart(lambda work: HostEngine(work, heap=heap, headroom=headroom), options, docs)[0]
 
 
 def min_heap(docs, emit, kernels, lo=60_000, hi=ESP32_HEAP):

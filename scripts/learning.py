@@ -29,10 +29,8 @@ from the training names (the others), plus one in every cell as makemore's bigra
 sum), per token.
 """
 import argparse
-import contextlib
 import dataclasses
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +40,7 @@ from microgpt import chip, chip_speed, dataset, payload, reference
 from microgpt.engines.host import HostEngine
 from microgpt.engines.qemu import QemuEngine, find_insn_plugin, find_qemu
 from microgpt.errors import MicrogptError
-from microgpt.run import RunDir, run
+from microgpt.run import run_apart
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_EVERY = 500  # steps per UART step record of a budget run: 2 KB of losses on the heap, ~45 B of record header every 500 steps
@@ -86,19 +84,19 @@ def train(options: payload.RunOptions, docs: list[str], engine: str, report: Pat
           qemu: str | None = None, firmware: Path | None = None) -> tuple[dict, bytes]:
     """One run (`engine` "host" or "qemu"): its report.json as a dict, and its UART log. The run's
     files go to `report` (and beside it), or to a directory removed after it."""
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        try:  # --out that names no report, or one there already: the tool's own message
-            rundir = stack.enter_context(RunDir(report or Path(tmp) / "report.json").claim())
-        except MicrogptError as e:
-            raise SystemExit(f"Error: {e}") from None
-        made = (HostEngine(rundir.work) if engine == "host" else
-                QemuEngine(rundir.work, qemu=qemu, firmware=firmware))
-        start = time.monotonic()
-        r = run(made, rundir, options, docs).to_json()
-        if r["error"]:
-            raise SystemExit(f"the {options.steps}-step run ({engine}) failed: {r['error']}")
-        r["wall_s"] = time.monotonic() - start
-        return r, rundir.uart_log.read_bytes()
+    def make(work):
+        return HostEngine(work) if engine == "host" else QemuEngine(work, qemu=qemu, firmware=firmware)
+
+    start = time.monotonic()
+    try:  # e.g. --out that names no report, or one there already: the tool's own message
+        result, _, log = run_apart(make, options, docs, report)
+    except MicrogptError as e:
+        raise SystemExit(f"Error: {e}") from None
+    r = result.to_json()
+    if r["error"]:
+        raise SystemExit(f"the {options.steps}-step run ({engine}) failed: {r['error']}")
+    r["wall_s"] = time.monotonic() - start
+    return r, log
 
 
 def uart_model(options: payload.RunOptions, docs: list[str], engine: str, qemu: str | None = None,
